@@ -1,0 +1,263 @@
+//! The UML kernel command line, built from evum's boot options.
+//!
+//! The option names are the original evum's (`con`, `ssl`, `disk`, `eth`,
+//! `init`, `initrd`, `mem`, `root`, `rootflags`, `rootfstype`, `ubd`, `umid`,
+//! `uml_dir`, `verbose`/`quiet`, `write`) plus the few evum needs to keep a
+//! guest fast and contained (`hostfs`, `append`, `env`). The first console and
+//! the first serial line belong to evum (they carry the console messages and
+//! the command channel), so options may only configure the others.
+
+use std::path::PathBuf;
+
+/// One boot option, as a user gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootOption {
+    /// `conN=SPEC`, or `con=SPEC` for every console line but evum's.
+    Con(Option<u32>, String),
+    /// `sslN=SPEC`, or `ssl=SPEC` for every serial line but evum's.
+    Ssl(Option<u32>, String),
+    /// A disk image as `ubdN` (`disk` is the original's name for `ubd`).
+    Ubd(u32, String),
+    /// `ethN=SPEC`: a network device.
+    Eth(u32, String),
+    /// The program the kernel runs as PID 1.
+    Init(String),
+    /// An initramfs image.
+    Initrd(PathBuf),
+    /// Guest memory, as the kernel takes it (`64M`, `1G`).
+    Mem(String),
+    Root(String),
+    RootFlags(String),
+    RootFsType(String),
+    /// Kernel messages on the console (`verbose`) or only warnings (`quiet`).
+    Verbose(bool),
+    /// Mount the root read-write (`write`) instead of read-only.
+    Write(bool),
+    /// The only host directory hostfs mounts may reach.
+    Hostfs(PathBuf),
+    /// `KEY=VALUE` for init's environment (the kernel passes unknown
+    /// parameters on to PID 1).
+    Env(String, String),
+    /// A raw kernel parameter, for what has no option of its own.
+    Append(String),
+}
+
+/// Why a set of options cannot be turned into a command line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OptionError {
+    #[error("{0} is evum's own channel and cannot be configured")]
+    Reserved(String),
+    #[error("option {0} is given twice")]
+    Duplicate(String),
+    #[error("option {name}: {why}")]
+    BadValue { name: String, why: String },
+}
+
+/// Memory when no `mem` option is given. Below 64M the guest can deadlock on
+/// memory during boot (see UML-NOTES).
+pub const DEFAULT_MEM: &str = "64M";
+
+/// Kernel parameters that make boot fast. The RAID6 benchmark alone costs
+/// 0.85 s and zswap set-up more; a preset delay-loop value skips ~40 ms of
+/// calibration and need only be plausible.
+pub const FAST_BOOT_ARGS: &[&str] = &["initcall_blacklist=raid6_select_algo,init_zswap", "lpj=4000000"];
+
+/// The VM's identity and runtime location, which evum chooses.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub umid: String,
+    pub uml_dir: PathBuf,
+}
+
+/// Builds the kernel command line (without the kernel binary itself).
+///
+/// evum's own channels come first: `con0` on the process's stdin/stdout (the
+/// console), `ssl0` on fds 3 and 4 (the command channel), every other line
+/// null unless an option says otherwise.
+pub fn kernel_args(id: &Identity, options: &[BootOption]) -> Result<Vec<String>, OptionError> {
+    check_duplicates(options)?;
+    let mut args = vec![
+        format!("umid={}", id.umid),
+        format!("uml_dir={}", id.uml_dir.display()),
+        "con0=fd:0,fd:1".to_string(),
+        "ssl0=fd:3,fd:4".to_string(),
+    ];
+    let mut mem = DEFAULT_MEM.to_string();
+    let mut verbose = false;
+    let mut write = false;
+    let mut con_default = "null".to_string();
+    let mut ssl_default = "null".to_string();
+    let mut hostfs = id.uml_dir.join(&id.umid).join("no-hostfs");
+    let mut tail = Vec::new();
+    for option in options {
+        match option {
+            BootOption::Con(None, spec) => con_default = spec.clone(),
+            BootOption::Ssl(None, spec) => ssl_default = spec.clone(),
+            BootOption::Con(Some(0), _) => return Err(OptionError::Reserved("con0".into())),
+            BootOption::Ssl(Some(0), _) => return Err(OptionError::Reserved("ssl0".into())),
+            BootOption::Con(Some(n), spec) => tail.push(format!("con{n}={spec}")),
+            BootOption::Ssl(Some(n), spec) => tail.push(format!("ssl{n}={spec}")),
+            BootOption::Ubd(n, spec) => tail.push(format!("ubd{n}={spec}")),
+            BootOption::Eth(n, spec) => tail.push(format!("eth{n}={spec}")),
+            BootOption::Init(path) => tail.push(format!("init={path}")),
+            BootOption::Initrd(path) => tail.push(format!("initrd={}", path.display())),
+            BootOption::Mem(m) => mem = valid_mem(m)?,
+            BootOption::Root(r) => tail.push(format!("root={r}")),
+            BootOption::RootFlags(f) => tail.push(format!("rootflags={f}")),
+            BootOption::RootFsType(t) => tail.push(format!("rootfstype={t}")),
+            BootOption::Verbose(v) => verbose = *v,
+            BootOption::Write(w) => write = *w,
+            BootOption::Hostfs(dir) => hostfs = dir.clone(),
+            BootOption::Env(k, v) => tail.push(valid_env(k, v)?),
+            BootOption::Append(a) => tail.push(a.clone()),
+        }
+    }
+    args.push(format!("con={con_default}"));
+    args.push(format!("ssl={ssl_default}"));
+    args.push(format!("mem={mem}"));
+    // hostfs= confines every hostfs mount the guest makes to this directory.
+    args.push(format!("hostfs={}", hostfs.display()));
+    args.push(if write { "rw" } else { "ro" }.to_string());
+    if !verbose {
+        args.push("quiet".to_string());
+    }
+    args.extend(FAST_BOOT_ARGS.iter().map(|s| s.to_string()));
+    args.extend(tail);
+    Ok(args)
+}
+
+/// The option's name as the user wrote it, for error messages.
+fn option_key(option: &BootOption) -> Option<String> {
+    Some(match option {
+        BootOption::Con(n, _) => format!("con{}", n.map(|n| n.to_string()).unwrap_or_default()),
+        BootOption::Ssl(n, _) => format!("ssl{}", n.map(|n| n.to_string()).unwrap_or_default()),
+        BootOption::Ubd(n, _) => format!("ubd{n}"),
+        BootOption::Eth(n, _) => format!("eth{n}"),
+        BootOption::Init(_) => "init".into(),
+        BootOption::Initrd(_) => "initrd".into(),
+        BootOption::Mem(_) => "mem".into(),
+        BootOption::Root(_) => "root".into(),
+        BootOption::RootFlags(_) => "rootflags".into(),
+        BootOption::RootFsType(_) => "rootfstype".into(),
+        BootOption::Verbose(_) => "verbose".into(),
+        BootOption::Write(_) => "write".into(),
+        BootOption::Hostfs(_) => "hostfs".into(),
+        BootOption::Env(k, _) => format!("env {k}"),
+        BootOption::Append(_) => return None,
+    })
+}
+
+fn check_duplicates(options: &[BootOption]) -> Result<(), OptionError> {
+    let mut seen = std::collections::HashSet::new();
+    for key in options.iter().filter_map(option_key) {
+        if !seen.insert(key.clone()) {
+            return Err(OptionError::Duplicate(key));
+        }
+    }
+    Ok(())
+}
+
+fn valid_mem(m: &str) -> Result<String, OptionError> {
+    let digits = m.trim_end_matches(['K', 'M', 'G', 'k', 'm', 'g']);
+    let bad = |why: &str| OptionError::BadValue {
+        name: "mem".into(),
+        why: why.into(),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || m.len() - digits.len() > 1 {
+        return Err(bad("expected a size such as 64M or 1G"));
+    }
+    Ok(m.to_string())
+}
+
+fn valid_env(k: &str, v: &str) -> Result<String, OptionError> {
+    // The kernel hands `KEY=VALUE` to init only for names it does not know
+    // itself and that contain no dot; spaces would split the parameter.
+    let ok_key = !k.is_empty()
+        && k.bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+    if !ok_key || v.bytes().any(|b| b.is_ascii_whitespace() || b == b'"') {
+        return Err(OptionError::BadValue {
+            name: format!("env {k}"),
+            why: "names are A-Z, 0-9 and _, values have no spaces or quotes".into(),
+        });
+    }
+    Ok(format!("{k}={v}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id() -> Identity {
+        Identity {
+            umid: "vm1".into(),
+            uml_dir: "/run/evum".into(),
+        }
+    }
+
+    #[test]
+    fn defaults_are_fast_quiet_read_only_and_confined() {
+        let args = kernel_args(&id(), &[]).unwrap();
+        for want in [
+            "umid=vm1",
+            "uml_dir=/run/evum",
+            "con0=fd:0,fd:1",
+            "ssl0=fd:3,fd:4",
+            "con=null",
+            "ssl=null",
+            "mem=64M",
+            "hostfs=/run/evum/vm1/no-hostfs",
+            "ro",
+            "quiet",
+            "initcall_blacklist=raid6_select_algo,init_zswap",
+        ] {
+            assert!(args.iter().any(|a| a == want), "{want} missing from {args:?}");
+        }
+    }
+
+    #[test]
+    fn original_options_render_as_kernel_parameters() {
+        let opts = [
+            BootOption::Ubd(0, "cow,base.img".into()),
+            BootOption::Eth(0, "daemon,,unix,/tmp/ctl".into()),
+            BootOption::Init("/bin/sh".into()),
+            BootOption::Mem("128M".into()),
+            BootOption::Root("/dev/ubda".into()),
+            BootOption::Write(true),
+            BootOption::Verbose(true),
+            BootOption::Con(Some(1), "pty".into()),
+        ];
+        let args = kernel_args(&id(), &opts).unwrap();
+        for want in [
+            "ubd0=cow,base.img",
+            "eth0=daemon,,unix,/tmp/ctl",
+            "init=/bin/sh",
+            "mem=128M",
+            "root=/dev/ubda",
+            "rw",
+            "con1=pty",
+        ] {
+            assert!(args.iter().any(|a| a == want), "{want} missing from {args:?}");
+        }
+        assert!(!args.iter().any(|a| a == "quiet" || a == "ro" || a == "mem=64M"));
+    }
+
+    #[test]
+    fn evum_channels_cannot_be_taken() {
+        assert_eq!(
+            kernel_args(&id(), &[BootOption::Con(Some(0), "pty".into())]),
+            Err(OptionError::Reserved("con0".into()))
+        );
+    }
+
+    #[test]
+    fn duplicates_and_bad_values_are_named() {
+        let twice = [BootOption::Mem("64M".into()), BootOption::Mem("128M".into())];
+        assert_eq!(kernel_args(&id(), &twice), Err(OptionError::Duplicate("mem".into())));
+        assert!(matches!(
+            kernel_args(&id(), &[BootOption::Mem("lots".into())]),
+            Err(OptionError::BadValue { name, .. }) if name == "mem"
+        ));
+        assert!(kernel_args(&id(), &[BootOption::Env("A B".into(), "x".into())]).is_err());
+    }
+}

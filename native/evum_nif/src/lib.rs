@@ -1,0 +1,215 @@
+//! The Erlang face of evum_core: term conversion, resources, and message
+//! delivery to BEAM processes. Blocking work (fork and exec, mconsole round
+//! trips, image building) runs on dirty I/O schedulers; everything else only
+//! queues work for evum_core's own threads and returns at once.
+
+mod events;
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use evum_core::{image, mconsole, vm, BootOption, Vm, VmConfig};
+use nix_signal::parse_signal;
+use rustler::{Atom, Binary, Encoder, Env, LocalPid, NifResult, ResourceArc, Term};
+
+mod atoms {
+    rustler::atoms! {
+        ok, error, undefined, true_ = "true",
+        not_running, bad_option, spawn, runtime_dir, bad_umid, image, mconsole,
+        timeout, os_pid, umid, runtime_dir_key = "runtime_dir", mconsole_socket, running,
+    }
+}
+
+mod nix_signal {
+    use evum_core::io_loop::Signal;
+
+    /// `sigterm`, `sigkill`, ... as the atom names them.
+    pub fn parse_signal(name: &str) -> Option<Signal> {
+        name.to_ascii_uppercase().parse().ok()
+    }
+}
+
+/// A VM as the BEAM holds it. When the last reference goes (the VM's
+/// gen_server exited, however brutally), the VM is killed.
+pub struct VmResource {
+    vm: Mutex<Vm>,
+}
+
+#[rustler::resource_impl]
+impl rustler::Resource for VmResource {}
+
+fn error_tuple<'a>(env: Env<'a>, kind: Atom, message: impl ToString) -> Term<'a> {
+    (atoms::error(), (kind, message.to_string())).encode(env)
+}
+
+fn text(term: Term) -> NifResult<String> {
+    let bin = term.decode_as_binary()?;
+    String::from_utf8(bin.as_slice().to_vec()).map_err(|_| rustler::Error::BadArg)
+}
+
+/// `{Name, Index, Value}` with Index -1 for "none", as evum_opts:normalize/1 makes them.
+fn boot_option(term: Term) -> Result<BootOption, String> {
+    let (name, index, value): (Term, i64, Term) = term.decode().map_err(|_| format!("malformed option {term:?}"))?;
+    let name = text(name).map_err(|_| "option name is not text".to_string())?;
+    let value = text(value).map_err(|_| format!("option {name}: value is not text"))?;
+    let index = u32::try_from(index).ok();
+    let need_index = |i: Option<u32>| i.ok_or_else(|| format!("option {name} needs an index"));
+    let flag = |v: &str| v == "true";
+    Ok(match name.as_str() {
+        "con" => BootOption::Con(index, value),
+        "ssl" => BootOption::Ssl(index, value),
+        "ubd" | "disk" => BootOption::Ubd(need_index(index)?, value),
+        "eth" => BootOption::Eth(need_index(index)?, value),
+        "init" => BootOption::Init(value),
+        "initrd" => BootOption::Initrd(value.into()),
+        "mem" => BootOption::Mem(value),
+        "root" => BootOption::Root(value),
+        "rootflags" => BootOption::RootFlags(value),
+        "rootfstype" => BootOption::RootFsType(value),
+        "verbose" => BootOption::Verbose(flag(&value)),
+        "write" => BootOption::Write(flag(&value)),
+        "hostfs" => BootOption::Hostfs(value.into()),
+        "append" => BootOption::Append(value),
+        other => match other.strip_prefix("env:") {
+            Some(key) => BootOption::Env(key.to_string(), value),
+            None => return Err(format!("unknown option {other}")),
+        },
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+#[rustler::nif(schedule = "DirtyIo")]
+fn vm_start<'a>(
+    env: Env<'a>,
+    owner: LocalPid,
+    server: LocalPid,
+    tagged: bool,
+    kernel: Term<'a>,
+    options: Vec<Term<'a>>,
+    umid: Term<'a>,
+    uml_dir: Term<'a>,
+    run_as: Term<'a>,
+) -> NifResult<Term<'a>> {
+    let options: Result<Vec<BootOption>, String> = options.into_iter().map(boot_option).collect();
+    let options = match options {
+        Ok(options) => options,
+        Err(why) => return Ok(error_tuple(env, atoms::bad_option(), why)),
+    };
+    let optional = |t: Term| -> NifResult<Option<String>> { text(t).map(|s| (!s.is_empty()).then_some(s)) };
+    let config = VmConfig {
+        kernel: PathBuf::from(text(kernel)?),
+        options,
+        umid: optional(umid)?,
+        uml_dir: optional(uml_dir)?.map(PathBuf::from),
+        run_as: run_as.decode::<(u32, u32)>().ok(),
+    };
+    let events = events::Mailboxes::new(owner, server, tagged);
+    match evum_core::start(config, Box::new(events)) {
+        Ok(vm) => Ok((atoms::ok(), ResourceArc::new(VmResource { vm: Mutex::new(vm) })).encode(env)),
+        Err(e) => {
+            let kind = match &e {
+                vm::StartError::Option(_) => atoms::bad_option(),
+                vm::StartError::Spawn(_) => atoms::spawn(),
+                vm::StartError::RuntimeDir { .. } => atoms::runtime_dir(),
+                vm::StartError::BadUmid(_) => atoms::bad_umid(),
+            };
+            Ok(error_tuple(env, kind, e))
+        }
+    }
+}
+
+fn with_vm<T>(resource: &ResourceArc<VmResource>, f: impl FnOnce(&Vm) -> T) -> T {
+    let vm = resource.vm.lock().unwrap_or_else(|p| p.into_inner());
+    f(&vm)
+}
+
+fn queued(env: Env, result: Result<(), evum_core::NotRunning>) -> Term {
+    match result {
+        Ok(()) => atoms::ok().encode(env),
+        Err(_) => (atoms::error(), atoms::not_running()).encode(env),
+    }
+}
+
+/// Queues console input. Returns at once: the I/O thread writes it.
+#[rustler::nif]
+fn vm_write<'a>(env: Env<'a>, resource: ResourceArc<VmResource>, data: Binary<'a>) -> Term<'a> {
+    queued(
+        env,
+        with_vm(&resource, |vm| vm.handle.write_console(data.as_slice().to_vec())),
+    )
+}
+
+/// Queues bytes for the command channel.
+#[rustler::nif]
+fn vm_control<'a>(env: Env<'a>, resource: ResourceArc<VmResource>, data: Binary<'a>) -> Term<'a> {
+    queued(
+        env,
+        with_vm(&resource, |vm| vm.handle.write_control(data.as_slice().to_vec())),
+    )
+}
+
+/// Signals the UML process (`whole_group` false) or its whole process group.
+#[rustler::nif]
+fn vm_signal<'a>(
+    env: Env<'a>,
+    resource: ResourceArc<VmResource>,
+    signal: Atom,
+    whole_group: bool,
+) -> NifResult<Term<'a>> {
+    let name = format!("{signal:?}");
+    let signal = parse_signal(&name).ok_or(rustler::Error::BadArg)?;
+    Ok(queued(
+        env,
+        with_vm(&resource, |vm| vm.handle.signal(signal, whole_group)),
+    ))
+}
+
+#[rustler::nif]
+fn vm_info<'a>(env: Env<'a>, resource: ResourceArc<VmResource>) -> NifResult<Term<'a>> {
+    with_vm(&resource, |vm| {
+        let pairs = [
+            (atoms::os_pid().encode(env), vm.handle.os_pid().encode(env)),
+            (atoms::umid().encode(env), vm.umid.encode(env)),
+            (
+                atoms::runtime_dir_key().encode(env),
+                vm.runtime_dir.to_string_lossy().into_owned().encode(env),
+            ),
+            (
+                atoms::mconsole_socket().encode(env),
+                vm.mconsole_socket().to_string_lossy().into_owned().encode(env),
+            ),
+            (atoms::running().encode(env), vm.handle.is_running().encode(env)),
+        ];
+        Term::map_from_pairs(env, &pairs)
+    })
+}
+
+/// One mconsole round trip: `{ok, Text}`, `{error, Text}` when the guest
+/// refused, or `{error, {Kind, Message}}` when it could not be asked.
+#[rustler::nif(schedule = "DirtyIo")]
+fn mconsole_request<'a>(env: Env<'a>, socket: Term<'a>, command: Term<'a>, timeout_ms: u64) -> NifResult<Term<'a>> {
+    let socket = PathBuf::from(text(socket)?);
+    let command = text(command)?;
+    Ok(
+        match mconsole::request(&socket, &command, Duration::from_millis(timeout_ms)) {
+            Ok(reply) if reply.ok => (atoms::ok(), reply.text).encode(env),
+            Ok(reply) => (atoms::error(), reply.text).encode(env),
+            Err(mconsole::MconsoleError::Timeout(_)) => (atoms::error(), atoms::timeout()).encode(env),
+            Err(e) => error_tuple(env, atoms::mconsole(), e),
+        },
+    )
+}
+
+/// Builds (once) and returns evum's busybox initramfs.
+#[rustler::nif(schedule = "DirtyIo")]
+fn busybox_initramfs<'a>(env: Env<'a>, busybox: Term<'a>, cache_dir: Term<'a>) -> NifResult<Term<'a>> {
+    let busybox = PathBuf::from(text(busybox)?);
+    let cache_dir = PathBuf::from(text(cache_dir)?);
+    Ok(match image::busybox_initramfs(&busybox, &cache_dir) {
+        Ok(path) => (atoms::ok(), path.to_string_lossy().into_owned()).encode(env),
+        Err(e) => error_tuple(env, atoms::image(), e),
+    })
+}
+
+rustler::init!("evum_nif");
