@@ -7,10 +7,10 @@
 use std::collections::hash_map::DefaultHasher;
 use std::fs::{self, File};
 use std::hash::{Hash, Hasher};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 const INIT: &str = include_str!("../../../priv/guest/busybox-init");
@@ -96,14 +96,20 @@ fn applets(busybox: &Path) -> Result<Vec<String>, ImageError> {
         path: busybox.into(),
         why,
     };
-    let out = Command::new(busybox)
+    // Read the output to its end instead of waiting for the exit status: in
+    // the BEAM, SIGCHLD is ignored and the kernel reaps children at once.
+    let mut child = Command::new(busybox)
         .arg("--list-full")
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
         .map_err(|e| err(e.to_string()))?;
-    if !out.status.success() {
-        return Err(err(format!("--list-full exited with {}", out.status)));
+    let mut stdout = Vec::new();
+    if let Some(mut pipe) = child.stdout.take() {
+        pipe.read_to_end(&mut stdout).map_err(|e| err(e.to_string()))?;
     }
-    let list = String::from_utf8_lossy(&out.stdout);
+    let _ = child.wait();
+    let list = String::from_utf8_lossy(&stdout);
     let applets: Vec<String> = list
         .lines()
         .map(|l| l.trim_start_matches('/').to_string())

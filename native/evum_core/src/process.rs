@@ -9,12 +9,11 @@
 //! signalled at once), a fixed address-space layout (UML's guest memory is
 //! then predictable, see UML-NOTES) and a private umask.
 
-use std::ffi::OsString;
+use std::ffi::{CString, OsString};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use crossbeam_channel::{bounded, unbounded, Sender};
@@ -82,6 +81,7 @@ pub fn spawn(spec: SpawnSpec) -> Result<Spawned, SpawnError> {
 fn spawner() -> &'static Sender<(SpawnSpec, Reply)> {
     static SPAWNER: OnceLock<Sender<(SpawnSpec, Reply)>> = OnceLock::new();
     SPAWNER.get_or_init(|| {
+        keep_exit_statuses();
         let (tx, rx) = unbounded::<(SpawnSpec, Reply)>();
         let started = std::thread::Builder::new().name("evum-spawner".into()).spawn(move || {
             for (spec, reply) in rx {
@@ -95,46 +95,79 @@ fn spawner() -> &'static Sender<(SpawnSpec, Reply)> {
     })
 }
 
+/// The BEAM sets SIGCHLD to SIG_IGN (its own children are forked by
+/// erl_child_setup, not by the emulator), and with SIGCHLD ignored the kernel
+/// reaps children at once and throws their exit status away. evum must tell
+/// an owner how its VM ended, so it restores the default disposition, under
+/// which SIGCHLD is still not delivered to anyone but exited children stay
+/// until evum's I/O loop reaps them.
+fn keep_exit_statuses() {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    // SAFETY: installs no handler, only the default disposition.
+    if let Err(e) = unsafe { sigaction(Signal::SIGCHLD, &default) } {
+        log::error!("evum: cannot restore SIGCHLD: {e}; exit statuses will be unknown");
+    }
+}
+
 fn pipe() -> Result<(OwnedFd, OwnedFd), SpawnError> {
     pipe2(OFlag::O_CLOEXEC).map_err(|e| SpawnError::Sys("pipe2", e.into()))
 }
 
 fn spawn_here(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
+    let kernel = resolve(&spec.kernel).ok_or_else(|| SpawnError::KernelNotFound(spec.kernel.clone()))?;
+    let exec = Exec::new(&kernel, spec)?;
     let (console_in_child, console_in) = pipe()?;
     let (console_out, console_out_child) = pipe()?;
     let (control_in_child, control_in) = pipe()?;
     let (control_out, control_out_child) = pipe()?;
-    let stderr_child = console_out_child.try_clone().map_err(|e| SpawnError::Sys("dup", e))?;
+    // The child reports a failed exec here; end-of-file means exec worked.
+    let (exec_error, exec_error_child) = pipe()?;
     let parent = nix::unistd::getpid().as_raw();
-    let control_fds = [control_in_child.as_raw_fd(), control_out_child.as_raw_fd()];
-
-    let mut cmd = Command::new(&spec.kernel);
-    cmd.args(&spec.args)
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::from(console_in_child))
-        .stdout(Stdio::from(console_out_child))
-        .stderr(Stdio::from(stderr_child));
-    if let Some((uid, gid)) = spec.run_as {
-        // std drops supplementary groups too when it changes uid as root.
-        cmd.uid(uid).gid(gid);
+    let child_fds = ChildFds {
+        targets: [
+            console_in_child.as_raw_fd(),
+            console_out_child.as_raw_fd(),
+            console_out_child.as_raw_fd(),
+            control_in_child.as_raw_fd(),
+            control_out_child.as_raw_fd(),
+        ],
+        exec_error: exec_error_child.as_raw_fd(),
+    };
+    let run_as = spec.run_as;
+    let mut stack = vec![0u8; CHILD_STACK];
+    // SAFETY: the child gets a copy-on-write copy of this process (no
+    // CLONE_VM) in which only the calling thread exists, so it must not
+    // allocate or take locks: `child_main` makes only async-signal-safe
+    // system calls on data prepared above.
+    let pid = unsafe {
+        nix::sched::clone(
+            Box::new(|| child_main(parent, &child_fds, run_as, &exec)),
+            &mut stack,
+            nix::sched::CloneFlags::empty(),
+            Some(libc::SIGCHLD),
+        )
     }
-    // SAFETY: the closure runs in the forked child before exec and calls only
-    // async-signal-safe functions (setsid, prctl, getppid, personality, umask,
-    // fcntl, dup2); it allocates nothing and takes no locks.
-    unsafe {
-        cmd.pre_exec(move || child_setup(parent, control_fds));
+    .map_err(|e| SpawnError::Sys("clone", e.into()))?;
+    drop((
+        console_in_child,
+        console_out_child,
+        control_in_child,
+        control_out_child,
+        exec_error_child,
+    ));
+    let mut errno = [0u8; 4];
+    let mut exec_error = std::fs::File::from(exec_error);
+    let read = std::io::Read::read(&mut exec_error, &mut errno).unwrap_or(0);
+    if read == errno.len() {
+        // The child has exited; reap it so it leaves no zombie.
+        let _ = nix::sys::wait::waitpid(pid, None);
+        let source = io::Error::from_raw_os_error(i32::from_ne_bytes(errno));
+        return Err(match source.kind() {
+            io::ErrorKind::NotFound => SpawnError::KernelNotFound(spec.kernel.clone()),
+            _ => SpawnError::Exec { path: kernel, source },
+        });
     }
-    let child = cmd.spawn().map_err(|source| match source.kind() {
-        io::ErrorKind::NotFound => SpawnError::KernelNotFound(spec.kernel.clone()),
-        _ => SpawnError::Exec {
-            path: spec.kernel.clone(),
-            source,
-        },
-    })?;
-    // The Command still holds the child's pipe ends; dropping it closes ours,
-    // so that end-of-file on the console means every UML process is gone.
-    drop(cmd);
-    let pid = Pid::from_raw(child.id() as i32);
     let pidfd = pidfd_open(pid).map_err(|e| SpawnError::Sys("pidfd_open", e))?;
     Ok(Spawned {
         pid,
@@ -146,42 +179,124 @@ fn spawn_here(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
     })
 }
 
-/// Runs in the child between fork and exec.
-fn child_setup(parent: i32, control_fds: [RawFd; 2]) -> io::Result<()> {
+const CHILD_STACK: usize = 64 * 1024;
+
+/// The kernel binary as a path: as given if it has a slash, else found on PATH.
+fn resolve(kernel: &Path) -> Option<PathBuf> {
+    if kernel.components().count() > 1 {
+        return kernel.exists().then(|| kernel.to_path_buf());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(kernel))
+        .find(|p| p.is_file())
+}
+
+/// execve's arguments, made before the fork because the child may not allocate.
+struct Exec {
+    path: CString,
+    _args: Vec<CString>,
+    _env: Vec<CString>,
+    argv: Vec<*const libc::c_char>,
+    envp: Vec<*const libc::c_char>,
+}
+
+impl Exec {
+    fn new(kernel: &Path, spec: &SpawnSpec) -> Result<Exec, SpawnError> {
+        let c = |s: &[u8]| CString::new(s).map_err(|_| SpawnError::Sys("argument", io::ErrorKind::InvalidInput.into()));
+        let path = c(kernel.as_os_str().as_bytes())?;
+        let mut args = vec![path.clone()];
+        for arg in &spec.args {
+            args.push(c(arg.as_bytes())?);
+        }
+        let overridden: Vec<&OsString> = spec.env.iter().map(|(k, _)| k).collect();
+        let mut env = Vec::new();
+        for (key, value) in std::env::vars_os()
+            .filter(|(k, _)| !overridden.contains(&k))
+            .chain(spec.env.iter().cloned())
+        {
+            env.push(c(&[key.as_bytes(), b"=", value.as_bytes()].concat())?);
+        }
+        let argv = args
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        let envp = env
+            .iter()
+            .map(|e| e.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        Ok(Exec {
+            path,
+            _args: args,
+            _env: env,
+            argv,
+            envp,
+        })
+    }
+}
+
+/// The child's fds: `targets[n]` becomes fd n (stdin, stdout, stderr, and
+/// the command channel on 3 and 4).
+struct ChildFds {
+    targets: [RawFd; 5],
+    exec_error: RawFd,
+}
+
+/// Runs in the child between clone and exec. Returns only on failure, after
+/// writing the errno to the exec error pipe.
+fn child_main(parent: i32, fds: &ChildFds, run_as: Option<(u32, u32)>, exec: &Exec) -> isize {
     const ADDR_NO_RANDOMIZE: libc::c_ulong = 0x0040000;
-    // SAFETY: plain system calls on this process with valid arguments.
+    let fail = |fds: &ChildFds| -> isize {
+        let errno = io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO)
+            .to_ne_bytes();
+        // SAFETY: writing 4 bytes from a live buffer to a pipe we own.
+        unsafe { libc::write(fds.exec_error, errno.as_ptr().cast(), errno.len()) };
+        127
+    };
+    // SAFETY: plain system calls on this (single-threaded) child with valid
+    // arguments; the pointers come from `Exec`, alive for the whole call.
     unsafe {
-        if libc::setsid() < 0 {
-            return Err(io::Error::last_os_error());
+        if libc::setsid() < 0 || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong, 0, 0, 0) < 0 {
+            return fail(fds);
         }
-        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong, 0, 0, 0) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // The spawner may have died between fork and prctl.
+        // The spawner may have died between clone and prctl.
         if libc::getppid() != parent {
-            return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            return 127;
         }
         let persona = libc::personality(0xffff_ffff);
         if persona >= 0 {
             libc::personality(persona as libc::c_ulong | ADDR_NO_RANDOMIZE);
         }
         libc::umask(0o077);
-        // Move the command channel to fds 3 and 4. Copy to high numbers first
-        // so that a source already sitting on 3 or 4 is not overwritten.
-        let mut high = [0; 2];
-        for (slot, fd) in high.iter_mut().zip(control_fds) {
+        // BEAM ignores SIGPIPE and SIGCHLD; ignored signals survive exec.
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        libc::signal(libc::SIGCHLD, libc::SIG_DFL);
+        // Copy every source above the targets first, so that no dup2 can
+        // overwrite a source still to be moved.
+        let mut high = [0; 5];
+        for (slot, fd) in high.iter_mut().zip(fds.targets) {
             *slot = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 64);
             if *slot < 0 {
-                return Err(io::Error::last_os_error());
+                return fail(fds);
             }
         }
-        for (target, fd) in [3, 4].into_iter().zip(high) {
-            if libc::dup2(fd, target) < 0 {
-                return Err(io::Error::last_os_error());
+        for (target, fd) in high.into_iter().enumerate() {
+            if libc::dup2(fd, target as RawFd) < 0 {
+                return fail(fds);
             }
         }
+        if let Some((uid, gid)) = run_as {
+            if libc::setgroups(0, std::ptr::null()) < 0 || libc::setgid(gid) < 0 || libc::setuid(uid) < 0 {
+                return fail(fds);
+            }
+        }
+        libc::execve(exec.path.as_ptr(), exec.argv.as_ptr(), exec.envp.as_ptr());
     }
-    Ok(())
+    fail(fds)
 }
 
 fn pidfd_open(pid: Pid) -> io::Result<OwnedFd> {

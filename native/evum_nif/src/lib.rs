@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use evum_core::{image, mconsole, vm, BootOption, Vm, VmConfig};
+use evum_core::{control, image, mconsole, vm, BootOption, Vm, VmConfig};
 use nix_signal::parse_signal;
 use rustler::{Atom, Binary, Encoder, Env, LocalPid, NifResult, ResourceArc, Term};
 
@@ -17,7 +17,7 @@ mod atoms {
     rustler::atoms! {
         ok, error, undefined, true_ = "true",
         not_running, bad_option, spawn, runtime_dir, bad_umid, image, mconsole,
-        timeout, os_pid, umid, runtime_dir_key = "runtime_dir", mconsole_socket, running,
+        timeout, not_found, os_pid, umid, runtime_dir_key = "runtime_dir", mconsole_socket, running,
     }
 }
 
@@ -140,13 +140,13 @@ fn vm_write<'a>(env: Env<'a>, resource: ResourceArc<VmResource>, data: Binary<'a
     )
 }
 
-/// Queues bytes for the command channel.
+/// Asks the guest's command loop to run `command` as request `id`; the
+/// result comes to the VM's server as `{evum_ctl, {result, Id, Status, Output}}`.
 #[rustler::nif]
-fn vm_control<'a>(env: Env<'a>, resource: ResourceArc<VmResource>, data: Binary<'a>) -> Term<'a> {
-    queued(
-        env,
-        with_vm(&resource, |vm| vm.handle.write_control(data.as_slice().to_vec())),
-    )
+fn vm_run<'a>(env: Env<'a>, resource: ResourceArc<VmResource>, id: u64, command: Term<'a>) -> NifResult<Term<'a>> {
+    let command = text(command)?;
+    let request = control::run_request(id, &command);
+    Ok(queued(env, with_vm(&resource, |vm| vm.handle.write_control(request))))
 }
 
 /// Signals the UML process (`whole_group` false) or its whole process group.
@@ -209,6 +209,22 @@ fn busybox_initramfs<'a>(env: Env<'a>, busybox: Term<'a>, cache_dir: Term<'a>) -
     Ok(match image::busybox_initramfs(&busybox, &cache_dir) {
         Ok(path) => (atoms::ok(), path.to_string_lossy().into_owned()).encode(env),
         Err(e) => error_tuple(env, atoms::image(), e),
+    })
+}
+
+/// The effective uid of the BEAM: VMs of the `host` dist drop privileges when it is 0.
+#[rustler::nif]
+fn effective_uid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
+/// `{ok, {Uid, Gid}}` of a host user, or `{error, not_found}`.
+#[rustler::nif(schedule = "DirtyIo")]
+fn lookup_user<'a>(env: Env<'a>, name: Term<'a>) -> NifResult<Term<'a>> {
+    let name = text(name)?;
+    Ok(match nix::unistd::User::from_name(&name) {
+        Ok(Some(user)) => (atoms::ok(), (user.uid.as_raw(), user.gid.as_raw())).encode(env),
+        _ => (atoms::error(), atoms::not_found()).encode(env),
     })
 }
 

@@ -1,0 +1,132 @@
+%% @doc Creating VMs by label and dist, as in the original evum README:
+%%
+%% ```
+%% 1> {ok, Ref} = evm:create([{label, test1}]).
+%% 2> flush().                      % the boot messages
+%% 3> evum:send(Ref, "hostname").   % the echo of the command
+%% 4> flush().                      % Shell got <<"evm">>, then the prompt
+%% '''
+-module(evm).
+
+-export([create/1, stop/1]).
+
+-export_type([option/0, vm/0]).
+
+-type vm() :: pid() | atom().
+-type option() ::
+    {label, atom() | string()}
+    | {dist, evum_dist:name()}
+    | {timeout, timeout()}
+    | tagged
+    | {tagged, boolean()}
+    | {hostname, string() | binary()}
+    | {kernel, file:filename_all()}
+    | {umid, string() | binary()}
+    | {uml_dir, file:filename_all()}
+    | evum_opts:boot_option().
+
+%% @doc Boots a VM and waits until its guest is up. The caller becomes the
+%% VM's owner: it receives the console lines and is told when the VM ends,
+%% and the VM stops when the owner exits.
+%%
+%% Options: `label' (registers the VM's pid under that name), `dist'
+%% (`busybox', the default, or `host'), `timeout' (ms to wait for the boot),
+%% `tagged' (console lines as `{evum, Vm, {console, Line}}'), `hostname',
+%% `kernel' (the UML binary), `umid', `uml_dir', `verbose' (the kernel's boot
+%% log on the console), and the original boot options (`mem', `con', `ssl',
+%% `disk', `ubd', `eth', `init', `initrd', `root', `rootflags', `rootfstype',
+%% `write', `quiet', `hostfs', `append', `env'). An option it does not know is
+%% `{error, {bad_option, Option}}'.
+-spec create([option()]) -> {ok, pid()} | {error, term()}.
+create(Options) when is_list(Options) ->
+    case application:ensure_all_started(evum) of
+        {ok, _} -> create_vm(Options);
+        {error, _} = Error -> Error
+    end;
+create(Options) ->
+    {error, {bad_option, Options}}.
+
+create_vm(Options) ->
+    {Own, Boot} = lists:partition(fun is_create_option/1, Options),
+    Label = proplists:get_value(label, Own),
+    Dist = proplists:get_value(dist, Own, busybox),
+    Hostname = unicode:characters_to_binary(proplists:get_value(hostname, Own, "evm")),
+    {ok, DefaultTimeout} = application:get_env(evum, boot_timeout),
+    {ok, DefaultKernel} = application:get_env(evum, kernel),
+    Steps = [
+        fun(_) -> label(Label) end,
+        fun(Name) ->
+            case evum_dist:boot_options(Dist, #{hostname => Hostname}) of
+                {ok, DistBoot, RunAs} -> {ok, {Name, DistBoot, RunAs}};
+                Error -> Error
+            end
+        end,
+        fun({Name, DistBoot, RunAs}) ->
+            case evum_opts:normalize(DistBoot ++ Boot) of
+                {ok, NifBoot} ->
+                    {ok, #{
+                        label => Name,
+                        kernel => bin(proplists:get_value(kernel, Own, DefaultKernel)),
+                        boot => NifBoot,
+                        umid => bin(proplists:get_value(umid, Own, "")),
+                        uml_dir => bin(proplists:get_value(uml_dir, Own, "")),
+                        run_as => RunAs,
+                        tagged => proplists:get_bool(tagged, Own),
+                        boot_timeout => proplists:get_value(timeout, Own, DefaultTimeout)
+                    }};
+                Error ->
+                    Error
+            end
+        end,
+        fun start/1,
+        fun(Pid) ->
+            case gen_server:call(Pid, wait_ready, infinity) of
+                ok -> {ok, Pid};
+                Error -> Error
+            end
+        end
+    ],
+    chain(Steps, undefined).
+
+%% Runs each step on the previous one's result while they return {ok, _}.
+chain([], Result) ->
+    {ok, Result};
+chain([Step | Rest], Previous) ->
+    case Step(Previous) of
+        {ok, Result} -> chain(Rest, Result);
+        Error -> Error
+    end.
+
+start(Config) ->
+    case evum_sup:start_vm(self(), Config) of
+        {error, {already_started, _}} -> {error, {label_in_use, maps:get(label, Config)}};
+        Other -> Other
+    end.
+
+is_create_option({Key, _}) ->
+    lists:member(Key, [label, dist, timeout, tagged, hostname, kernel, umid, uml_dir]);
+is_create_option(tagged) ->
+    true;
+is_create_option(_) ->
+    false.
+
+label(undefined) -> {ok, undefined};
+label(Label) when is_atom(Label) -> {ok, Label};
+label(Label) when is_list(Label) -> {ok, list_to_atom(Label)};
+label(Label) -> {error, {bad_option, {label, Label}}}.
+
+bin(Value) when is_binary(Value) -> Value;
+bin(Value) when is_atom(Value) -> atom_to_binary(Value);
+bin(Value) -> unicode:characters_to_binary(Value).
+
+%% @doc Stops a VM: mconsole halt, then SIGTERM, then SIGKILL, waiting for
+%% the guest to be gone at each step. Returns when nothing of it is left.
+-spec stop(vm()) -> ok | {error, not_running}.
+stop(Vm) ->
+    try
+        gen_server:call(Vm, stop, infinity)
+    catch
+        exit:{noproc, _} -> {error, not_running};
+        exit:{normal, _} -> ok;
+        exit:{{shutdown, _}, _} -> ok
+    end.

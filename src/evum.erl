@@ -1,0 +1,142 @@
+%% @doc Talking to a running VM: console input and output, commands, and the
+%% management console. A VM is the pid that evm:create/1 or start/0,1
+%% returned, or its label.
+-module(evum).
+
+-export([
+    start/0,
+    start/1,
+    stop/1,
+    send/2,
+    send/3,
+    puts/2,
+    write/2,
+    cmd/2,
+    cmd/3,
+    system/2,
+    reboot/1,
+    info/1
+]).
+
+-define(SEND_TIMEOUT, 5000).
+-define(CMD_TIMEOUT, 30000).
+
+%% @doc Starts a VM running the host's own system (read-only), as the
+%% original evum did.
+-spec start() -> {ok, pid()} | {error, term()}.
+start() ->
+    start([]).
+
+%% @doc Like start/0, with evm:create/1 options; `dist' defaults to `host'.
+-spec start([evm:option()]) -> {ok, pid()} | {error, term()}.
+start(Options) ->
+    evm:create(Options ++ [{dist, host}]).
+
+%% @doc Stops the VM and waits until nothing of it is left.
+-spec stop(evm:vm()) -> ok | {error, not_running}.
+stop(Vm) ->
+    evm:stop(Vm).
+
+%% @doc Types a line on the console and returns the next console message the
+%% caller receives (the echo of the line), or `timeout'. The caller must be
+%% the VM's owner, who receives its console.
+-spec send(evm:vm(), iodata()) -> binary() | timeout | {error, term()}.
+send(Vm, Line) ->
+    send(Vm, Line, ?SEND_TIMEOUT).
+
+-spec send(evm:vm(), iodata(), timeout()) -> binary() | timeout | {error, term()}.
+send(Vm, Line, Timeout) ->
+    case write_line(Vm, Line) of
+        {ok, false} ->
+            receive
+                Bin when is_binary(Bin) -> Bin
+            after Timeout -> timeout
+            end;
+        {ok, true} ->
+            Pid = whereis_vm(Vm),
+            receive
+                {evum, Pid, {console, Bin}} -> Bin
+            after Timeout -> timeout
+            end;
+        {error, _} = Error ->
+            Error
+    end.
+
+%% @doc Types a line on the console.
+-spec puts(evm:vm(), iodata()) -> ok | {error, term()}.
+puts(Vm, Line) ->
+    case write_line(Vm, Line) of
+        {ok, _} -> ok;
+        Error -> Error
+    end.
+
+%% @doc Writes bytes to the console as they are (no newline added).
+-spec write(evm:vm(), iodata()) -> ok | {error, term()}.
+write(Vm, Data) ->
+    case to_binary(Data) of
+        {ok, Bin} ->
+            case call(Vm, {write, Bin}) of
+                {ok, _} -> ok;
+                Error -> Error
+            end;
+        Error ->
+            Error
+    end.
+
+write_line(Vm, Line) ->
+    case to_binary(Line) of
+        {ok, Bin} -> call(Vm, {write, <<Bin/binary, "\n">>});
+        Error -> Error
+    end.
+
+%% @doc Runs a shell command in the guest and returns its exit status and
+%% exact output (stdout and stderr), with no echo or prompt. Commands run on
+%% a channel of their own, never on the console.
+-spec cmd(evm:vm(), iodata()) -> {ok, integer(), binary()} | {error, term()}.
+cmd(Vm, Command) ->
+    cmd(Vm, Command, ?CMD_TIMEOUT).
+
+-spec cmd(evm:vm(), iodata(), timeout()) -> {ok, integer(), binary()} | {error, term()}.
+cmd(Vm, Command, Timeout) ->
+    case to_binary(Command) of
+        {ok, Bin} -> call(Vm, {cmd, Bin, Timeout});
+        Error -> Error
+    end.
+
+%% @doc Sends a raw mconsole command ("version", "sysrq m", ...); see mcons.
+-spec system(evm:vm(), iodata()) -> {ok, binary()} | {error, term()}.
+system(Vm, Command) ->
+    case to_binary(Command) of
+        {ok, Bin} -> mcons:request(Vm, Bin);
+        Error -> Error
+    end.
+
+%% @doc Reboots the guest through the mconsole.
+-spec reboot(evm:vm()) -> {ok, binary()} | {error, term()}.
+reboot(Vm) ->
+    mcons:reboot(Vm).
+
+%% @doc The VM's OS pid, umid, runtime directory, mconsole socket, owner,
+%% label and phase.
+-spec info(evm:vm()) -> map() | {error, not_running}.
+info(Vm) ->
+    call(Vm, info).
+
+call(Vm, Request) ->
+    try
+        gen_server:call(Vm, Request, infinity)
+    catch
+        exit:{noproc, _} -> {error, not_running};
+        exit:{normal, _} -> {error, not_running};
+        exit:{{shutdown, _}, _} -> {error, not_running}
+    end.
+
+whereis_vm(Pid) when is_pid(Pid) -> Pid;
+whereis_vm(Name) when is_atom(Name) -> whereis(Name).
+
+to_binary(Data) ->
+    try iolist_to_binary(Data) of
+        Bin -> {ok, Bin}
+    catch
+        error:badarg -> {error, {not_iodata, Data}}
+    end.

@@ -1,0 +1,40 @@
+%% @private
+%% The native half of evum (native/evum_nif). Every function here is replaced
+%% by the NIF when the module loads; the bodies only run if it failed to.
+-module(evum_nif).
+
+-export([
+    vm_start/8,
+    vm_write/2,
+    vm_run/3,
+    vm_signal/3,
+    vm_info/1,
+    mconsole_request/3,
+    busybox_initramfs/2,
+    effective_uid/0,
+    lookup_user/1
+]).
+
+-on_load(load/0).
+
+load() ->
+    Dir =
+        case code:priv_dir(evum) of
+            {error, bad_name} ->
+                filename:join(filename:dirname(filename:dirname(code:which(?MODULE))), "priv");
+            Priv ->
+                Priv
+        end,
+    erlang:load_nif(filename:join(Dir, "libevum_nif"), 0).
+
+-define(NOT_LOADED, erlang:nif_error({not_loaded, ?MODULE, ?LINE})).
+
+vm_start(_Owner, _Server, _Tagged, _Kernel, _Options, _Umid, _UmlDir, _RunAs) -> ?NOT_LOADED.
+vm_write(_Vm, _Data) -> ?NOT_LOADED.
+vm_run(_Vm, _Id, _Command) -> ?NOT_LOADED.
+vm_signal(_Vm, _Signal, _WholeGroup) -> ?NOT_LOADED.
+vm_info(_Vm) -> ?NOT_LOADED.
+mconsole_request(_Socket, _Command, _TimeoutMs) -> ?NOT_LOADED.
+busybox_initramfs(_Busybox, _CacheDir) -> ?NOT_LOADED.
+effective_uid() -> ?NOT_LOADED.
+lookup_user(_Name) -> ?NOT_LOADED.

@@ -1,0 +1,103 @@
+%% @doc Boot options: checks what a user wrote and puts it in the one shape
+%% the NIF takes, `{Name, Index, Value}` with binaries and Index -1 for none.
+%% The kernel command line itself is built in Rust (evum_core::options).
+-module(evum_opts).
+
+-export([normalize/1]).
+
+-export_type([boot_option/0, nif_option/0]).
+
+-type text() :: string() | binary() | atom().
+-type boot_option() ::
+    {con, text()}
+    | {con, non_neg_integer(), text()}
+    | {ssl, text()}
+    | {ssl, non_neg_integer(), text()}
+    | {disk, text()}
+    | {disk, non_neg_integer(), text()}
+    | {ubd, text()}
+    | {ubd, non_neg_integer(), text()}
+    | {eth, text()}
+    | {eth, non_neg_integer(), text()}
+    | {init, text()}
+    | {initrd, text()}
+    | {mem, text() | pos_integer()}
+    | {root, text()}
+    | {rootflags, text()}
+    | {rootfstype, text()}
+    | verbose
+    | quiet
+    | {verbose, boolean()}
+    | write
+    | {write, boolean()}
+    | {hostfs, text()}
+    | {env, text(), text()}
+    | {append, text() | [text()]}.
+-type nif_option() :: {binary(), integer(), binary()}.
+
+%% @doc Checks and converts boot options. An unknown option or a value of
+%% the wrong type is `{error, {bad_option, Option}}`, naming it.
+-spec normalize([boot_option()]) -> {ok, [nif_option()]} | {error, {bad_option, term()}}.
+normalize(Options) when is_list(Options) ->
+    try
+        {ok, lists:append([option(O) || O <- Options])}
+    catch
+        throw:{bad_option, _} = Why -> {error, Why}
+    end;
+normalize(Options) ->
+    {error, {bad_option, Options}}.
+
+option(verbose) -> [flag(verbose, true)];
+option(quiet) -> [flag(verbose, false)];
+option(write) -> [flag(write, true)];
+option({Flag, Bool} = O) when Flag =:= verbose; Flag =:= write ->
+    is_boolean(Bool) orelse throw({bad_option, O}),
+    [flag(Flag, Bool)];
+option({Name, Index, Value} = O) when
+    Name =:= con; Name =:= ssl; Name =:= disk; Name =:= ubd; Name =:= eth
+->
+    (is_integer(Index) andalso Index >= 0) orelse throw({bad_option, O}),
+    [{atom_to_binary(Name), Index, text(Value, O)}];
+option({Name, Value} = O) when Name =:= disk; Name =:= ubd; Name =:= eth ->
+    [{atom_to_binary(Name), 0, text(Value, O)}];
+option({Name, Value} = O) when Name =:= con; Name =:= ssl ->
+    [{atom_to_binary(Name), -1, text(Value, O)}];
+option({mem, MB}) when is_integer(MB), MB > 0 ->
+    [{<<"mem">>, -1, <<(integer_to_binary(MB))/binary, "M">>}];
+option({Name, Value} = O) when
+    Name =:= init;
+    Name =:= initrd;
+    Name =:= mem;
+    Name =:= root;
+    Name =:= rootflags;
+    Name =:= rootfstype;
+    Name =:= hostfs
+->
+    [{atom_to_binary(Name), -1, text(Value, O)}];
+option({env, Key, Value} = O) ->
+    [{<<"env:", (text(Key, O))/binary>>, -1, text(Value, O)}];
+option({append, [C | _] = Arg} = O) when is_integer(C) ->
+    [{<<"append">>, -1, text(Arg, O)}];
+option({append, Args} = O) when is_list(Args) ->
+    [{<<"append">>, -1, text(A, O)} || A <- Args];
+option({append, Arg} = O) ->
+    [{<<"append">>, -1, text(Arg, O)}];
+option(O) ->
+    throw({bad_option, O}).
+
+flag(Name, Bool) ->
+    {atom_to_binary(Name), -1, atom_to_binary(Bool)}.
+
+text(Value, _O) when is_binary(Value) -> Value;
+text(Value, _O) when is_atom(Value) -> atom_to_binary(Value);
+text(Value, O) when is_list(Value) ->
+    try unicode:characters_to_binary(Value) of
+        Bin when is_binary(Bin) -> Bin;
+        _ -> throw({bad_option, O})
+    catch
+        error:badarg -> throw({bad_option, O})
+    end;
+text(Value, O) when is_integer(Value) ->
+    text(integer_to_list(Value), O);
+text(_, O) ->
+    throw({bad_option, O}).

@@ -1,0 +1,209 @@
+%% @doc The process that is a VM. One per VM, under evum_sup; evm:create/1
+%% and evum:start/0,1 start it and hand its pid to the caller, who is the
+%% VM's owner.
+%%
+%% Messages its owner receives (see the README for the full list):
+%% <ul>
+%% <li>each console line, as a binary, or `{evum, Vm, {console, Line}}' for a
+%%   VM started with `tagged';</li>
+%% <li>`{evum, Vm, {exit, How}}' when the guest has ended, with How
+%%   `{exit_status, N}' or `{signal, Name}'.</li>
+%% </ul>
+%% The VM stops when its owner exits. It holds the NIF resource of the VM, so
+%% even `exit(Vm, kill)' kills the UML process: the resource's destructor does.
+-module(evum_vm).
+-behaviour(gen_server).
+
+-export([start_link/2]).
+-export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
+
+-export_type([config/0]).
+
+-type config() :: #{
+    label := atom() | undefined,
+    kernel := binary(),
+    boot := [evum_opts:nif_option()],
+    umid := binary(),
+    uml_dir := binary(),
+    run_as := undefined | {non_neg_integer(), non_neg_integer()},
+    tagged := boolean(),
+    boot_timeout := timeout()
+}.
+
+-record(state, {
+    %% The NIF resource; dropping it kills the VM.
+    vm :: term(),
+    owner :: pid(),
+    label :: atom() | undefined,
+    tagged :: boolean(),
+    %% booting -> ready -> stopping -> exited
+    phase = booting :: booting | ready | stopping | exited,
+    %% Callers of wait_ready and stop, answered when the phase changes.
+    waiting_ready = [] :: [gen_server:from()],
+    waiting_exit = [] :: [gen_server:from()],
+    %% Commands in flight: Id => {From, Timer}.
+    commands = #{} :: #{non_neg_integer() => {gen_server:from(), reference()}},
+    next_id = 1 :: pos_integer(),
+    exit :: undefined | term(),
+    stop_requested = false :: boolean()
+}).
+
+%% How long each step of a stop may take before the next, harder one.
+-define(HALT_GRACE, 2000).
+-define(TERM_GRACE, 2000).
+-define(KILL_GRACE, 5000).
+
+-spec start_link(pid(), config()) -> {ok, pid()} | {error, term()}.
+start_link(Owner, #{label := undefined} = Config) ->
+    gen_server:start_link(?MODULE, {Owner, Config}, []);
+start_link(Owner, #{label := Label} = Config) ->
+    gen_server:start_link({local, Label}, ?MODULE, {Owner, Config}, []).
+
+init({Owner, Config}) ->
+    process_flag(trap_exit, true),
+    #{
+        kernel := Kernel,
+        boot := Boot,
+        umid := Umid,
+        uml_dir := UmlDir,
+        run_as := RunAs,
+        tagged := Tagged,
+        label := Label,
+        boot_timeout := BootTimeout
+    } = Config,
+    case evum_nif:vm_start(Owner, self(), Tagged, Kernel, Boot, Umid, UmlDir, RunAs) of
+        {ok, Vm} ->
+            monitor(process, Owner),
+            erlang:send_after(BootTimeout, self(), boot_timeout),
+            {ok, #state{vm = Vm, owner = Owner, label = Label, tagged = Tagged}};
+        {error, Reason} ->
+            {stop, Reason}
+    end.
+
+handle_call(wait_ready, _From, #state{phase = ready} = S) ->
+    {reply, ok, S};
+handle_call(wait_ready, From, #state{phase = booting, waiting_ready = W} = S) ->
+    {noreply, S#state{waiting_ready = [From | W]}};
+handle_call(wait_ready, _From, S) ->
+    {reply, {error, not_running}, S};
+handle_call({write, Data}, _From, #state{vm = Vm, tagged = Tagged} = S) ->
+    case evum_nif:vm_write(Vm, Data) of
+        ok -> {reply, {ok, Tagged}, S};
+        {error, _} = Error -> {reply, Error, S}
+    end;
+handle_call({cmd, Command, Timeout}, From, #state{phase = ready} = S) ->
+    #state{vm = Vm, next_id = Id, commands = Commands} = S,
+    case evum_nif:vm_run(Vm, Id, Command) of
+        ok ->
+            Timer = erlang:send_after(Timeout, self(), {cmd_timeout, Id}),
+            {noreply, S#state{next_id = Id + 1, commands = Commands#{Id => {From, Timer}}}};
+        {error, _} = Error ->
+            {reply, Error, S}
+    end;
+handle_call({cmd, _, _}, _From, #state{phase = booting} = S) ->
+    {reply, {error, booting}, S};
+handle_call({cmd, _, _}, _From, S) ->
+    {reply, {error, not_running}, S};
+handle_call(info, _From, #state{vm = Vm, owner = Owner, label = Label, phase = Phase} = S) ->
+    Info = evum_nif:vm_info(Vm),
+    {reply, Info#{owner => Owner, label => Label, phase => Phase}, S};
+handle_call(stop, _From, #state{phase = exited} = S) ->
+    {reply, ok, S};
+handle_call(stop, From, #state{waiting_exit = W} = S) ->
+    {noreply, begin_stop(S#state{waiting_exit = [From | W], stop_requested = true})};
+handle_call(_Request, _From, S) ->
+    {reply, {error, unknown_request}, S}.
+
+handle_cast(_Msg, S) ->
+    {noreply, S}.
+
+handle_info({evum_ctl, ready}, #state{phase = booting, waiting_ready = W} = S) ->
+    [gen_server:reply(From, ok) || From <- W],
+    {noreply, S#state{phase = ready, waiting_ready = []}};
+handle_info({evum_ctl, ready}, S) ->
+    %% After a reboot the command loop comes up again.
+    {noreply, S};
+handle_info({evum_ctl, {result, Id, Status, Output}}, #state{commands = Commands} = S) ->
+    case maps:take(Id, Commands) of
+        {{From, Timer}, Rest} ->
+            erlang:cancel_timer(Timer),
+            gen_server:reply(From, {ok, Status, Output}),
+            {noreply, S#state{commands = Rest}};
+        error ->
+            %% Its caller timed out already.
+            {noreply, S}
+    end;
+handle_info({cmd_timeout, Id}, #state{commands = Commands} = S) ->
+    case maps:take(Id, Commands) of
+        {{From, _}, Rest} ->
+            gen_server:reply(From, {error, timeout}),
+            {noreply, S#state{commands = Rest}};
+        error ->
+            {noreply, S}
+    end;
+handle_info(boot_timeout, #state{phase = booting, waiting_ready = W, vm = Vm} = S) ->
+    [gen_server:reply(From, {error, boot_timeout}) || From <- W],
+    evum_nif:vm_signal(Vm, sigkill, true),
+    {noreply, S#state{phase = stopping, waiting_ready = [], stop_requested = true}};
+handle_info(boot_timeout, S) ->
+    {noreply, S};
+handle_info({evum_exit, How}, S) ->
+    exited(How, S);
+handle_info({stop_step, Step}, #state{phase = stopping, vm = Vm} = S) ->
+    case Step of
+        sigterm ->
+            evum_nif:vm_signal(Vm, sigterm, false),
+            erlang:send_after(?TERM_GRACE, self(), {stop_step, sigkill});
+        sigkill ->
+            evum_nif:vm_signal(Vm, sigkill, true)
+    end,
+    {noreply, S};
+handle_info({stop_step, _}, S) ->
+    {noreply, S};
+handle_info({'DOWN', _, process, Owner, _}, #state{owner = Owner} = S) ->
+    {noreply, begin_stop(S#state{stop_requested = true})};
+handle_info(_Msg, S) ->
+    {noreply, S}.
+
+%% Stops the guest as gently as it allows: mconsole halt, then SIGTERM to the
+%% UML process, then SIGKILL to all of it. Each step waits for the exit.
+begin_stop(#state{phase = Phase} = S) when Phase =:= stopping; Phase =:= exited ->
+    S;
+begin_stop(#state{vm = Vm} = S) ->
+    #{mconsole_socket := Socket} = evum_nif:vm_info(Vm),
+    case evum_nif:mconsole_request(Socket, <<"halt">>, 1000) of
+        {ok, _} -> erlang:send_after(?HALT_GRACE, self(), {stop_step, sigterm});
+        _ -> self() ! {stop_step, sigterm}
+    end,
+    S#state{phase = stopping}.
+
+exited(How, S) ->
+    #state{owner = Owner, waiting_ready = WR, waiting_exit = WE, commands = Commands} = S,
+    Owner ! {evum, self(), {exit, How}},
+    [gen_server:reply(From, {error, {exited, How}}) || From <- WR],
+    [gen_server:reply(From, {error, {exited, How}}) || {From, _} <- maps:values(Commands)],
+    [gen_server:reply(From, ok) || From <- WE],
+    Final = S#state{phase = exited, exit = How, waiting_ready = [], waiting_exit = [], commands = #{}},
+    Reason =
+        case {S#state.stop_requested, How} of
+            {true, _} -> normal;
+            {_, {exit_status, 0}} -> normal;
+            _ -> {shutdown, How}
+        end,
+    {stop, Reason, Final}.
+
+%% Shut down with the VM still running (supervisor shutdown, a crash): stop
+%% it here and wait, so no VM outlives its process.
+terminate(_Reason, #state{phase = exited}) ->
+    ok;
+terminate(_Reason, #state{vm = Vm}) ->
+    evum_nif:vm_signal(Vm, sigterm, false),
+    receive
+        {evum_exit, _} -> ok
+    after ?TERM_GRACE ->
+        evum_nif:vm_signal(Vm, sigkill, true),
+        receive
+            {evum_exit, _} -> ok
+        after ?KILL_GRACE -> ok
+        end
+    end.
