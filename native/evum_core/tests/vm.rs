@@ -126,7 +126,7 @@ fn commands_return_exact_output_and_status() {
     let (status, output) = run(&vm, &rx, 4, "seq 1 20000");
     assert_eq!(status, 0);
     assert_eq!(output.iter().filter(|&&b| b == b'\n').count(), 20000);
-    drop(vm.handle.signal(Signal::SIGTERM, false));
+    vm.handle.signal(Signal::SIGTERM, false).unwrap();
     wait_for(&rx, Duration::from_secs(10), |e| matches!(e, Event::Exited(_)));
     assert_gone(&vm);
 }

@@ -33,7 +33,7 @@ impl Mailboxes {
         }
     }
 
-    fn to_server(&mut self, make: impl for<'a> FnOnce(Env<'a>) -> Term<'a>) {
+    fn tell_server(&mut self, make: impl for<'a> FnOnce(Env<'a>) -> Term<'a>) {
         // A dead server means the VM is being torn down; nothing to do.
         let _ = self.env.send_and_clear(&self.server, make);
     }
@@ -68,7 +68,7 @@ impl VmEvents for Mailboxes {
     }
 
     fn control(&mut self, event: ControlEvent) {
-        self.to_server(|env| match event {
+        self.tell_server(|env| match event {
             ControlEvent::Ready => (atoms::evum_ctl(), atoms::ready()).encode(env),
             ControlEvent::Result { id, status, output } => {
                 (atoms::evum_ctl(), (atoms::result(), id, status, binary(env, &output))).encode(env)
@@ -77,7 +77,7 @@ impl VmEvents for Mailboxes {
     }
 
     fn exited(&mut self, exit: Exit) {
-        self.to_server(|env| {
+        self.tell_server(|env| {
             let how = match exit {
                 Exit::Status(code) => (atoms::exit_status(), code).encode(env),
                 Exit::Signal(number) => {
