@@ -14,7 +14,7 @@
 
 -type vm() :: pid() | atom().
 -type option() ::
-    {label, atom() | string()}
+    {label, atom() | string() | binary()}
     | {dist, evum_dist:name()}
     | {timeout, timeout()}
     | tagged
@@ -113,6 +113,7 @@ is_create_option(_) ->
 label(undefined) -> {ok, undefined};
 label(Label) when is_atom(Label) -> {ok, Label};
 label(Label) when is_list(Label) -> {ok, list_to_atom(Label)};
+label(Label) when is_binary(Label) -> {ok, binary_to_atom(Label)};
 label(Label) -> {error, {bad_option, {label, Label}}}.
 
 bin(Value) when is_binary(Value) -> Value;

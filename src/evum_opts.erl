@@ -64,6 +64,13 @@ option({Name, Value} = O) when Name =:= con; Name =:= ssl ->
     [{atom_to_binary(Name), -1, text(Value, O)}];
 option({mem, MB}) when is_integer(MB), MB > 0 ->
     [{<<"mem">>, -1, <<(integer_to_binary(MB))/binary, "M">>}];
+option({mem, Size} = O) ->
+    %% A size as the kernel takes it: digits and at most one unit letter.
+    Text = text(Size, O),
+    case re:run(Text, "^[0-9]+[KMGkmg]?$") of
+        {match, _} -> [{<<"mem">>, -1, Text}];
+        nomatch -> throw({bad_option, O})
+    end;
 option({Name, Value} = O) when
     Name =:= init;
     Name =:= initrd;

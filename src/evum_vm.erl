@@ -77,7 +77,10 @@ init({Owner, Config}) ->
             erlang:send_after(BootTimeout, self(), boot_timeout),
             {ok, #state{vm = Vm, owner = Owner, label = Label, tagged = Tagged}};
         {error, Reason} ->
-            {stop, Reason}
+            %% A VM that cannot start is the caller's error, not a crash of
+            %% this process: answer start_link and leave without a report.
+            proc_lib:init_ack({error, Reason}),
+            exit(normal)
     end.
 
 handle_call(wait_ready, _From, #state{phase = ready} = S) ->

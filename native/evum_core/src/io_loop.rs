@@ -302,6 +302,13 @@ impl IoLoop {
             Command::Adopt(adopted) => self.adopt(*adopted),
             Command::Write { id, channel, data } => {
                 if let Some(vm) = self.vms.get_mut(&id) {
+                    if channel == Channel::Console {
+                        // What was on the screen when the user typed (a
+                        // prompt) is a line of its own, not a prefix of the echo.
+                        let events = &mut vm.events;
+                        vm.lines.flush(|line| events.console_line(line));
+                        vm.flush_partial_at = None;
+                    }
                     let (writer, slot) = match channel {
                         Channel::Console => (&mut vm.console_in, CONSOLE_IN),
                         Channel::Control => (&mut vm.control_in, CONTROL_IN),

@@ -1,0 +1,797 @@
+%% @doc evum benchmarks: boot, console throughput and density, each against
+%% a peer measured in the same run. Run them with `sh bench/run' (which
+%% compiles this module into a temporary directory); see bench/README.md.
+%%
+%% Every benchmark cleans up what it started: evum VMs are stopped with
+%% evm:stop/1, bare UML peers are killed by process group and their uml_dir
+%% removed. As a last resort bench/run kills every process group listed in
+%% $EVUM_BENCH_TMP/pgids and every UML process whose umid this node chose.
+-module(evum_bench).
+
+-export([main/1]).
+
+-define(KERNEL, "/usr/bin/linux").
+-define(SETARCH, "/usr/bin/setarch").
+-define(READY_MARKER, <<1, "EVUM READY">>).
+-define(PROMPT, <<"root@evm:~# ">>).
+
+%%% Entry point ---------------------------------------------------------------
+
+main([Which]) -> main(Which);
+main(Which) when is_atom(Which) ->
+    Tmp = tmp_base(),
+    note_beam_pid(Tmp),
+    warn_foreign("before"),
+    Result =
+        try
+            run(Which, Tmp)
+        catch
+            Class:Reason:Stack ->
+                io:format("~nFAILED ~p: ~p:~p~n~p~n", [Which, Class, Reason, Stack]),
+                failed
+        end,
+    warn_foreign("after"),
+    Code =
+        case Result of
+            ok -> 0;
+            _ -> 1
+        end,
+    %% Stop the I/O of the output before halting.
+    halt(Code, [{flush, true}]).
+
+run(boot, Tmp) -> boot(Tmp);
+run(console, Tmp) -> console(Tmp);
+run(density, Tmp) -> density(Tmp);
+run(Other, _) -> error({unknown_benchmark, Other}).
+
+%%% 1. Boot -------------------------------------------------------------------
+
+%% Readiness, the same for all three: the guest's `\x01EVUM READY' line on
+%% serial line ssl0 (fds 3 and 4 of the UML process). evm:create/1 returns when
+%% evum has read it; for the bare peers a shell wrapper points fds 3 and 4 at
+%% the port's pipes and the time is taken when the marker shows up there.
+boot(Tmp) ->
+    Runs = env_int("EVUM_BENCH_BOOTS", 10),
+    header(io_lib:format("boot: ~b sequential boots each, interleaved", [Runs])),
+    {ok, _} = application:ensure_all_started(evum),
+    %% A warm-up evum VM: loads the NIF, builds or finds the image, and gives
+    %% us evum's exact command line to reuse for the bare peers.
+    {Template, WarmUp} = evum_template(),
+    io:format("evum's command line (from /proc/<os_pid>/cmdline of a VM it started):~n  ~s~n",
+              [lists:join(" ", [?KERNEL | Template])]),
+    FastArgs = Template,
+    StockArgs = [A || A <- Template, not is_fast_arg(A)],
+    io:format("bare-fast  = setarch x86_64 -R " ?KERNEL " <the same args, fresh umid/uml_dir/hostfs>~n"),
+    io:format("bare-stock = " ?KERNEL " <the same args without initcall_blacklist= and lpj=>, ASLR on~n"),
+    io:format("readiness  = the guest's \"\\x01EVUM READY\" line on ssl0 (evum's own readiness signal)~n"),
+    Kinds = [evum, fast, stock],
+    Boot = fun
+        (evum, I) -> evum_boot(I);
+        (fast, I) -> bare_boot(fast, FastArgs, Tmp, I);
+        (stock, I) -> bare_boot(stock, StockArgs, Tmp, I)
+    end,
+    %% One unmeasured boot of each bare kind too (page cache, first exec).
+    _ = Boot(fast, 0),
+    _ = Boot(stock, 0),
+    io:format("warm-up done (evum first boot, incl. application start: ~.3f s)~n", [WarmUp]),
+    Results = lists:foldl(
+        fun(I, Acc) ->
+            %% Rotate the order so no kind always follows the same other one.
+            Order = rotate(Kinds, I rem 3),
+            lists:foldl(
+                fun(Kind, Acc1) ->
+                    R = Boot(Kind, I),
+                    maps:update_with(Kind, fun(L) -> [R | L] end, [R], Acc1)
+                end,
+                Acc,
+                Order
+            )
+        end,
+        #{},
+        lists:seq(1, Runs)
+    ),
+    Evum = maps:get(evum, Results),
+    Create = [C || #{create := C} <- Evum],
+    CreateCmd = [C + T || #{create := C, cmd := T} <- Evum],
+    Cmd = [T || #{cmd := T} <- Evum],
+    Stop = [S || #{stop := S} <- Evum],
+    Fast = [T || #{ready := T} <- maps:get(fast, Results)],
+    Stock = [T || #{ready := T} <- maps:get(stock, Results)],
+    io:format("~n"),
+    stat_line("evum: evm:create/1 returns (guest READY)", Create),
+    stat_line("evum: create + first evum:cmd(\"true\") ok", CreateCmd),
+    stat_line("evum: the evum:cmd(\"true\") alone", Cmd),
+    stat_line("evum: evm:stop/1 (until nothing left)", Stop),
+    stat_line("bare-fast: spawn to READY", Fast),
+    stat_line("bare-stock: spawn to READY", Stock),
+    cpu_stat_line("evum: host CPU busy during create", [C || #{cpu := C} <- Evum]),
+    cpu_stat_line("bare-fast: host CPU busy until READY", [C || #{cpu := C} <- maps:get(fast, Results)]),
+    cpu_stat_line("bare-stock: host CPU busy until READY", [C || #{cpu := C} <- maps:get(stock, Results)]),
+    EM = median(Create),
+    io:format("~n"),
+    ratio("boot evum/bare-fast (median, create returning)", EM / median(Fast), '=<', 1.05),
+    ratio("boot evum/bare-stock (median, create returning)", EM / median(Stock), '=<', 0.3),
+    figure("boot evum median, create returning", EM, "s", '=<', 0.35),
+    figure("boot evum median, create + cmd \"true\"", median(CreateCmd), "s", '=<', 0.35),
+    ok.
+
+is_fast_arg("initcall_blacklist=" ++ _) -> true;
+is_fast_arg("lpj=" ++ _) -> true;
+is_fast_arg(_) -> false.
+
+%% Boots one VM through evum and returns its command line (minus the kernel)
+%% and the time the whole first create took.
+evum_template() ->
+    T0 = now_us(),
+    {ok, Vm} = evm:create([{label, evum_bench_template}]),
+    T1 = now_us(),
+    #{os_pid := OsPid, umid := Umid} = evum:info(Vm),
+    note_pgid(OsPid, Umid),
+    {ok, Cmdline} = file:read_file("/proc/" ++ integer_to_list(OsPid) ++ "/cmdline"),
+    [_Kernel | Args] = [binary_to_list(A) || A <- binary:split(Cmdline, <<0>>, [global, trim_all])],
+    ok = evm:stop(Vm),
+    flush(),
+    {Args, (T1 - T0) / 1.0e6}.
+
+evum_boot(I) ->
+    flush(),
+    Label = list_to_atom("evum_bench_boot_" ++ integer_to_list(I)),
+    C0 = cpu_busy_s(),
+    T0 = now_us(),
+    {ok, Vm} = evm:create([{label, Label}]),
+    T1 = now_us(),
+    C1 = cpu_busy_s(),
+    {ok, 0, <<>>} = evum:cmd(Vm, "true"),
+    T2 = now_us(),
+    #{os_pid := OsPid, umid := Umid} = evum:info(Vm),
+    note_pgid(OsPid, Umid),
+    T3 = now_us(),
+    ok = evm:stop(Vm),
+    T4 = now_us(),
+    [] = live_members([OsPid]),
+    flush(),
+    #{create => (T1 - T0) / 1.0e6, cmd => (T2 - T1) / 1.0e6, stop => (T4 - T3) / 1.0e6, cpu => C1 - C0}.
+
+%% A bare UML peer: the given args with a fresh umid, uml_dir and hostfs, fds
+%% 3 and 4 (ssl0) on the port's stdin and stdout, stderr with the console.
+bare_boot(Kind, Template, Tmp, I) ->
+    {Umid, UmlDir, Args} = fresh_identity(Template, Tmp, io_lib:format("~s~b", [Kind, I])),
+    Argv =
+        case Kind of
+            fast -> [?SETARCH, "x86_64", "-R", ?KERNEL | Args];
+            stock -> [?KERNEL | Args]
+        end,
+    C0 = cpu_busy_s(),
+    T0 = now_us(),
+    Port = open_port(
+        {spawn_executable, "/bin/sh"},
+        [{args, ["-c", "exec \"$@\" 3<&0 4>&1 2>&1", "sh" | Argv]}, binary, stream, exit_status]
+    ),
+    {os_pid, OsPid} = erlang:port_info(Port, os_pid),
+    note_pgid(OsPid, Umid),
+    try
+        wait_marker(Port, ?READY_MARKER, <<>>, 60000),
+        T1 = now_us(),
+        #{ready => (T1 - T0) / 1.0e6, cpu => cpu_busy_s() - C0}
+    after
+        kill_bare(Port, OsPid, UmlDir)
+    end.
+
+wait_marker(Port, Marker, Buf, Timeout) ->
+    receive
+        {Port, {data, Data}} ->
+            New = <<Buf/binary, Data/binary>>,
+            case binary:match(New, Marker) of
+                nomatch ->
+                    Keep = min(byte_size(New), byte_size(Marker)),
+                    wait_marker(Port, Marker, binary:part(New, byte_size(New), -Keep), Timeout);
+                _ ->
+                    ok
+            end;
+        {Port, {exit_status, Status}} ->
+            error({bare_uml_exited, Status})
+    after Timeout ->
+        error({bare_uml_timeout, Marker})
+    end.
+
+%%% 2. Console ----------------------------------------------------------------
+
+%% Lines per second from `cat' of a 200 000-line file in the guest to the
+%% Erlang process that counts them: evum's owner messages versus an Erlang
+%% port in line mode on the UML console (the original evum design).
+console(Tmp) ->
+    Lines = env_int("EVUM_BENCH_LINES", 200000),
+    Runs = env_int("EVUM_BENCH_CONSOLE_RUNS", 5),
+    header(io_lib:format("console: cat of a ~b-line file in the guest, ~b runs each", [Lines, Runs])),
+    {ok, _} = application:ensure_all_started(evum),
+    Last = integer_to_binary(Lines),
+    Seq = "seq 1 " ++ integer_to_list(Lines) ++ " > /tmp/f",
+    {ok, Vm} = evm:create([{label, evum_bench_console}]),
+    #{os_pid := OsPid, umid := Umid} = evum:info(Vm),
+    note_pgid(OsPid, Umid),
+    {ok, Cmdline} = file:read_file("/proc/" ++ integer_to_list(OsPid) ++ "/cmdline"),
+    [_ | Template] = [binary_to_list(A) || A <- binary:split(Cmdline, <<0>>, [global, trim_all])],
+    EvumRates =
+        try
+            {ok, 0, _} = evum:cmd(Vm, Seq, 300000),
+            quiet(300),
+            [evum_cat_run(Vm, Last, R) || R <- lists:seq(1, Runs)]
+        after
+            evm:stop(Vm),
+            flush()
+        end,
+    %% The port peer: the same guest command line, except that the serial
+    %% line evum uses as command channel is not connected (ssl0=null): an
+    %% Erlang port has only the child's stdin and stdout.
+    PortTemplate = [
+        case A of
+            "ssl0=" ++ _ -> "ssl0=null";
+            _ -> A
+        end
+     || A <- Template
+    ],
+    {PUmid, PUmlDir, PArgs} = fresh_identity(PortTemplate, Tmp, "console"),
+    Port = open_port({spawn_executable, ?KERNEL}, [{args, PArgs}, {line, 65536}, binary, exit_status]),
+    {os_pid, POsPid} = erlang:port_info(Port, os_pid),
+    note_pgid(POsPid, PUmid),
+    PortRates =
+        try
+            port_wait_line(Port, fun(L) -> binary:match(L, <<"Enter 'help'">>) =/= nomatch end, 60000),
+            port_command(Port, Seq ++ "; echo SEQ-DONE\n"),
+            port_wait_line(Port, fun(L) -> L =:= <<"SEQ-DONE">> end, 300000),
+            [port_cat_run(Port, Last, R) || R <- lists:seq(1, Runs)]
+        after
+            kill_bare(Port, POsPid, PUmlDir)
+        end,
+    io:format("~n"),
+    rate_line("evum: lines/s to the owner pid", [R || {R, _} <- EvumRates]),
+    rate_line("port: lines/s via open_port {line, 65536}", [R || {R, _} <- PortRates]),
+    cpu_line("evum: BEAM CPU ms per run (whole OS process)", [C || {_, C} <- EvumRates]),
+    cpu_line("port: BEAM CPU ms per run (whole OS process)", [C || {_, C} <- PortRates]),
+    io:format("(the guest's cat is the limit for both: see UML-NOTES, ~~240 000 lines/s)~n~n"),
+    ratio("console evum/port lines/s (median)",
+          median([R || {R, _} <- EvumRates]) / median([R || {R, _} <- PortRates]), '>=', 1.0),
+    ok.
+
+cpu_stat_line(What, L) ->
+    io:format("~-44s median ~.2f CPU-s  (min ~.2f, max ~.2f, n=~b)~n",
+              [What, median(L), lists:min(L), lists:max(L), length(L)]).
+
+cpu_line(What, L) ->
+    io:format("~-44s median ~b  (min ~b, max ~b, n=~b)~n",
+              [What, round(median(L)), lists:min(L), lists:max(L), length(L)]).
+
+%% User plus system CPU time of this OS process (all its threads: schedulers,
+%% evum's I/O thread, the port's), in ms (10 ms resolution).
+beam_cpu_ms() ->
+    {ok, B} = file:read_file("/proc/self/stat"),
+    {Pos, _} = lists:last(binary:matches(B, <<")">>)),
+    Fields = binary:split(binary:part(B, Pos + 2, byte_size(B) - Pos - 2), <<" ">>, [global]),
+    %% Fields 14 and 15 of stat (utime, stime) are 12th and 13th after the name.
+    Ticks = binary_to_integer(lists:nth(12, Fields)) + binary_to_integer(lists:nth(13, Fields)),
+    Ticks * 10.
+
+evum_cat_run(Vm, Last, R) ->
+    C0 = beam_cpu_ms(),
+    T0 = now_us(),
+    ok = evum:puts(Vm, "cat /tmp/f"),
+    N = count_evum(Last, 0),
+    T1 = now_us(),
+    C1 = beam_cpu_ms(),
+    Sync = <<"SYNC-", (integer_to_binary(R))/binary>>,
+    ok = evum:puts(Vm, ["echo ", Sync]),
+    evum_wait_line(Sync, 10000),
+    quiet(100),
+    Rate = N / ((T1 - T0) / 1.0e6),
+    io:format("  evum run ~b: ~b lines in ~.3f s = ~b lines/s, BEAM CPU ~b ms~n",
+              [R, N, (T1 - T0) / 1.0e6, round(Rate), C1 - C0]),
+    {Rate, C1 - C0}.
+
+count_evum(Last, N) ->
+    receive
+        Last -> N + 1;
+        B when is_binary(B) -> count_evum(Last, N + 1)
+    after 60000 -> error({console_timeout, N})
+    end.
+
+evum_wait_line(Line, Timeout) ->
+    receive
+        Line -> ok;
+        B when is_binary(B) -> evum_wait_line(Line, Timeout)
+    after Timeout -> error({console_timeout, Line})
+    end.
+
+port_cat_run(Port, Last, R) ->
+    LastCr = <<Last/binary, "\r">>,
+    C0 = beam_cpu_ms(),
+    T0 = now_us(),
+    port_command(Port, "cat /tmp/f\n"),
+    N = count_port(Port, Last, LastCr, 0),
+    T1 = now_us(),
+    C1 = beam_cpu_ms(),
+    Sync = <<"SYNC-", (integer_to_binary(R))/binary>>,
+    port_command(Port, ["echo ", Sync, "\n"]),
+    port_wait_line(Port, fun(L) -> L =:= Sync end, 10000),
+    port_quiet(Port, 100),
+    Rate = N / ((T1 - T0) / 1.0e6),
+    io:format("  port run ~b: ~b lines in ~.3f s = ~b lines/s, BEAM CPU ~b ms~n",
+              [R, N, (T1 - T0) / 1.0e6, round(Rate), C1 - C0]),
+    {Rate, C1 - C0}.
+
+count_port(Port, Last, LastCr, N) ->
+    receive
+        {Port, {data, {eol, L}}} when L =:= LastCr; L =:= Last -> N + 1;
+        {Port, {data, {eol, _}}} -> count_port(Port, Last, LastCr, N + 1);
+        {Port, {data, {noeol, _}}} -> count_port(Port, Last, LastCr, N);
+        {Port, {exit_status, S}} -> error({port_exited, S})
+    after 60000 -> error({port_console_timeout, N})
+    end.
+
+%% Waits for a complete console line (CR stripped) that Pred accepts.
+port_wait_line(Port, Pred, Timeout) ->
+    receive
+        {Port, {data, {eol, L}}} ->
+            case Pred(strip_cr(L)) of
+                true -> ok;
+                false -> port_wait_line(Port, Pred, Timeout)
+            end;
+        {Port, {data, {noeol, _}}} ->
+            port_wait_line(Port, Pred, Timeout);
+        {Port, {exit_status, S}} ->
+            error({port_exited, S})
+    after Timeout -> error(port_wait_timeout)
+    end.
+
+port_quiet(Port, Ms) ->
+    receive
+        {Port, {data, _}} -> port_quiet(Port, Ms)
+    after Ms -> ok
+    end.
+
+strip_cr(L) ->
+    case byte_size(L) of
+        0 -> L;
+        S ->
+            case binary:last(L) of
+                $\r -> binary:part(L, 0, S - 1);
+                _ -> L
+            end
+    end.
+
+%%% 3. Density ----------------------------------------------------------------
+
+density(_Tmp) ->
+    N = env_int("EVUM_BENCH_VMS", 100),
+    Idle = env_int("EVUM_BENCH_IDLE_MS", 3000),
+    Cores = erlang:system_info(logical_processors_available),
+    header(io_lib:format("density: ~b VMs created concurrently through evm:create/1 on ~p cores", [N, Cores])),
+    {ok, _} = application:ensure_all_started(evum),
+    %% Warm up (NIF loaded, image cached) so the measurement is of boots only.
+    {_, _} = evum_template(),
+    Parent = self(),
+    Col = monitor_start(),
+    Forks0 = host_forks(),
+    Cpu0 = cpu_busy_s(),
+    T0 = now_us(),
+    Owners = [spawn(fun() -> owner(Parent, I) end) || I <- lists:seq(1, N)],
+    try
+        Created = [
+            receive
+                {created, O, Res} -> {O, Res}
+            after 600000 -> error({density_timeout, O})
+            end
+         || O <- Owners
+        ],
+        T1 = now_us(),
+        Cpu1 = cpu_busy_s(),
+        Forks1 = host_forks(),
+        Long = monitor_stop(Col),
+        Failed = [{O, E} || {O, {error, E}} <- Created],
+        Vms = [{O, Vm, OsPid, Umid, Dt} || {O, {ok, Vm, OsPid, Umid, Dt}} <- Created],
+        OsPids = [P || {_, _, P, _, _} <- Vms],
+        Wall = (T1 - T0) / 1.0e6,
+        Each = [Dt || {_, _, _, _, Dt} <- Vms],
+        io:format("created ~b of ~b in ~.2f s (each create: median ~.2f s, max ~.2f s); failures: ~p~n",
+                  [length(Vms), N, Wall, median0(Each), max0(Each), Failed]),
+        io:format("host CPU busy during the creates: ~.1f s of ~.1f s available (~.2f CPU-s per VM); "
+                  "host processes created: ~b (~b per VM)~n",
+                  [Cpu1 - Cpu0, Wall * Cores, (Cpu1 - Cpu0) / max(1, N), Forks1 - Forks0,
+                   (Forks1 - Forks0) div max(1, N)]),
+        %% Every guest answers a command (its shell and command loop are up).
+        T2 = now_us(),
+        Answers = pmap(fun({_, Vm, _, _, _}) -> evum:cmd(Vm, "true", 120000) end, Vms),
+        T3 = now_us(),
+        NotOk = [A || A <- Answers, A =/= {ok, 0, <<>>}],
+        io:format("all ~b answered evum:cmd(\"true\") in ~.2f s (failures: ~p)~n",
+                  [length(Vms), (T3 - T2) / 1.0e6, NotOk]),
+        timer:sleep(Idle),
+        {PssKb, Procs, Spaces} = pss(OsPids),
+        PerVm = PssKb / 1024 / max(1, length(Vms)),
+        io:format("after ~b ms idle: ~b host processes (~.1f per VM) in ~b address spaces, total PSS ~.1f MB~n",
+                  [Idle, Procs, Procs / max(1, length(Vms)), Spaces, PssKb / 1024]),
+        %% Stop all of them at once; check nothing is left.
+        Col2 = monitor_start(),
+        T4 = now_us(),
+        [O ! stop || {O, _, _, _, _} <- Vms],
+        Stopped = [
+            receive
+                {stopped, O, R} -> R
+            after 120000 -> {error, {stop_timeout, O}}
+            end
+         || {O, _, _, _, _} <- Vms
+        ],
+        T5 = now_us(),
+        LongStop = monitor_stop(Col2),
+        Left = wait_gone(OsPids, 10000),
+        LeftDirs = [U || {_, _, _, U, _} <- Vms, filelib:is_dir(filename:join(evum_base(), U))],
+        io:format("stopped ~b in ~.2f s; stop results not ok: ~p; host processes left (not zombies): ~p; "
+                  "runtime dirs left: ~p~n",
+                  [length(Vms), (T5 - T4) / 1.0e6, [S || S <- Stopped, S =/= ok], Left, LeftDirs]),
+        io:format("~n"),
+        long_report("during the concurrent creates", Long),
+        long_report("during the concurrent stops", LongStop),
+        io:format("~n"),
+        VPCS = length(Vms) / Wall / Cores,
+        figure(io_lib:format("density wall time, ~b VMs to READY", [N]), Wall, "s", '=<', 20.0 * N / 100),
+        figure("density PSS per idle VM", PerVm, "MB", '=<', 20.0),
+        figure("long_schedule reports >= 1 ms during creates", length(Long), "", '=<', 0),
+        figure("long_schedule reports >= 5 ms during creates", length([L || L <- Long, timeout(L) >= 5]), "",
+               '=<', 0),
+        io:format("density: ~.2f VMs/core/s (~b VMs / ~.2f s / ~b cores)~n", [VPCS, length(Vms), Wall, Cores]),
+        ratio("density evum/Firecracker VMs per core per second (5)", VPCS / 5, '>=', 1.0),
+        case {Failed, NotOk, Left, LeftDirs} of
+            {[], [], [], []} -> ok;
+            _ -> error(density_failures)
+        end
+    after
+        [exit(O, kill) || O <- Owners],
+        erlang:system_monitor(undefined)
+    end.
+
+owner(Parent, I) ->
+    Label = list_to_atom("evum_bench_density_" ++ integer_to_list(I)),
+    T0 = now_us(),
+    case evm:create([{label, Label}, {timeout, 300000}]) of
+        {ok, Vm} ->
+            T1 = now_us(),
+            #{os_pid := OsPid, umid := Umid} = evum:info(Vm),
+            note_pgid(OsPid, Umid),
+            Parent ! {created, self(), {ok, Vm, OsPid, Umid, (T1 - T0) / 1.0e6}},
+            owner_loop(Parent, Vm);
+        Error ->
+            Parent ! {created, self(), Error}
+    end.
+
+owner_loop(Parent, Vm) ->
+    receive
+        stop ->
+            R = evm:stop(Vm),
+            Parent ! {stopped, self(), R};
+        _Console ->
+            owner_loop(Parent, Vm)
+    end.
+
+pmap(F, List) ->
+    Self = self(),
+    Refs = [
+        begin
+            Ref = make_ref(),
+            spawn_link(fun() -> Self ! {Ref, F(X)} end),
+            Ref
+        end
+     || X <- List
+    ],
+    [
+        receive
+            {Ref, R} -> R
+        end
+     || Ref <- Refs
+    ].
+
+%% Sum of Pss over every process in the VMs' process groups. UML's two I/O
+%% helper processes share the main process's address space (CLONE_VM), and
+%% smaps_rollup reports the whole address space for each of them: count
+%% every address space once (kcmp(KCMP_VM) tells which processes share one).
+pss(OsPids) ->
+    Members = [{P, G} || {P, G, State} <- members(OsPids), State =/= "Z"],
+    Groups = maps:groups_from_list(fun({_, G}) -> G end, fun({P, _}) -> P end, Members),
+    Reps = lists:append([one_per_mm(Pids) || Pids <- maps:values(Groups)]),
+    Kb = lists:sum([pss_of(P) || P <- Reps]),
+    {Kb, length(Members), length(Reps)}.
+
+%% The processes of one VM, one per address space.
+one_per_mm(Pids) ->
+    Script = filename:join(tmp_base(), "one-per-mm.pl"),
+    ok = file:write_file(
+        Script,
+        "my @reps;\n"
+        "PID: for my $p (@ARGV) {\n"
+        "    for my $r (@reps) { next PID if syscall(312, $p + 0, $r + 0, 1, 0, 0) == 0 }  # kcmp(KCMP_VM); numbers, not strings\n"
+        "    push @reps, $p;\n"
+        "}\n"
+        "print \"@reps\\n\";\n"
+    ),
+    Out = os:cmd(lists:flatten(["perl ", Script | [[" ", integer_to_list(P)] || P <- lists:sort(Pids)]])),
+    case string:to_integer(Out) of
+        {error, _} -> error({kcmp_failed, Out});
+        _ -> [list_to_integer(T) || T <- string:lexemes(Out, " \n")]
+    end.
+
+pss_of(Pid) ->
+    case file:read_file("/proc/" ++ integer_to_list(Pid) ++ "/smaps_rollup") of
+        {ok, B} ->
+            case re:run(B, "^Pss:\\s+(\\d+) kB", [multiline, {capture, all_but_first, list}]) of
+                {match, [Kb]} -> list_to_integer(Kb);
+                nomatch -> 0
+            end;
+        _ ->
+            0
+    end.
+
+%% system_monitor long_schedule, 1 ms threshold, counted by a collector.
+monitor_start() ->
+    Col = spawn(fun() -> collect([]) end),
+    erlang:system_monitor(Col, [{long_schedule, 1}]),
+    Col.
+
+monitor_stop(Col) ->
+    erlang:system_monitor(undefined),
+    timer:sleep(100),
+    Col ! {get, self()},
+    receive
+        {Col, L} -> L
+    end.
+
+collect(Acc) ->
+    receive
+        {monitor, Who, long_schedule, Info} -> collect([{Who, Info} | Acc]);
+        {get, From} -> From ! {self(), lists:reverse(Acc)}
+    end.
+
+timeout({_, Info}) -> proplists:get_value(timeout, Info, 0).
+
+long_report(What, Long) ->
+    Ge5 = [L || L <- Long, timeout(L) >= 5],
+    io:format("long_schedule ~s: ~b >= 1 ms, ~b >= 5 ms, max ~p ms~n",
+              [What, length(Long), length(Ge5), lists:max([0 | [timeout(L) || L <- Long]])]),
+    Where = lists:foldl(
+        fun({Who, Info}, Acc) ->
+            K = {kind(Who), proplists:get_value(in, Info), proplists:get_value(out, Info)},
+            maps:update_with(K, fun(C) -> C + 1 end, 1, Acc)
+        end,
+        #{},
+        Long
+    ),
+    Top = lists:sublist(lists:reverse(lists:keysort(2, maps:to_list(Where))), 5),
+    [io:format("    ~bx ~p in ~p out ~p~n", [C, Kind, In, Out]) || {{Kind, In, Out}, C} <- Top],
+    ok.
+
+kind(P) when is_port(P) -> port;
+kind(P) when is_pid(P) ->
+    case erlang:process_info(P, registered_name) of
+        {registered_name, Name} -> Name;
+        _ -> pid
+    end.
+
+%%% Bare UML processes and their process groups --------------------------------
+
+fresh_identity(Template, Tmp, Tag) ->
+    Umid = lists:flatten(io_lib:format("evum-bench-~s-~s", [os:getpid(), Tag])),
+    UmlDir = filename:join(Tmp, "uml-" ++ lists:flatten(Tag)),
+    ok = filelib:ensure_dir(filename:join(UmlDir, "x")),
+    Args = [
+        case A of
+            "umid=" ++ _ -> "umid=" ++ Umid;
+            "uml_dir=" ++ _ -> "uml_dir=" ++ UmlDir;
+            "hostfs=" ++ _ -> "hostfs=" ++ filename:join([UmlDir, Umid, "no-hostfs"]);
+            _ -> A
+        end
+     || A <- Template
+    ],
+    {Umid, UmlDir, Args}.
+
+%% Kills the bare UML's whole process group (the port child is a session
+%% leader, so its pid is the group id), waits until it is gone and removes
+%% its uml_dir.
+kill_bare(Port, Pgid, UmlDir) ->
+    _ = os:cmd("/bin/kill -s KILL -- -" ++ integer_to_list(Pgid) ++ " 2>/dev/null"),
+    receive
+        {Port, {exit_status, _}} -> ok
+    after 5000 -> ok
+    end,
+    catch port_close(Port),
+    flush_port(Port),
+    Left = wait_gone([Pgid], 10000),
+    _ = file:del_dir_r(UmlDir),
+    case Left of
+        [] -> ok;
+        _ -> error({bare_uml_left, Left})
+    end.
+
+flush_port(Port) ->
+    receive
+        {Port, _} -> flush_port(Port)
+    after 0 -> ok
+    end.
+
+%% Processes (not zombies) still in any of these process groups, after
+%% waiting up to Ms for them to go.
+wait_gone(Pgids, Ms) ->
+    case live_members(Pgids) of
+        [] -> [];
+        Left when Ms =< 0 -> Left;
+        _ ->
+            timer:sleep(20),
+            wait_gone(Pgids, Ms - 20)
+    end.
+
+live_members(Pgids) ->
+    [{P, G} || {P, G, State} <- members(Pgids), State =/= "Z"].
+
+%% {Pid, Pgrp, State} of every process whose process group is in Pgids.
+members(Pgids) ->
+    Set = sets:from_list(Pgids),
+    {ok, Names} = file:list_dir("/proc"),
+    lists:filtermap(
+        fun(Name) ->
+            case string:to_integer(Name) of
+                {Pid, []} ->
+                    case stat(Pid) of
+                        {State, Pgrp} ->
+                            case sets:is_element(Pgrp, Set) of
+                                true -> {true, {Pid, Pgrp, State}};
+                                false -> false
+                            end;
+                        _ ->
+                            false
+                    end;
+                _ ->
+                    false
+            end
+        end,
+        Names
+    ).
+
+stat(Pid) ->
+    case file:read_file("/proc/" ++ integer_to_list(Pid) ++ "/stat") of
+        {ok, B} ->
+            %% The command name is in parentheses and may contain anything.
+            {Pos, _} = lists:last(binary:matches(B, <<")">>)),
+            Rest = binary:part(B, Pos + 2, byte_size(B) - Pos - 2),
+            [State, _PPid, Pgrp | _] = binary:split(Rest, <<" ">>, [global]),
+            {binary_to_list(State), binary_to_integer(Pgrp)};
+        _ ->
+            gone
+    end.
+
+evum_base() ->
+    case os:getenv("XDG_RUNTIME_DIR") of
+        Dir when is_list(Dir), Dir =/= "" -> filename:join(Dir, "evum");
+        _ -> "/tmp/evum-" ++ string:trim(os:cmd("id -u"))
+    end.
+
+%% Seconds of CPU time the whole host has been busy (all cores), from
+%% /proc/stat: user, nice, system, irq, softirq, steal.
+cpu_busy_s() ->
+    {ok, B} = file:read_file("/proc/stat"),
+    [Line | _] = binary:split(B, <<"\n">>),
+    [<<"cpu">> | Fields] = binary:split(Line, <<" ">>, [global, trim_all]),
+    [User, Nice, System, _Idle, _IoWait, Irq, SoftIrq, Steal | _] = [binary_to_integer(F) || F <- Fields],
+    (User + Nice + System + Irq + SoftIrq + Steal) / 100.
+
+%% Processes (and threads) the host has created since it booted.
+host_forks() ->
+    {ok, B} = file:read_file("/proc/stat"),
+    {match, [N]} = re:run(B, "^processes (\\d+)", [multiline, {capture, all_but_first, binary}]),
+    binary_to_integer(N).
+
+%% UML processes that are not ours (other users' VMs) disturb the figures.
+warn_foreign(When) ->
+    Mine = ["umid=evum-" ++ os:getpid() ++ "-", "umid=evum-bench-" ++ os:getpid() ++ "-"],
+    {ok, Names} = file:list_dir("/proc"),
+    Foreign = [
+        N
+     || N <- Names,
+        element(2, string:to_integer(N)) =:= [],
+        file:read_file("/proc/" ++ N ++ "/comm") =:= {ok, <<"linux\n">>},
+        case file:read_file("/proc/" ++ N ++ "/cmdline") of
+            {ok, C} -> not lists:any(fun(M) -> binary:match(C, list_to_binary(M)) =/= nomatch end, Mine);
+            _ -> false
+        end
+    ],
+    case Foreign of
+        [] -> ok;
+        _ ->
+            io:format("WARNING (~s): ~b UML processes of other users are running (pids ~s); "
+                      "the figures are disturbed~n", [When, length(Foreign), lists:join(" ", lists:sublist(Foreign, 10))])
+    end.
+
+%%% Bookkeeping for bench/run's last-resort clean-up ---------------------------
+
+tmp_base() ->
+    case os:getenv("EVUM_BENCH_TMP") of
+        Dir when is_list(Dir), Dir =/= "" -> Dir;
+        _ -> error("EVUM_BENCH_TMP is not set: run the benchmarks with sh bench/run")
+    end.
+
+note_beam_pid(Tmp) ->
+    ok = file:write_file(filename:join(Tmp, "beam-pids"), [os:getpid(), "\n"], [append]).
+
+note_pgid(Pgid, Umid) ->
+    ok = file:write_file(filename:join(tmp_base(), "pgids"), [integer_to_list(Pgid), " ", Umid, "\n"], [append]).
+
+%%% Figures ---------------------------------------------------------------------
+
+header(Title) ->
+    io:format("~n=== ~s ===~n", [Title]).
+
+stat_line(What, L) ->
+    io:format("~-44s median ~.3f s  (min ~.3f, max ~.3f, n=~b)~n",
+              [What, median(L), lists:min(L), lists:max(L), length(L)]).
+
+rate_line(What, L) ->
+    io:format("~-44s median ~b  (min ~b, max ~b, n=~b)~n",
+              [What, round(median(L)), round(lists:min(L)), round(lists:max(L)), length(L)]).
+
+ratio(What, R, Op, Target) ->
+    io:format("RATIO ~s = ~.3f (target ~s ~p) ~s~n", [What, R, op(Op), Target, verdict(R, Op, Target)]).
+
+figure(What, V, Unit, Op, Target) ->
+    Fmt =
+        case is_integer(V) of
+            true -> "~s = ~b~s (target ~s ~p~s) ~s~n";
+            false -> "~s = ~.3f~s (target ~s ~p~s) ~s~n"
+        end,
+    Sp =
+        case Unit of
+            "" -> "";
+            _ -> " " ++ Unit
+        end,
+    io:format("FIGURE " ++ Fmt, [What, V, Sp, op(Op), Target, Sp, verdict(V, Op, Target)]).
+
+op('=<') -> "<=";
+op('>=') -> ">=".
+
+verdict(V, '=<', T) when V =< T -> "PASS";
+verdict(V, '>=', T) when V >= T -> "PASS";
+verdict(_, _, _) -> "MISS".
+
+median([]) -> error(no_samples);
+median(L) ->
+    S = lists:sort(L),
+    N = length(S),
+    case N rem 2 of
+        1 -> lists:nth(N div 2 + 1, S);
+        0 -> (lists:nth(N div 2, S) + lists:nth(N div 2 + 1, S)) / 2
+    end.
+
+median0([]) -> 0.0;
+median0(L) -> median(L).
+
+max0([]) -> 0.0;
+max0(L) -> lists:max(L).
+
+rotate(L, 0) -> L;
+rotate([H | T], N) -> rotate(T ++ [H], N - 1).
+
+env_int(Name, Default) ->
+    case os:getenv(Name) of
+        false -> Default;
+        "" -> Default;
+        V -> list_to_integer(V)
+    end.
+
+now_us() -> erlang:monotonic_time(microsecond).
+
+flush() ->
+    receive
+        _ -> flush()
+    after 0 -> ok
+    end.
+
+%% Discards messages until none has come for Ms.
+quiet(Ms) ->
+    receive
+        _ -> quiet(Ms)
+    after Ms -> ok
+    end.

@@ -1,0 +1,55 @@
+#!/usr/bin/env escript
+%%! -pa _build/default/lib/evum/ebin
+%% The original README's Quick Start, run for real: boots VMs, shows their
+%% consoles as messages, runs commands in them, and stops them.
+-mode(compile).
+
+main(_) ->
+    {ok, _} = application:ensure_all_started(evum),
+    step("{ok, Ref} = evm:create([{label, test1}])."),
+    T0 = erlang:monotonic_time(),
+    {ok, Ref} = evm:create([{label, test1}]),
+    io:format("{ok,~p}   % booted in ~p ms~n", [Ref, ms_since(T0)]),
+    step("flush(). % the boot messages"),
+    timer:sleep(200),
+    flush(),
+    step("evum:send(Ref, \"hostname\")."),
+    io:format("~p~n", [evum:send(Ref, "hostname")]),
+    step("flush()."),
+    timer:sleep(200),
+    flush(),
+    step("evum:cmd(Ref, \"uname -a; exit 3\"). % exact output and exit status"),
+    io:format("~p~n", [evum:cmd(Ref, "uname -a; exit 3")]),
+    step("mcons:version(Ref)."),
+    io:format("~p~n", [mcons:version(Ref)]),
+    step("[evm:create([{label, L}]) || L <- [vm2, vm3, vm4]]. % three more, at once"),
+    Self = self(),
+    T1 = erlang:monotonic_time(),
+    [spawn(fun() -> Self ! {L, evm:create([{label, L}])} end) || L <- [vm2, vm3, vm4]],
+    Others = [receive {L, {ok, Pid}} -> Pid end || L <- [vm2, vm3, vm4]],
+    io:format("~p   % in ~p ms~n", [Others, ms_since(T1)]),
+    [io:format("~p: ~p~n", [Vm, evum:cmd(Vm, "echo $((6 * 7)) from $(hostname)")]) || Vm <- Others],
+    step("[evm:stop(Vm) || Vm <- [Ref | Others]]."),
+    io:format("~p~n", [[evm:stop(Vm) || Vm <- [Ref | Others]]]),
+    flush_quiet(),
+    io:format("~nAll VMs stopped; nothing of them is left running.~n").
+
+step(Text) ->
+    io:format("~n~s~n", [Text]).
+
+flush() ->
+    receive
+        Msg ->
+            io:format("Shell got ~p~n", [Msg]),
+            flush()
+    after 0 -> ok
+    end.
+
+flush_quiet() ->
+    receive
+        _ -> flush_quiet()
+    after 100 -> ok
+    end.
+
+ms_since(T) ->
+    erlang:convert_time_unit(erlang:monotonic_time() - T, native, millisecond).

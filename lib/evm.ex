@@ -1,0 +1,130 @@
+defmodule Evm do
+  @moduledoc """
+  Creating VMs by label and dist: the Elixir face of the Erlang module
+  `:evm`, with the same functions, arguments and results.
+
+  A VM is a User-Mode Linux guest run by an Erlang process. The process that
+  creates it is its *owner*: it receives the guest's console lines and is
+  told when the guest ends, and the VM stops when the owner exits. See
+  `Evum` for talking to a running VM and for the messages the owner
+  receives, and `Evum.Mcons` for its management console.
+
+  ## Quick Start
+
+      iex> {:ok, vm} = Evm.create(label: :test1)
+      iex> flush()                      # the boot messages, as binaries
+      iex> Evum.send(vm, "hostname")    # the echo of the command
+      "hostname"
+      iex> flush()                      # then the output and the prompt
+      "evm"
+      "root@evm:~# "
+      iex> Evum.cmd(vm, "echo hi; exit 3")
+      {:ok, 3, "hi\\n"}
+      iex> Evm.stop(vm)
+      :ok
+  """
+
+  @typedoc """
+  A VM: the pid that `create/1` returned, or its label.
+  """
+  @type vm :: pid() | atom()
+
+  @typedoc """
+  A text value of a boot option: a string, a charlist or an atom.
+  """
+  @type text :: String.t() | charlist() | atom()
+
+  @typedoc """
+  The boot options of the original evum, checked and passed to the UML
+  kernel. `con`, `ssl`, `disk`, `ubd` and `eth` take an optional device
+  index (`{:ubd, 1, "/tmp/disk.img"}`).
+  """
+  @type boot_option ::
+          {:con, text()}
+          | {:con, non_neg_integer(), text()}
+          | {:ssl, text()}
+          | {:ssl, non_neg_integer(), text()}
+          | {:disk, text()}
+          | {:disk, non_neg_integer(), text()}
+          | {:ubd, text()}
+          | {:ubd, non_neg_integer(), text()}
+          | {:eth, text()}
+          | {:eth, non_neg_integer(), text()}
+          | {:init, text()}
+          | {:initrd, text()}
+          | {:mem, text() | pos_integer()}
+          | {:root, text()}
+          | {:rootflags, text()}
+          | {:rootfstype, text()}
+          | :verbose
+          | :quiet
+          | {:verbose, boolean()}
+          | :write
+          | {:write, boolean()}
+          | {:hostfs, text()}
+          | {:env, text(), text()}
+          | {:append, text() | [text()]}
+
+  @typedoc """
+  An option of `create/1`. A keyword list is such a list; bare atoms
+  (`:tagged`, `:verbose`, `:quiet`, `:write`) may come before the keywords:
+  `Evm.create([:tagged, label: :x])`.
+  """
+  @type option ::
+          {:label, atom() | charlist()}
+          | {:dist, :busybox | :host}
+          | {:timeout, timeout()}
+          | :tagged
+          | {:tagged, boolean()}
+          | {:hostname, String.t() | charlist()}
+          | {:kernel, Path.t()}
+          | {:umid, String.t() | charlist()}
+          | {:uml_dir, Path.t()}
+          | boot_option()
+
+  @doc """
+  Boots a VM and waits until its guest is up. The caller becomes the VM's
+  owner: it receives the console lines and is told when the VM ends (see
+  `Evum`), and the VM stops when the owner exits.
+
+  Options:
+
+    * `:label` - registers the VM's pid under that name (an atom, or a
+      charlist made into one); a label already in use is
+      `{:error, {:label_in_use, label}}`.
+    * `:dist` - `:busybox` (the default: evum's own initramfs, built on first
+      use from the host's static busybox) or `:host` (the host's own root,
+      read-only over hostfs); any other is `{:error, {:unknown_dist, dist}}`.
+    * `:timeout` - milliseconds to wait for the boot (the application's
+      `boot_timeout`, 30000, by default); `{:error, :boot_timeout}` when it
+      passes.
+    * `:tagged` - console lines as `{:evum, vm, {:console, line}}` instead of
+      bare binaries.
+    * `:hostname` - the guest's hostname, `"evm"` by default.
+    * `:kernel` - the UML binary (the application's `kernel`, `linux`).
+    * `:umid`, `:uml_dir` - UML's own names for the VM and its directory.
+    * `:verbose` - the kernel's boot log on the console.
+    * the original boot options: `:mem`, `:con`, `:ssl`, `:disk`, `:ubd`,
+      `:eth`, `:init`, `:initrd`, `:root`, `:rootflags`, `:rootfstype`,
+      `:write`, `:quiet`, `:hostfs`, `:append`, `:env` (see `t:boot_option/0`).
+
+  An option it does not know, or one with a value of the wrong type, is
+  `{:error, {:bad_option, option}}`.
+
+      {:ok, vm} = Evm.create(label: :web, mem: 128, tagged: true)
+  """
+  @spec create([option()]) :: {:ok, pid()} | {:error, term()}
+  defdelegate create(options), to: :evm
+
+  @doc """
+  Stops a VM: mconsole halt, then SIGTERM, then SIGKILL, waiting for the
+  guest to be gone at each step. Returns `:ok` when nothing of it is left
+  (its process and runtime directory are gone), `{:error, :not_running}`
+  for a VM that is not there (any more).
+
+  Any process may stop a VM; its owner is still sent
+  `{:evum, vm, {:exit, how}}`.
+  """
+  @spec stop(vm()) :: :ok | {:error, :not_running}
+  defdelegate stop(vm), to: :evm
+end

@@ -1,0 +1,179 @@
+defmodule Evum do
+  @moduledoc """
+  Talking to a running VM: console input and output, commands, and the
+  management console. The Elixir face of the Erlang module `:evum`, with the
+  same functions, arguments and results.
+
+  A VM is the pid that `Evm.create/1` or `start/0,1` returned, or its label
+  (see `t:Evm.vm/0`). Text going in is iodata, so strings, charlists and
+  lists of them all work; text coming out is binaries (strings).
+
+  ## Messages to the owner
+
+  The process that created a VM is its owner. It receives:
+
+    * each console line, without its line ending, as a binary (`"evm"`),
+      or as `{:evum, vm, {:console, line}}` for a VM created with
+      `tagged: true`. The boot messages come first, then whatever the
+      guest's console shell prints: the echo of each line typed, its
+      output, and the prompt (`"root@evm:~# "`), a line of its own once the
+      console has been quiet for a moment (see `send/2`);
+    * `{:evum, vm, {:exit, how}}` once, when the guest has ended, with `how`
+      `{:exit_status, n}` or `{:signal, name}` (`name` an atom such as
+      `:sigkill`). It comes also when `Evm.stop/1` stopped the VM, and for
+      a VM whose boot timed out (`{:error, :boot_timeout}`), whose pid the
+      owner never got.
+
+  `vm` in these messages is the VM's pid, also for a VM with a label.
+
+  The exit message comes from the VM's process: when that process itself is
+  killed (`Process.exit(vm, :kill)`), the guest is killed with it but no
+  message comes. Monitor the VM's pid to learn of that.
+
+  The VM stops when its owner exits, normally or not. Commands run with
+  `cmd/2,3` use a channel of their own: their output never reaches the
+  console, nor the owner's mailbox.
+
+  ## Example
+
+  A VM whose owner prints its console until the guest ends:
+
+      {:ok, vm} = Evm.create(label: :demo, tagged: true)
+      {:ok, 0, "evm\\n"} = Evum.cmd(vm, "hostname")   # no console message
+      :ok = Evum.puts(vm, "uname -r; poweroff -f")
+
+      print = fn print ->
+        receive do
+          {:evum, ^vm, {:console, line}} -> IO.puts(line); print.(print)
+          {:evum, ^vm, {:exit, how}} -> how
+        end
+      end
+
+      print.(print)
+      # the boot messages, the prompt, "uname -r; poweroff -f", "6.1.176",
+      # ..., then {:exit_status, 0}
+  """
+
+  @doc """
+  Starts a VM running the host's own system (read-only), as the original
+  evum did: `start([])`.
+  """
+  @spec start() :: {:ok, pid()} | {:error, term()}
+  defdelegate start(), to: :evum
+
+  @doc """
+  Like `start/0`, with `Evm.create/1` options; `:dist` defaults to `:host`.
+  The caller is the VM's owner.
+  """
+  @spec start([Evm.option()]) :: {:ok, pid()} | {:error, term()}
+  defdelegate start(options), to: :evum
+
+  @doc """
+  Stops the VM and waits until nothing of it is left; see `Evm.stop/1`.
+  """
+  @spec stop(Evm.vm()) :: :ok | {:error, :not_running}
+  defdelegate stop(vm), to: :evum
+
+  @doc """
+  Types a line on the console (a newline is added) and returns the next
+  console message the caller receives, or `:timeout` after 5 seconds. The
+  caller must be the VM's owner, who receives its console.
+
+  The reply is meant to be the echo of the line, but it is simply the first
+  console line in the caller's mailbox (the first binary, for a VM that is
+  not tagged): drain the boot messages and any earlier output first. The
+  command's output and the prompt follow as messages.
+
+  The prompt is a line of its own only once the console has been quiet for
+  a moment: a line typed right after earlier output, before its prompt came,
+  is echoed on the prompt's line (`"root@evm:~# hostname"`). Wait for the
+  prompt before typing the next line.
+
+      iex> Evum.send(vm, "hostname")
+      "hostname"
+      iex> flush()
+      "evm"
+      "root@evm:~# "
+
+  Data that is not iodata is `{:error, {:not_iodata, data}}`, a VM that
+  has ended `{:error, :not_running}`.
+  """
+  @spec send(Evm.vm(), iodata()) :: binary() | :timeout | {:error, term()}
+  defdelegate send(vm, line), to: :evum
+
+  @doc """
+  Like `send/2`, waiting `timeout` milliseconds for the reply.
+  """
+  @spec send(Evm.vm(), iodata(), timeout()) :: binary() | :timeout | {:error, term()}
+  defdelegate send(vm, line, timeout), to: :evum
+
+  @doc """
+  Types a line on the console (a newline is added). Its echo and output
+  come to the owner as messages.
+  """
+  @spec puts(Evm.vm(), iodata()) :: :ok | {:error, term()}
+  defdelegate puts(vm, line), to: :evum
+
+  @doc """
+  Writes bytes to the console as they are, with no newline added (`"\\x03"`
+  is Ctrl-C).
+  """
+  @spec write(Evm.vm(), iodata()) :: :ok | {:error, term()}
+  defdelegate write(vm, data), to: :evum
+
+  @doc """
+  Runs a shell command in the guest and returns its exit status and exact
+  output (stdout and stderr), with no echo or prompt, waiting up to 30
+  seconds. Commands run on a channel of their own, never on the console, so
+  any process may run them.
+
+      iex> Evum.cmd(vm, "echo hi; exit 3")
+      {:ok, 3, "hi\\n"}
+
+  `{:error, :timeout}` when it takes longer, `{:error, :booting}` while the
+  guest boots, `{:error, :not_running}` once it has ended.
+  """
+  @spec cmd(Evm.vm(), iodata()) :: {:ok, integer(), binary()} | {:error, term()}
+  defdelegate cmd(vm, command), to: :evum
+
+  @doc """
+  Like `cmd/2`, waiting `timeout` milliseconds for the result.
+  """
+  @spec cmd(Evm.vm(), iodata(), timeout()) :: {:ok, integer(), binary()} | {:error, term()}
+  defdelegate cmd(vm, command, timeout), to: :evum
+
+  @doc """
+  Sends a raw mconsole command (`"version"`, `"sysrq m"`, ...); see
+  `Evum.Mcons.request/2`.
+  """
+  @spec system(Evm.vm(), iodata()) :: {:ok, binary()} | {:error, term()}
+  defdelegate system(vm, command), to: :evum
+
+  @doc """
+  Reboots the guest through the mconsole; see `Evum.Mcons.reboot/1`.
+  """
+  @spec reboot(Evm.vm()) :: {:ok, binary()} | {:error, term()}
+  defdelegate reboot(vm), to: :evum
+
+  @doc """
+  The VM's OS pid, umid, runtime directory, mconsole socket, owner, label
+  and phase, as a map:
+
+      %{
+        os_pid: 17738,
+        umid: "evum-16901-1",
+        runtime_dir: "/tmp/evum-0/evum-16901-1",
+        mconsole_socket: "/tmp/evum-0/evum-16901-1/mconsole",
+        running: true,
+        owner: #PID<0.96.0>,
+        label: :test1,
+        phase: :ready
+      }
+
+  `label` is `:undefined` (Erlang's `undefined`) for a VM without one;
+  `phase` is `:booting`, `:ready`, `:stopping` or `:exited`.
+  `{:error, :not_running}` for a VM that is not there.
+  """
+  @spec info(Evm.vm()) :: map() | {:error, :not_running}
+  defdelegate info(vm), to: :evum
+end

@@ -1,0 +1,367 @@
+%% Real UML guests through the real NIF: the original Quick Start, commands,
+%% the management console, every way a VM can end, bad input, containment,
+%% and that nothing is left behind.
+-module(evum_tests).
+
+-include_lib("eunit/include/eunit.hrl").
+
+%% The cases are named in the fixture and called through ?MODULE.
+-compile([export_all, nowarn_export_all]).
+
+-define(BOOT, 60000).
+
+%%% Fixture: the application, and a check that no VM outlives its test.
+
+evum_test_() ->
+    {setup, fun setup/0, fun cleanup/1, [
+        {timeout, 120, {T, fun() -> ?MODULE:F() end}}
+     || {T, F} <- [
+            {"quick start as in the original README", quick_start},
+            {"exact command output and exit status", commands},
+            {"every mcons command, and uml_mconsole agrees", mconsole},
+            {"reboot through mcons brings the guest back", reboot},
+            {"stop, then the same label again", stop_and_restart},
+            {"the owner hears how its VM ended", exits},
+            {"an owner exit stops its VM", owner_exit},
+            {"exit(Vm, kill) leaves nothing", brutal_kill},
+            {"a killed BEAM leaves nothing", beam_killed},
+            {"errors, never crashes", errors},
+            {"a flooding guest loses nothing", flood},
+            {"no scheduler is held while VMs boot", long_schedule},
+            {"a guest root cannot reach host files", containment},
+            {"tagged console messages", tagged}
+        ]
+    ]}.
+
+setup() ->
+    {ok, _} = application:ensure_all_started(evum),
+    ok.
+
+cleanup(_) ->
+    ok.
+
+%%% Helpers
+
+create(Options) ->
+    {ok, Vm} = evm:create([{timeout, ?BOOT} | Options]),
+    Vm.
+
+flush() ->
+    receive
+        _ -> flush()
+    after 0 -> ok
+    end.
+
+%% Every console line until `Want' arrives (or a timeout).
+wait_line(Want) ->
+    wait_line(Want, 10000).
+wait_line(Want, Timeout) ->
+    receive
+        Want -> ok;
+        Line when is_binary(Line) -> wait_line(Want, Timeout)
+    after Timeout -> error({no_line, Want})
+    end.
+
+wait_exit(Vm) ->
+    receive
+        {evum, Vm, {exit, How}} -> How
+    after 15000 -> error(no_exit)
+    end.
+
+%% The live (non-zombie) processes of a VM's process group.
+group_members(OsPid) ->
+    Pgrp = integer_to_list(OsPid),
+    [
+        Pid
+     || Pid <- filelib:wildcard("/proc/[0-9]*"),
+        case file:read_file(Pid ++ "/stat") of
+            {ok, Stat} ->
+                [_, After] = string:split(Stat, ") ", trailing),
+                [State, _PPid, Group | _] = string:split(After, " ", all),
+                State =/= <<"Z">> andalso Group =:= list_to_binary(Pgrp);
+            _ ->
+                false
+        end
+    ].
+
+%% Nothing of the VM may remain: no process of its group, no runtime dir.
+assert_gone(#{os_pid := OsPid, runtime_dir := Dir}) ->
+    wait_until(fun() -> group_members(OsPid) =:= [] end, 5000),
+    ?assertEqual([], group_members(OsPid)),
+    ?assertNot(filelib:is_dir(Dir)).
+
+wait_until(Fun, Left) when Left =< 0 ->
+    Fun();
+wait_until(Fun, Left) ->
+    case Fun() of
+        true ->
+            true;
+        false ->
+            timer:sleep(50),
+            wait_until(Fun, Left - 50)
+    end.
+
+%%% Tests
+
+quick_start() ->
+    {ok, Ref} = evm:create([{label, test1}]),
+    ?assertEqual(Ref, whereis(test1)),
+    timer:sleep(300),
+    Boot = receive_all(),
+    ?assert(lists:all(fun is_binary/1, Boot)),
+    ?assert(lists:member(<<"root@evm:~# ">>, Boot)),
+    ?assertEqual(<<"hostname">>, evum:send(Ref, "hostname")),
+    wait_line(<<"evm">>),
+    wait_line(<<"root@evm:~# ">>),
+    Info = evum:info(Ref),
+    ok = evm:stop(Ref),
+    assert_gone(Info).
+
+receive_all() ->
+    receive
+        M -> [M | receive_all()]
+    after 200 -> []
+    end.
+
+commands() ->
+    Vm = create([]),
+    ?assertEqual({ok, 0, <<"evm\n">>}, evum:cmd(Vm, "hostname")),
+    ?assertEqual({ok, 3, <<"out\nerr\n">>}, evum:cmd(Vm, "echo out; echo err >&2; exit 3")),
+    ?assertEqual({ok, 0, <<"a\r\n\tb">>}, evum:cmd(Vm, <<"printf 'a\\r\\n\\tb'">>)),
+    ?assertEqual({ok, 0, <<"1\n2\n">>}, evum:cmd(Vm, ["echo 1\n", "echo 2"])),
+    ?assertEqual({ok, 127, <<"sh: no-such-program: not found\n">>}, evum:cmd(Vm, "no-such-program")),
+    {ok, 0, Big} = evum:cmd(Vm, "seq 1 50000"),
+    ?assertEqual(iolist_to_binary([[integer_to_list(N), $\n] || N <- lists:seq(1, 50000)]), Big),
+    %% Concurrent callers each get their own answer.
+    Self = self(),
+    [spawn(fun() -> Self ! {N, evum:cmd(Vm, ["echo ", integer_to_list(N)])} end) || N <- lists:seq(1, 5)],
+    [receive {N, R} -> ?assertEqual({ok, 0, <<(integer_to_binary(N))/binary, "\n">>}, R) end || N <- lists:seq(1, 5)],
+    ?assertEqual({error, timeout}, evum:cmd(Vm, "sleep 2", 100)),
+    ?assertEqual({ok, 0, <<"after\n">>}, evum:cmd(Vm, "echo after")),
+    %% The console saw none of it.
+    timer:sleep(100),
+    ?assertNot(lists:any(fun(L) -> binary:match(L, <<"out">>) =/= nomatch end, receive_all())),
+    Info = evum:info(Vm),
+    ok = evm:stop(Vm),
+    assert_gone(Info).
+
+mconsole() ->
+    Vm = create([]),
+    #{mconsole_socket := Socket} = Info = evum:info(Vm),
+    {ok, Version} = mcons:version(Vm),
+    ?assertMatch({_, _}, binary:match(Version, <<"6.1">>)),
+    Peer = os:cmd("uml_mconsole " ++ binary_to_list(Socket) ++ " version 2>/dev/null"),
+    ?assertEqual("OK " ++ binary_to_list(Version) ++ "\n", Peer),
+    {ok, Help} = mcons:help(Vm),
+    ?assertMatch({_, _}, binary:match(Help, <<"sysrq">>)),
+    {ok, Meminfo} = mcons:proc(Vm, "meminfo"),
+    ?assertMatch({_, _}, binary:match(Meminfo, <<"MemTotal">>)),
+    ?assertMatch({ok, _}, mcons:sysrq(Vm, "m")),
+    ?assertEqual({ok, <<>>}, mcons:log(Vm, "hello from evum")),
+    ?assertEqual({ok, <<"stopped">>}, mcons:stop(Vm)),
+    ?assertEqual({ok, <<>>}, mcons:go(Vm)),
+    ?assertMatch({error, _}, mcons:config(Vm, "eth0")),
+    ?assertMatch({error, _}, mcons:remove(Vm, "eth9")),
+    ?assertMatch({error, <<"Unknown command">>}, mcons:request(Vm, "frobnicate")),
+    ?assertEqual({ok, 0, <<"ok\n">>}, evum:cmd(Vm, "echo ok")),
+    ?assertMatch({ok, _}, evum:system(Vm, "version")),
+    flush(),
+    ?assertEqual({ok, <<>>}, mcons:halt(Vm)),
+    ?assertEqual({exit_status, 0}, wait_exit(Vm)),
+    assert_gone(Info),
+    ?assertEqual({error, not_running}, mcons:version(Vm)).
+
+reboot() ->
+    Vm = create([tagged]),
+    {ok, 0, _} = evum:cmd(Vm, "touch /tmp/before-reboot"),
+    #{os_pid := OsPid} = evum:info(Vm),
+    ?assertMatch({ok, _}, evum:reboot(Vm)),
+    %% The guest boots again in the same process, with a fresh root.
+    wait_until(fun() -> element(1, evum:cmd(Vm, "true", 1000)) =:= ok end, 20000),
+    ?assertEqual({ok, 1, <<>>}, evum:cmd(Vm, "test -e /tmp/before-reboot")),
+    ?assertMatch(#{os_pid := OsPid}, evum:info(Vm)),
+    Info = evum:info(Vm),
+    ok = evm:stop(Vm),
+    assert_gone(Info).
+
+stop_and_restart() ->
+    Vm = create([{label, restart_me}]),
+    Info = evum:info(Vm),
+    ?assertEqual(ok, evm:stop(restart_me)),
+    assert_gone(Info),
+    ?assertEqual(undefined, whereis(restart_me)),
+    ?assertEqual({error, not_running}, evm:stop(restart_me)),
+    Vm2 = create([{label, restart_me}]),
+    ?assertNotEqual(Vm, Vm2),
+    ?assertEqual({ok, 0, <<"evm\n">>}, evum:cmd(restart_me, "hostname")),
+    ok = evm:stop(Vm2).
+
+exits() ->
+    %% The console shell exits: the VM powers off.
+    A = create([]),
+    InfoA = evum:info(A),
+    ok = evum:puts(A, "exit"),
+    ?assertEqual({exit_status, 0}, wait_exit(A)),
+    assert_gone(InfoA),
+    %% The UML process is killed from outside.
+    B = create([]),
+    #{os_pid := OsPid} = InfoB = evum:info(B),
+    MRef = monitor(process, B),
+    os:cmd("kill -9 " ++ integer_to_list(OsPid)),
+    ?assertEqual({signal, sigkill}, wait_exit(B)),
+    receive {'DOWN', MRef, process, B, Reason} -> ?assertEqual({shutdown, {signal, sigkill}}, Reason) end,
+    assert_gone(InfoB),
+    %% A guest kernel panic.
+    C = create([]),
+    InfoC = evum:info(C),
+    evum:cmd(C, "echo c > /proc/sysrq-trigger", 2000),
+    How = wait_exit(C),
+    ?assertNotEqual({exit_status, 0}, How),
+    assert_gone(InfoC),
+    flush().
+
+owner_exit() ->
+    Self = self(),
+    Owner = spawn(fun() ->
+        {ok, Vm} = evm:create([]),
+        Self ! {vm, Vm, evum:info(Vm)},
+        receive
+            die -> ok
+        end
+    end),
+    {Vm, Info} = receive {vm, V, I} -> {V, I} after ?BOOT -> error(no_vm) end,
+    MRef = monitor(process, Vm),
+    Owner ! die,
+    receive {'DOWN', MRef, process, Vm, _} -> ok after 15000 -> error(vm_lives) end,
+    assert_gone(Info).
+
+brutal_kill() ->
+    Vm = create([]),
+    Info = evum:info(Vm),
+    MRef = monitor(process, Vm),
+    exit(Vm, kill),
+    receive {'DOWN', MRef, process, Vm, killed} -> ok end,
+    %% The resource's destructor runs when its last reference is collected.
+    erlang:garbage_collect(),
+    assert_gone(Info).
+
+beam_killed() ->
+    Ebin = filename:dirname(code:which(evm)),
+    Eval =
+        "{ok, Vm} = evm:create([]),"
+        " #{os_pid := P, runtime_dir := D} = evum:info(Vm),"
+        " io:format(\"~p ~s ~s~n\", [P, D, os:getpid()]),"
+        " timer:sleep(infinity).",
+    Port = open_port(
+        {spawn_executable, os:find_executable("erl")},
+        [{args, ["-noshell", "-pa", Ebin, "-eval", Eval]}, {line, 1024}, exit_status]
+    ),
+    {OsPid, Dir, Beam} =
+        receive
+            {Port, {data, {eol, Line}}} ->
+                [P, D, B] = string:split(Line, " ", all),
+                {list_to_integer(P), D, B}
+        after ?BOOT -> error(no_vm)
+        end,
+    ?assertNotEqual([], group_members(OsPid)),
+    os:cmd("kill -9 " ++ Beam),
+    assert_gone(#{os_pid => OsPid, runtime_dir => Dir}).
+
+errors() ->
+    ?assertMatch({error, {spawn, _}}, evm:create([{kernel, "/nonexistent/linux"}])),
+    ?assertEqual({error, {bad_option, {frobnicate, 1}}}, evm:create([{frobnicate, 1}])),
+    ?assertEqual({error, {bad_option, {mem, -1}}}, evm:create([{mem, -1}])),
+    ?assertMatch({error, {bad_option, _}}, evm:create([{mem, "lots"}])),
+    ?assertMatch({error, {bad_option, _}}, evm:create([{con, 0, "pty"}])),
+    ?assertEqual({error, {unknown_dist, nope}}, evm:create([{dist, nope}])),
+    ?assertEqual({error, {bad_option, not_a_list}}, evm:create(not_a_list)),
+    ?assertEqual({error, boot_timeout}, evm:create([{timeout, 1}])),
+    Vm = create([{label, errors_vm}]),
+    ?assertEqual({error, {label_in_use, errors_vm}}, evm:create([{label, errors_vm}])),
+    ?assertEqual({error, {not_iodata, {1, 2}}}, evum:send(Vm, {1, 2})),
+    ?assertEqual({error, {not_iodata, [a]}}, evum:cmd(Vm, [a])),
+    ?assertEqual({error, {not_iodata, self()}}, evum:puts(Vm, self())),
+    ok = evm:stop(Vm),
+    ?assertEqual({error, not_running}, evum:send(Vm, "hostname")),
+    ?assertEqual({error, not_running}, evum:cmd(Vm, "true")),
+    ?assertEqual({error, not_running}, evm:stop(Vm)),
+    %% Nothing of the timed-out boot remains either.
+    timer:sleep(500),
+    ?assertEqual([], [Child || {_, Child, _, _} <- supervisor:which_children(evum_sup)]),
+    flush().
+
+flood() ->
+    Vm = create([]),
+    flush(),
+    %% 300 000 bytes without a newline, then 20 000 short lines.
+    ok = evum:puts(Vm, "head -c 300000 /dev/zero | tr '\\0' a; echo; seq 1 20000; echo done-flooding"),
+    Lines = collect_until(<<"done-flooding">>, []),
+    Long = [L || L <- Lines, binary:first(L) =:= $a, binary:last(L) =:= $a],
+    ?assertEqual(300000, lists:sum([byte_size(L) || L <- Long])),
+    ?assert(lists:all(fun(L) -> byte_size(L) =< 65536 end, Long)),
+    Numbers = [L || L <- Lines, L =/= <<>>, lists:all(fun(C) -> C >= $0 andalso C =< $9 end, binary_to_list(L))],
+    ?assertEqual([integer_to_binary(N) || N <- lists:seq(1, 20000)], Numbers),
+    ok = evm:stop(Vm).
+
+collect_until(Last, Acc) ->
+    receive
+        Last -> lists:reverse(Acc);
+        Line when is_binary(Line) -> collect_until(Last, [Line | Acc])
+    after 30000 -> error({stuck_after, length(Acc)})
+    end.
+
+long_schedule() ->
+    erlang:system_monitor(self(), [{long_schedule, 5}]),
+    Self = self(),
+    %% Each VM's owner is a process of its own, which lives until told.
+    Owners = [
+        spawn(fun() ->
+            Self ! {booted, self(), evm:create([])},
+            receive done -> ok end
+        end)
+     || _ <- lists:seq(1, 6)
+    ],
+    Vms = [receive {booted, O, {ok, Vm}} -> Vm after ?BOOT -> error(no_boot) end || O <- Owners],
+    [{ok, 0, _} = evum:cmd(Vm, "echo hi") || Vm <- Vms],
+    [ok = evm:stop(Vm) || Vm <- Vms],
+    [O ! done || O <- Owners],
+    erlang:system_monitor(undefined),
+    Reports = [R || {monitor, _, long_schedule, _} = R <- receive_all()],
+    ?assertEqual([], Reports).
+
+containment() ->
+    Marker = "/tmp/evum-escape-" ++ os:getpid(),
+    Vm = create([]),
+    %% Whole-host hostfs mounts fail: hostfs= confines them to a directory
+    %% that does not exist.
+    {ok, S1, _} = evum:cmd(Vm, "mkdir -p /mnt/h && mount -t hostfs none /mnt/h -o / && touch /mnt/h" ++ Marker),
+    ?assertNotEqual(0, S1),
+    {ok, S2, _} = evum:cmd(Vm, "mount -t hostfs none /mnt/h -o /../../.. && touch /mnt/h" ++ Marker),
+    ?assertNotEqual(0, S2),
+    ?assertNot(filelib:is_file(Marker)),
+    ok = evm:stop(Vm),
+    %% The host dist: the host's root, read-only; as root, the VM runs as an
+    %% unprivileged user so that a remount cannot write either.
+    Host = create([{dist, host}]),
+    ?assertEqual({ok, 0, <<"ok\n">>}, evum:cmd(Host, "test -x /bin/sh && echo ok")),
+    {ok, S3, _} = evum:cmd(Host, "touch /var/tmp/evum-escape-ro"),
+    ?assertNotEqual(0, S3),
+    ?assertNot(filelib:is_file("/var/tmp/evum-escape-ro")),
+    case os:cmd("id -u") of
+        "0\n" ->
+            {ok, _, _} = evum:cmd(Host, "mount -o remount,rw / 2>&1; touch /var/tmp/evum-escape-rw"),
+            ?assertNot(filelib:is_file("/var/tmp/evum-escape-rw"));
+        _ ->
+            ok
+    end,
+    ok = evm:stop(Host).
+
+tagged() ->
+    Vm = create([tagged]),
+    ok = evum:puts(Vm, "echo tagged-line"),
+    receive {evum, Vm, {console, <<"tagged-line">>}} -> ok after 5000 -> error(no_tagged_line) end,
+    receive {evum, Vm, {console, <<"root@evm:~# ">>}} -> ok after 5000 -> error(no_prompt) end,
+    flush(),
+    ?assertEqual(<<"echo 2">>, evum:send(Vm, "echo 2")),
+    ok = evm:stop(Vm),
+    receive {evum, Vm, {exit, {exit_status, 0}}} -> ok after 5000 -> error(no_exit) end.
