@@ -107,6 +107,13 @@ boot(Tmp) ->
     cpu_stat_line("evum: host CPU busy during create", [C || #{cpu := C} <- Evum]),
     cpu_stat_line("bare-fast: host CPU busy until READY", [C || #{cpu := C} <- maps:get(fast, Results)]),
     cpu_stat_line("bare-stock: host CPU busy until READY", [C || #{cpu := C} <- maps:get(stock, Results)]),
+    %% Rounds are interleaved, so a ratio within each round is less
+    %% disturbed by slow periods of a busy host than a ratio of medians.
+    Paired = fun(Peer) ->
+        median([C / R || {#{create := C}, #{ready := R}} <- lists:zip(Evum, maps:get(Peer, Results))])
+    end,
+    io:format("evum/bare-fast within each round: median ~.3f; evum/bare-stock: median ~.3f~n",
+              [Paired(fast), Paired(stock)]),
     EM = median(Create),
     io:format("~n"),
     ratio("boot evum/bare-fast (median, create returning)", EM / median(Fast), '=<', 1.05),

@@ -80,7 +80,7 @@ create_vm(Options) ->
         end,
         fun start/1,
         fun(Pid) ->
-            case gen_server:call(Pid, wait_ready, infinity) of
+            case gen_server:call(Pid, boot, infinity) of
                 ok -> {ok, Pid};
                 Error -> Error
             end

@@ -33,12 +33,14 @@
 -record(state, {
     %% The NIF resource; dropping it kills the VM.
     vm :: term(),
+    %% What to start, until the VM is started.
+    config :: evum_vm:config(),
     owner :: pid(),
     label :: atom() | undefined,
     tagged :: boolean(),
     %% booting -> ready -> stopping -> exited
     phase = booting :: booting | ready | stopping | exited,
-    %% Callers of wait_ready and stop, answered when the phase changes.
+    %% The caller of boot and callers of stop, answered when the phase changes.
     waiting_ready = [] :: [gen_server:from()],
     waiting_exit = [] :: [gen_server:from()],
     %% Commands in flight: Id => {From, Timer}.
@@ -61,6 +63,14 @@ start_link(Owner, #{label := Label} = Config) ->
 
 init({Owner, Config}) ->
     process_flag(trap_exit, true),
+    monitor(process, Owner),
+    #{tagged := Tagged, label := Label} = Config,
+    {ok, #state{owner = Owner, label = Label, tagged = Tagged, config = Config}}.
+
+%% The VM is started by the first call, not in init/1: a VM that cannot start
+%% is the caller's error, answered as one, not a crash of this process; and
+%% the supervisor is not held up while the kernel is forked.
+handle_call(boot, From, #state{vm = undefined, owner = Owner, config = Config} = S) ->
     #{
         kernel := Kernel,
         boot := Boot,
@@ -68,27 +78,17 @@ init({Owner, Config}) ->
         uml_dir := UmlDir,
         run_as := RunAs,
         tagged := Tagged,
-        label := Label,
         boot_timeout := BootTimeout
     } = Config,
     case evum_nif:vm_start(Owner, self(), Tagged, Kernel, Boot, Umid, UmlDir, RunAs) of
         {ok, Vm} ->
-            monitor(process, Owner),
             erlang:send_after(BootTimeout, self(), boot_timeout),
-            {ok, #state{vm = Vm, owner = Owner, label = Label, tagged = Tagged}};
-        {error, Reason} ->
-            %% A VM that cannot start is the caller's error, not a crash of
-            %% this process: answer start_link and leave without a report.
-            proc_lib:init_ack({error, Reason}),
-            exit(normal)
-    end.
-
-handle_call(wait_ready, _From, #state{phase = ready} = S) ->
-    {reply, ok, S};
-handle_call(wait_ready, From, #state{phase = booting, waiting_ready = W} = S) ->
-    {noreply, S#state{waiting_ready = [From | W]}};
-handle_call(wait_ready, _From, S) ->
-    {reply, {error, not_running}, S};
+            {noreply, S#state{vm = Vm, waiting_ready = [From]}};
+        {error, _} = Error ->
+            {stop, normal, Error, S#state{phase = exited}}
+    end;
+handle_call(_Request, _From, #state{vm = undefined} = S) ->
+    {reply, {error, booting}, S};
 handle_call({write, Data}, _From, #state{vm = Vm, tagged = Tagged} = S) ->
     case evum_nif:vm_write(Vm, Data) of
         ok -> {reply, {ok, Tagged}, S};
@@ -172,6 +172,9 @@ handle_info(_Msg, S) ->
 %% UML process, then SIGKILL to all of it. Each step waits for the exit.
 begin_stop(#state{phase = Phase} = S) when Phase =:= stopping; Phase =:= exited ->
     S;
+begin_stop(#state{vm = undefined} = S) ->
+    self() ! {evum_exit, never_started},
+    S#state{phase = stopping};
 begin_stop(#state{vm = Vm} = S) ->
     #{mconsole_socket := Socket} = evum_nif:vm_info(Vm),
     case evum_nif:mconsole_request(Socket, <<"halt">>, 1000) of
@@ -198,6 +201,8 @@ exited(How, S) ->
 %% Shut down with the VM still running (supervisor shutdown, a crash): stop
 %% it here and wait, so no VM outlives its process.
 terminate(_Reason, #state{phase = exited}) ->
+    ok;
+terminate(_Reason, #state{vm = undefined}) ->
     ok;
 terminate(_Reason, #state{vm = Vm}) ->
     evum_nif:vm_signal(Vm, sigterm, false),

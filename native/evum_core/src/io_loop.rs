@@ -471,6 +471,7 @@ impl IoLoop {
                 }
             }
         }
+        crate::watchdog::forget(vm.pid.as_raw());
         if let Some(on_gone) = vm.on_gone.take() {
             on_gone();
         }

@@ -10,6 +10,7 @@ pub mod mconsole;
 pub mod options;
 pub mod process;
 pub mod vm;
+pub mod watchdog;
 
 pub use control::ControlEvent;
 pub use io_loop::{Exit, NotRunning, VmEvents, VmHandle};

@@ -32,6 +32,10 @@ pub struct SpawnSpec {
     pub run_as: Option<(u32, u32)>,
     /// Extra environment for the UML process (TMPDIR, for one).
     pub env: Vec<(OsString, OsString)>,
+    /// Run the VM in a mount namespace of its own in which every host
+    /// filesystem is read-only but this directory (and a private /dev/shm
+    /// for UML's memory file). Needs root; used with `run_as`.
+    pub read_only_host_but: Option<PathBuf>,
 }
 
 /// A started VM's process and the host ends of its channels.
@@ -135,6 +139,10 @@ fn spawn_here(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
         exec_error: exec_error_child.as_raw_fd(),
     };
     let run_as = spec.run_as;
+    let sandbox = match &spec.read_only_host_but {
+        Some(dir) => Some(Sandbox::new(dir)?),
+        None => None,
+    };
     let mut stack = vec![0u8; CHILD_STACK];
     // SAFETY: the child gets a copy-on-write copy of this process (no
     // CLONE_VM) in which only the calling thread exists, so it must not
@@ -142,7 +150,7 @@ fn spawn_here(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
     // system calls on data prepared above.
     let pid = unsafe {
         nix::sched::clone(
-            Box::new(|| child_main(parent, &child_fds, run_as, &exec)),
+            Box::new(|| child_main(parent, &child_fds, run_as, sandbox.as_ref(), &exec)),
             &mut stack,
             nix::sched::CloneFlags::empty(),
             Some(libc::SIGCHLD),
@@ -237,6 +245,110 @@ impl Exec {
     }
 }
 
+/// A mount namespace in which the host is read-only. hostfs reads and writes
+/// the host as the UML process, so this, not the guest's own mount flags, is
+/// what keeps a guest root that remounts its hostfs root read-write from
+/// writing host files (world-writable ones included, which an unprivileged
+/// user could still write).
+struct Sandbox {
+    root: CString,
+    writable: CString,
+    shm: CString,
+    tmpfs: CString,
+}
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+
+impl Sandbox {
+    fn new(writable: &Path) -> Result<Sandbox, SpawnError> {
+        let c = |s: &[u8]| CString::new(s).map_err(|_| SpawnError::Sys("path", io::ErrorKind::InvalidInput.into()));
+        Ok(Sandbox {
+            root: c(b"/")?,
+            writable: c(writable.as_os_str().as_bytes())?,
+            shm: c(b"/dev/shm")?,
+            tmpfs: c(b"tmpfs")?,
+        })
+    }
+
+    /// Runs in the child: only system calls, no allocation.
+    fn enter(&self) -> Result<(), ()> {
+        let check = |r: libc::c_long| if r < 0 { Err(()) } else { Ok(()) };
+        let set_attr = |path: &CString, flags: libc::c_uint, attr: MountAttr| {
+            // SAFETY: mount_setattr with a valid path and a live, correctly
+            // sized struct mount_attr.
+            check(unsafe {
+                libc::syscall(
+                    libc::SYS_mount_setattr,
+                    libc::AT_FDCWD,
+                    path.as_ptr(),
+                    flags,
+                    &attr as *const MountAttr,
+                    std::mem::size_of::<MountAttr>(),
+                )
+            })
+        };
+        let none = std::ptr::null::<libc::c_char>();
+        // SAFETY: unshare and mount with valid C strings or null pointers.
+        unsafe {
+            check(libc::unshare(libc::CLONE_NEWNS) as libc::c_long)?;
+            // Nothing done here may propagate back to the host's mounts.
+            check(libc::mount(
+                none,
+                self.root.as_ptr(),
+                none,
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ) as libc::c_long)?;
+        }
+        set_attr(
+            &self.root,
+            AT_RECURSIVE,
+            MountAttr {
+                attr_set: MOUNT_ATTR_RDONLY,
+                attr_clr: 0,
+                propagation: 0,
+                userns_fd: 0,
+            },
+        )?;
+        // SAFETY: as above.
+        unsafe {
+            check(libc::mount(
+                self.tmpfs.as_ptr(),
+                self.shm.as_ptr(),
+                self.tmpfs.as_ptr(),
+                0,
+                std::ptr::null(),
+            ) as libc::c_long)?;
+            check(libc::mount(
+                self.writable.as_ptr(),
+                self.writable.as_ptr(),
+                none,
+                libc::MS_BIND,
+                std::ptr::null(),
+            ) as libc::c_long)?;
+        }
+        set_attr(
+            &self.writable,
+            0,
+            MountAttr {
+                attr_set: 0,
+                attr_clr: MOUNT_ATTR_RDONLY,
+                propagation: 0,
+                userns_fd: 0,
+            },
+        )
+    }
+}
+
 /// The child's fds: `targets[n]` becomes fd n (stdin, stdout, stderr, and
 /// the command channel on 3 and 4).
 struct ChildFds {
@@ -246,7 +358,13 @@ struct ChildFds {
 
 /// Runs in the child between clone and exec. Returns only on failure, after
 /// writing the errno to the exec error pipe.
-fn child_main(parent: i32, fds: &ChildFds, run_as: Option<(u32, u32)>, exec: &Exec) -> isize {
+fn child_main(
+    parent: i32,
+    fds: &ChildFds,
+    run_as: Option<(u32, u32)>,
+    sandbox: Option<&Sandbox>,
+    exec: &Exec,
+) -> isize {
     const ADDR_NO_RANDOMIZE: libc::c_ulong = 0x0040000;
     let fail = |fds: &ChildFds| -> isize {
         let errno = io::Error::last_os_error()
@@ -286,6 +404,11 @@ fn child_main(parent: i32, fds: &ChildFds, run_as: Option<(u32, u32)>, exec: &Ex
         }
         for (target, fd) in high.into_iter().enumerate() {
             if libc::dup2(fd, target as RawFd) < 0 {
+                return fail(fds);
+            }
+        }
+        if let Some(sandbox) = sandbox {
+            if sandbox.enter().is_err() {
                 return fail(fds);
             }
         }

@@ -49,13 +49,16 @@ pub enum StartError {
 pub struct Vm {
     pub handle: VmHandle,
     pub umid: String,
-    /// `<uml_dir>/<umid>`: UML's pid file and mconsole socket live here.
+    /// The VM's own directory, removed when it has exited: UML's
+    /// `<uml_dir>/<umid>` with its pid file and mconsole socket (or, for a VM
+    /// run as another user, the private uml_dir that holds it).
     pub runtime_dir: PathBuf,
+    mconsole: PathBuf,
 }
 
 impl Vm {
     pub fn mconsole_socket(&self) -> PathBuf {
-        self.runtime_dir.join("mconsole")
+        self.mconsole.clone()
     }
 }
 
@@ -65,12 +68,24 @@ pub fn start(config: VmConfig, events: Box<dyn VmEvents>) -> Result<Vm, StartErr
         Some(umid) => valid_umid(umid)?,
         None => fresh_umid(),
     };
-    let (uml_dir, shared_base) = match config.uml_dir {
-        Some(dir) => (dir, None),
-        None => {
-            let base = default_base(config.run_as);
-            acquire_base(&base, config.run_as)?;
-            (base.clone(), Some(base))
+    // A VM that runs as another user gets a directory of its own, the only
+    // host directory it may write; others share evum's runtime base.
+    let (uml_dir, runtime_dir, shared_base) = match (config.uml_dir, config.run_as) {
+        (Some(dir), _) => (dir.clone(), dir.join(&umid), None),
+        (None, None) => {
+            let base = default_base(None);
+            acquire_base(&base, None)?;
+            (base.clone(), base.join(&umid), Some(base))
+        }
+        (None, Some(ids)) => {
+            let base = default_base(Some(ids));
+            acquire_base(&base, Some(ids))?;
+            let own = base.join(&umid);
+            if let Err(e) = private_dir(&own, ids) {
+                release_base(&base);
+                return Err(e);
+            }
+            (own.clone(), own, Some(base))
         }
     };
     let release = move || {
@@ -82,6 +97,7 @@ pub fn start(config: VmConfig, events: Box<dyn VmEvents>) -> Result<Vm, StartErr
         umid: umid.clone(),
         uml_dir: uml_dir.clone(),
     };
+    let sandboxed = config.run_as.is_some();
     let spawned = options::kernel_args(&identity, &config.options)
         .map_err(StartError::from)
         .and_then(|args| {
@@ -89,23 +105,33 @@ pub fn start(config: VmConfig, events: Box<dyn VmEvents>) -> Result<Vm, StartErr
                 kernel: config.kernel,
                 args,
                 run_as: config.run_as,
-                env: Vec::new(),
+                env: if sandboxed {
+                    vec![("TMPDIR".into(), "/dev/shm".into())]
+                } else {
+                    Vec::new()
+                },
+                read_only_host_but: sandboxed.then(|| uml_dir.clone()),
             };
             process::spawn(spec).map_err(StartError::from)
         });
     let spawned = match spawned {
         Ok(spawned) => spawned,
         Err(e) => {
+            if sandboxed {
+                let _ = fs::remove_dir_all(&runtime_dir);
+            }
             release();
             return Err(e);
         }
     };
-    let runtime_dir = uml_dir.join(&umid);
+    let mconsole = uml_dir.join(&umid).join("mconsole");
+    crate::watchdog::watch(spawned.pid.as_raw(), &runtime_dir);
     let handle = io_loop::adopt(spawned, Some(runtime_dir.clone()), Box::new(release), events);
     Ok(Vm {
         handle,
         umid,
         runtime_dir,
+        mconsole,
     })
 }
 
@@ -177,6 +203,15 @@ fn acquire_base(base: &Path, run_as: Option<(u32, u32)>) -> Result<(), StartErro
         .entry(base.to_path_buf())
         .or_insert(0) += 1;
     Ok(())
+}
+
+fn private_dir(dir: &Path, (uid, gid): (u32, u32)) -> Result<(), StartError> {
+    let err = |source| StartError::RuntimeDir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    fs::DirBuilder::new().mode(0o700).create(dir).map_err(err)?;
+    nix::unistd::chown(dir, Some(uid.into()), Some(gid.into())).map_err(|e| err(e.into()))
 }
 
 fn release_base(base: &Path) {
