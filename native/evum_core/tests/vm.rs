@@ -149,6 +149,7 @@ fn dropping_the_handle_kills_the_vm() {
         handle,
         runtime_dir,
         umid,
+        ..
     } = vm;
     let pid = handle.os_pid();
     drop(handle);
