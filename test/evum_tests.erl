@@ -17,6 +17,7 @@ evum_test_() ->
         {timeout, 120, {T, fun() -> ?MODULE:F() end}}
      || {T, F} <- [
             {"quick start as in the original README", quick_start},
+            {"the quick start typed into a real erl shell", erl_shell},
             {"exact command output and exit status", commands},
             {"every mcons command, and uml_mconsole agrees", mconsole},
             {"reboot through mcons brings the guest back", reboot},
@@ -121,6 +122,40 @@ receive_all() ->
     receive
         M -> [M | receive_all()]
     after 200 -> []
+    end.
+
+erl_shell() ->
+    Ebin = filename:dirname(code:which(evm)),
+    Typed = [
+        "{ok, Ref} = evm:create([{label, test1}]).\n",
+        "timer:sleep(300), flush().\n",
+        "evum:send(Ref, \"hostname\").\n",
+        "timer:sleep(300), flush().\n",
+        "evm:stop(Ref).\n",
+        "halt().\n"
+    ],
+    Port = open_port(
+        {spawn_executable, os:find_executable("erl")},
+        [{args, ["-pa", Ebin]}, binary, stream, exit_status, stderr_to_stdout]
+    ),
+    port_command(Port, Typed),
+    Output = collect_port(Port, <<>>),
+    [
+        ?assertMatch({_, _}, binary:match(Output, Want), Want)
+     || Want <- [
+            <<"{ok,<">>,
+            <<"Shell got <<\"root@evm:~# \">>">>,
+            <<"<<\"hostname\">>">>,
+            <<"Shell got <<\"evm\">>">>
+        ]
+    ].
+
+collect_port(Port, Acc) ->
+    receive
+        {Port, {data, Data}} -> collect_port(Port, <<Acc/binary, Data/binary>>);
+        {Port, {exit_status, 0}} -> Acc;
+        {Port, {exit_status, Status}} -> error({erl_exited, Status, Acc})
+    after ?BOOT -> error({erl_stuck, Acc})
     end.
 
 commands() ->
