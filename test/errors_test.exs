@@ -15,8 +15,8 @@ defmodule EvumTest.ErrorsTest do
              {:error, {:bad_option, {:ubd, -1, "x"}}}
 
     assert Evm.create(:not_a_list) == {:error, {:bad_option, :not_a_list}}
-    # Labels are atoms or charlists.
-    assert Evm.create(label: "ex_bad") == {:error, {:bad_option, {:label, "ex_bad"}}}
+    # Labels are atoms, charlists or strings.
+    assert Evm.create(label: 42) == {:error, {:bad_option, {:label, 42}}}
     # Values the kernel command line cannot take are refused before a boot.
     assert {:error, {:bad_option, _}} = Evm.create(label: :ex_bad, mem: "lots")
 
