@@ -8,11 +8,8 @@ trap 'rm -rf "$work"' EXIT INT TERM
 
 mkdir -p "$work/app/src"
 cd "$work/app"
-cat > rebar.config <<CONFIG
-{deps, [{evum, {git, "file://$evum", {branch, "main"}}}]}.
-CONFIG
-# A git dependency needs commits; test the working tree as it is by
-# pointing rebar3 at a copy of it made into a repository of its own.
+# rebar3 fetches a git dependency from its commits; to test the working tree
+# as it is, point rebar3 at a copy of it committed into a repository of its own.
 git clone -q "$evum" "$work/evum"
 (cd "$evum" && git ls-files -mo --exclude-standard -z) |
     (cd "$evum" && xargs -0 -r cp --parents -t "$work/evum" 2>/dev/null) || true
@@ -21,7 +18,11 @@ cat > rebar.config <<CONFIG
 {deps, [{evum, {git, "file://$work/evum", {branch, "main"}}}]}.
 CONFIG
 cat > src/consumer.app.src <<'APP'
-{application, consumer, [{vsn, "0.1.0"}, {applications, [kernel, stdlib, evum]}]}.
+{application, consumer, [
+    {description, "evum as a rebar3 dependency"},
+    {vsn, "0.1.0"},
+    {applications, [kernel, stdlib, evum]}
+]}.
 APP
 cat > src/consumer.erl <<'ERL'
 -module(consumer).
