@@ -472,7 +472,13 @@ density(_Tmp) ->
 owner(Parent, I) ->
     Label = list_to_atom("evum_bench_density_" ++ integer_to_list(I)),
     T0 = now_us(),
-    case evm:create([{label, Label}, {timeout, 300000}]) of
+    %% EVUM_BENCH_KERNEL: another UML binary or wrapper (evm:create's kernel option).
+    Kernel =
+        case os:getenv("EVUM_BENCH_KERNEL") of
+            K when is_list(K), K =/= "" -> [{kernel, K}];
+            _ -> []
+        end,
+    case evm:create([{label, Label}, {timeout, 300000} | Kernel]) of
         {ok, Vm} ->
             T1 = now_us(),
             #{os_pid := OsPid, umid := Umid} = evum:info(Vm),
