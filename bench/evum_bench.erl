@@ -13,7 +13,6 @@
 -define(KERNEL, "/usr/bin/linux").
 -define(SETARCH, "/usr/bin/setarch").
 -define(READY_MARKER, <<1, "EVUM READY">>).
--define(PROMPT, <<"root@evm:~# ">>).
 
 %%% Entry point ---------------------------------------------------------------
 
@@ -36,7 +35,7 @@ main(Which) when is_atom(Which) ->
             ok -> 0;
             _ -> 1
         end,
-    %% Stop the I/O of the output before halting.
+    %% Let the output reach stdout before the node halts.
     halt(Code, [{flush, true}]).
 
 run(boot, Tmp) -> boot(Tmp);
@@ -422,7 +421,7 @@ density(_Tmp) ->
         IdleCpu0 = cpu_busy_s(),
         timer:sleep(Idle),
         IdleCpu = (cpu_busy_s() - IdleCpu0) / (Idle / 1000),
-        io:format("host CPU busy while the ~b VMs idle: ~.2f of ~b cores (~.1f ms CPU per VM per s)~n",
+        io:format("whole host CPU busy (other users too) while the ~b VMs idle: ~.2f of ~b cores (~.1f ms per VM per s)~n",
                   [length(Vms), IdleCpu, Cores, 1000 * IdleCpu / max(1, length(Vms))]),
         {PssKb, Procs, Spaces} = pss(OsPids),
         PerVm = PssKb / 1024 / max(1, length(Vms)),
@@ -694,7 +693,13 @@ stat(Pid) ->
 evum_base() ->
     case os:getenv("XDG_RUNTIME_DIR") of
         Dir when is_list(Dir), Dir =/= "" -> filename:join(Dir, "evum");
-        _ -> "/tmp/evum-" ++ string:trim(os:cmd("id -u"))
+        _ ->
+            Tmp =
+                case os:getenv("TMPDIR") of
+                    T when is_list(T), T =/= "" -> T;
+                    _ -> "/tmp"
+                end,
+            filename:join(Tmp, "evum-" ++ string:trim(os:cmd("id -u")))
     end.
 
 %% Seconds of CPU time the whole host has been busy (all cores), from

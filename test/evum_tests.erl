@@ -87,7 +87,7 @@ group_members(OsPid) ->
 
 %% Nothing of the VM may remain: no process of its group, no runtime dir.
 assert_gone(#{os_pid := OsPid, runtime_dir := Dir}) ->
-    wait_until(fun() -> group_members(OsPid) =:= [] end, 5000),
+    wait_until(fun() -> group_members(OsPid) =:= [] andalso not filelib:is_dir(Dir) end, 5000),
     ?assertEqual([], group_members(OsPid)),
     ?assertNot(filelib:is_dir(Dir)).
 
@@ -362,7 +362,11 @@ long_schedule() ->
     [ok = evm:stop(Vm) || Vm <- Vms],
     [O ! done || O <- Owners],
     erlang:system_monitor(undefined),
-    Reports = [R || {monitor, _, long_schedule, _} = R <- receive_all()],
+    %% Say which process and function held its scheduler, if any did.
+    Reports = [
+        {Pid, Info, erlang:process_info(Pid, [initial_call, current_function, registered_name])}
+     || {monitor, Pid, long_schedule, Info} <- receive_all(), is_pid(Pid)
+    ],
     ?assertEqual([], Reports).
 
 containment() ->
@@ -394,10 +398,11 @@ containment() ->
 
 tagged() ->
     Vm = create([tagged]),
+    Prompt = {evum, Vm, {console, <<"root@evm:~# ">>}},
+    receive Prompt -> flush() after 5000 -> error(no_prompt) end,
     ok = evum:puts(Vm, "echo tagged-line"),
     receive {evum, Vm, {console, <<"tagged-line">>}} -> ok after 5000 -> error(no_tagged_line) end,
-    receive {evum, Vm, {console, <<"root@evm:~# ">>}} -> ok after 5000 -> error(no_prompt) end,
-    flush(),
+    receive Prompt -> flush() after 5000 -> error(no_prompt) end,
     ?assertEqual(<<"echo 2">>, evum:send(Vm, "echo 2")),
     ok = evm:stop(Vm),
     receive {evum, Vm, {exit, {exit_status, 0}}} -> ok after 5000 -> error(no_exit) end.

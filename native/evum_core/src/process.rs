@@ -390,9 +390,15 @@ fn child_main(
             libc::personality(persona as libc::c_ulong | ADDR_NO_RANDOMIZE);
         }
         libc::umask(0o077);
-        // BEAM ignores SIGPIPE and SIGCHLD; ignored signals survive exec.
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        libc::signal(libc::SIGCHLD, libc::SIG_DFL);
+        // The BEAM ignores or blocks signals (SIGPIPE, SIGHUP, SIGCHLD), and
+        // both ignored dispositions and the blocked mask survive exec: give
+        // UML the defaults a program expects.
+        for signal in [libc::SIGPIPE, libc::SIGHUP, libc::SIGCHLD, libc::SIGINT, libc::SIGTERM] {
+            libc::signal(signal, libc::SIG_DFL);
+        }
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
         // Copy every source above the targets first, so that no dup2 can
         // overwrite a source still to be moved.
         let mut high = [0; 5];
