@@ -18,12 +18,14 @@
 -on_load(load/0).
 
 load() ->
+    %% The library sits in priv/ beside this module's ebin/ (rebar3, mix, and
+    %% a dependency of either); code:priv_dir/1 is the fallback for releases
+    %% laid out otherwise.
+    Beside = filename:join(filename:dirname(filename:dirname(code:which(?MODULE))), "priv"),
     Dir =
-        case code:priv_dir(evum) of
-            {error, bad_name} ->
-                filename:join(filename:dirname(filename:dirname(code:which(?MODULE))), "priv");
-            Priv ->
-                Priv
+        case filelib:is_file(filename:join(Beside, "libevum_nif.so")) of
+            true -> Beside;
+            false -> code:priv_dir(evum)
         end,
     erlang:load_nif(filename:join(Dir, "libevum_nif"), 0).
 

@@ -18,6 +18,8 @@ const CONTROL_LOOP: &str = include_str!("../../../priv/guest/evum-ctl");
 const PROFILE: &str = "export PS1='\\u@\\h:\\w\\$ '\n";
 const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\n";
 const GROUP: &str = "root:x:0:\n";
+const FSTAB: &str =
+    "proc /proc proc defaults 0 0\nsysfs /sys sysfs defaults 0 0\ndevtmpfs /dev devtmpfs defaults 0 0\n";
 /// Bumped whenever the archive layout changes, so old cached archives are not reused.
 const LAYOUT_VERSION: u32 = 1;
 
@@ -56,6 +58,7 @@ pub fn busybox_initramfs(busybox: &Path, cache_dir: &Path) -> Result<PathBuf, Im
         INIT,
         CONTROL_LOOP,
         PROFILE,
+        FSTAB,
     )
         .hash(&mut hasher);
     let target = cache_dir.join(format!("busybox-{:016x}.cpio", hasher.finish()));
@@ -161,6 +164,7 @@ fn write_archive(path: &Path, busybox: &[u8], applets: &[String]) -> io::Result<
     entry("etc/profile", S_IFREG | 0o644, PROFILE.as_bytes(), None, &mut out)?;
     entry("etc/passwd", S_IFREG | 0o644, PASSWD.as_bytes(), None, &mut out)?;
     entry("etc/group", S_IFREG | 0o644, GROUP.as_bytes(), None, &mut out)?;
+    entry("etc/fstab", S_IFREG | 0o644, FSTAB.as_bytes(), None, &mut out)?;
     let mut file = cpio::newc::trailer(out)?.into_inner().map_err(|e| e.into_error())?;
     file.flush()?;
     file.sync_all()
