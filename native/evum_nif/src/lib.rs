@@ -154,10 +154,10 @@ fn vm_run<'a>(env: Env<'a>, resource: ResourceArc<VmResource>, id: u64, command:
 fn vm_signal<'a>(
     env: Env<'a>,
     resource: ResourceArc<VmResource>,
-    signal: Atom,
+    signal: Term<'a>,
     whole_group: bool,
 ) -> NifResult<Term<'a>> {
-    let name = format!("{signal:?}");
+    let name = signal.atom_to_string()?;
     let signal = parse_signal(&name).ok_or(rustler::Error::BadArg)?;
     Ok(queued(
         env,
