@@ -60,7 +60,11 @@ pub const DEFAULT_MEM: &str = "64M";
 /// Kernel parameters that make boot fast. The RAID6 benchmark alone costs
 /// 0.85 s and zswap set-up more; a preset delay-loop value skips ~40 ms of
 /// calibration and need only be plausible.
-pub const FAST_BOOT_ARGS: &[&str] = &["initcall_blacklist=raid6_select_algo,init_zswap", "lpj=4000000"];
+pub const FAST_BOOT_ARGS: &[&str] = &[
+    "initcall_blacklist=raid6_select_algo,init_zswap",
+    "lpj=4000000",
+    "pty.legacy_count=0",
+];
 
 /// The VM's identity and runtime location, which evum chooses.
 #[derive(Debug, Clone)]
