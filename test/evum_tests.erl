@@ -199,6 +199,8 @@ mconsole() ->
     ?assertMatch({error, _}, mcons:config(Vm, "eth0")),
     ?assertMatch({error, _}, mcons:remove(Vm, "eth9")),
     ?assertMatch({error, <<"Unknown command">>}, mcons:request(Vm, "frobnicate")),
+    %% Ctrl-Alt-Del is SIGINT to init, which evum's init ignores.
+    ?assertMatch({ok, _}, mcons:cad(Vm)),
     ?assertEqual({ok, 0, <<"ok\n">>}, evum:cmd(Vm, "echo ok")),
     ?assertMatch({ok, _}, evum:system(Vm, "version")),
     flush(),
