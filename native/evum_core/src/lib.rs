@@ -9,6 +9,7 @@ pub mod io_loop;
 pub mod mconsole;
 pub mod options;
 pub mod process;
+pub mod switch;
 pub mod vm;
 pub mod watchdog;
 

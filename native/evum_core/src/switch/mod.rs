@@ -1,0 +1,1 @@
+//! The Ethernet switch (being written).
