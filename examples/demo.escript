@@ -22,17 +22,30 @@ main(_) ->
     io:format("~p~n", [evum:cmd(Ref, "uname -a; exit 3")]),
     step("mcons:version(Ref)."),
     io:format("~p~n", [mcons:version(Ref)]),
-    step("[evm:create([{label, L}]) || L <- [vm2, vm3, vm4]]. % three more, at once"),
+    step("[evm:create([{label, L}, {hostname, L}]) || L <- [vm2, vm3, vm4]]. % three more, at once"),
     Self = self(),
     T1 = erlang:monotonic_time(),
-    [spawn(fun() -> Self ! {L, evm:create([{label, L}])} end) || L <- [vm2, vm3, vm4]],
+    %% Each is owned by a process of its own (a VM stops when its owner
+    %% exits), which keeps it until the demo ends.
+    Owners = [
+        spawn_link(fun() ->
+            Self ! {L, evm:create([{label, L}, {hostname, atom_to_list(L)}])},
+            receive done -> ok end
+        end)
+     || L <- [vm2, vm3, vm4]
+    ],
     Others = [receive {L, {ok, Pid}} -> Pid end || L <- [vm2, vm3, vm4]],
     io:format("~p   % in ~p ms~n", [Others, ms_since(T1)]),
     [io:format("~p: ~p~n", [Vm, evum:cmd(Vm, "echo $((6 * 7)) from $(hostname)")]) || Vm <- Others],
     step("[evm:stop(Vm) || Vm <- [Ref | Others]]."),
+    OsPids = [maps:get(os_pid, evum:info(Vm)) || Vm <- [Ref | Others]],
     io:format("~p~n", [[evm:stop(Vm) || Vm <- [Ref | Others]]]),
+    [Owner ! done || Owner <- Owners],
     flush_quiet(),
-    io:format("~nAll VMs stopped; nothing of them is left running.~n").
+    case [P || P <- OsPids, filelib:is_dir("/proc/" ++ integer_to_list(P))] of
+        [] -> io:format("~nAll VMs stopped; none of their UML processes (~p) is left.~n", [OsPids]);
+        Left -> io:format("~nUML processes still running: ~p~n", [Left]), halt(1)
+    end.
 
 step(Text) ->
     io:format("~n~s~n", [Text]).
