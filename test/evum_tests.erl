@@ -377,6 +377,22 @@ long_schedule() ->
 
 containment() ->
     Marker = "/tmp/evum-escape-" ++ os:getpid(),
+    %% UML takes a file named root_fs in its working directory as the first
+    %% disk, read-write, unless told otherwise.
+    {ok, Cwd} = file:get_cwd(),
+    RootFs = filename:join(Cwd, "root_fs"),
+    false = filelib:is_file(RootFs),
+    Secret = <<"host secret", 0:(4096 - 11)/unit:8>>,
+    ok = file:write_file(RootFs, Secret),
+    try
+        Vm0 = create([]),
+        {ok, _, Disk} = evum:cmd(Vm0, "head -c 11 /dev/ubda 2>&1; echo changed | dd of=/dev/ubda 2>&1"),
+        ok = evm:stop(Vm0),
+        ?assertEqual(nomatch, binary:match(Disk, <<"host secret">>)),
+        ?assertEqual({ok, Secret}, file:read_file(RootFs))
+    after
+        file:delete(RootFs)
+    end,
     Vm = create([]),
     %% Whole-host hostfs mounts fail: hostfs= confines them to a directory
     %% that does not exist.

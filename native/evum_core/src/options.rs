@@ -116,6 +116,12 @@ pub fn kernel_args(id: &Identity, options: &[BootOption]) -> Result<Vec<String>,
             BootOption::Append(a) => tail.push(a.clone()),
         }
     }
+    // Without a ubd0, UML opens a file named `root_fs` in its working
+    // directory as the guest's first disk, read-write: whatever file of that
+    // name is lying there would be the guest's to change.
+    if !options.iter().any(|o| matches!(o, BootOption::Ubd(0, _))) {
+        args.push("ubd0r=/dev/null".to_string());
+    }
     args.push(format!("con={con_default}"));
     args.push(format!("ssl={ssl_default}"));
     args.push(format!("mem={mem}"));
@@ -214,6 +220,7 @@ mod tests {
             "ro",
             "quiet",
             "initcall_blacklist=raid6_select_algo,init_zswap",
+            "ubd0r=/dev/null",
         ] {
             assert!(args.iter().any(|a| a == want), "{want} missing from {args:?}");
         }
@@ -243,7 +250,9 @@ mod tests {
         ] {
             assert!(args.iter().any(|a| a == want), "{want} missing from {args:?}");
         }
-        assert!(!args.iter().any(|a| a == "quiet" || a == "ro" || a == "mem=64M"));
+        assert!(!args
+            .iter()
+            .any(|a| a == "quiet" || a == "ro" || a == "mem=64M" || a.starts_with("ubd0r=")));
     }
 
     #[test]
