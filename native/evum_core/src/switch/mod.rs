@@ -1,1 +1,307 @@
-//! The Ethernet switch (being written).
+//! An Ethernet switch for UML guests and in-process ports.
+//!
+//! One switch is one mio event loop thread ("evum-switch") that owns every
+//! socket of the switch; other threads talk to it through [`Switch`], which
+//! sends commands over a channel and wakes the loop with a mio [`Waker`].
+//!
+//! Ports come three ways, all on one switch at once:
+//! - UML's "daemon" transport, as Debian's uml_switch speaks it
+//!   (`ethN=daemon,<mac>,unix,<control_socket()>`): a request on the
+//!   SOCK_STREAM control socket, frames as datagrams on `<dir>/data`
+//!   ([`daemon`] has the wire format). The port lives while the control
+//!   stream stays open.
+//! - UML's vector transport in bess mode
+//!   (`vecN:transport=bess,src=<path>,dst=<bess_socket()>`): one accepted
+//!   SOCK_SEQPACKET connection per VM, one frame per message.
+//! - Attached ports: a [`FrameSink`] in this process, fed on the loop thread,
+//!   and frames injected with [`Switch::inject`].
+//!
+//! Forwarding looks at the two MAC addresses only: the source is learned
+//! (with ageing), a known unicast destination gets the frame alone, group and
+//! unknown destinations are flooded, and no frame goes back to the port it
+//! came from. A hub floods everything; promiscuous attached ports see every
+//! frame. Each socket port has a bounded output queue: a slow receiver loses
+//! frames (counted), it never blocks the loop. Bad input of any kind is
+//! rejected and counted in [`Counters`], and forwarding goes on.
+
+pub mod daemon;
+mod event_loop;
+pub mod fdb;
+mod port;
+mod sock;
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{bounded, unbounded, Sender};
+use mio::{Poll, Waker};
+
+pub use fdb::Mac;
+
+/// How long an inspection waits for the loop's answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A port of one switch. Ids are never reused within a switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortId(pub u64);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortKind {
+    Daemon,
+    Bess,
+    Attached,
+}
+
+/// A port as [`Switch::ports`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortInfo {
+    pub id: PortId,
+    pub kind: PortKind,
+    /// The MAC an attached port was given, or the last source MAC seen.
+    pub mac: Option<Mac>,
+    pub frames_in: u64,
+    pub frames_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Frames dropped because the port's output queue was full.
+    pub drops_queue_full: u64,
+    /// Frames the peer refused (gone, or the send failed).
+    pub drops_send_error: u64,
+    /// Frames waiting in the output queue now.
+    pub queued: usize,
+}
+
+/// One learned MAC: where it lives and how long ago it was last seen.
+pub type MacEntry = (Mac, PortId, Duration);
+
+/// Input the switch rejected, by reason, since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Control requests whose magic is not 0xfeedface.
+    pub bad_magic: u64,
+    /// Control requests of an unsupported version (2, or above 3).
+    pub bad_version: u64,
+    /// Control requests of a type other than REQ_NEW_CONTROL.
+    pub bad_type: u64,
+    /// Control requests whose address is not AF_UNIX, or cannot be reached.
+    pub bad_address: u64,
+    /// Control requests naming an address another port already has.
+    pub duplicate_address: u64,
+    /// Control connections closed before a whole request arrived.
+    pub short_request: u64,
+    /// Control connections that sent more than one request at once.
+    pub oversized_request: u64,
+    /// Control connections that did not complete a request in time.
+    pub request_timeout: u64,
+    /// Control connections refused because too many were pending.
+    pub too_many_pending: u64,
+    /// Bytes received on a port's control stream after its request.
+    pub control_garbage: u64,
+    /// Frames shorter than an Ethernet header (14 bytes).
+    pub runt: u64,
+    /// Frames longer than [`MAX_FRAME`].
+    pub oversized_frame: u64,
+    /// Datagrams from an address no port has.
+    pub unknown_sender: u64,
+}
+
+/// The shortest frame forwarded: the Ethernet header.
+pub const MIN_FRAME: usize = 14;
+/// The longest frame forwarded: what UML itself sends at most (MTU 1500
+/// plus its 26 bytes of header room).
+pub const MAX_FRAME: usize = 1526;
+
+/// Receives the frames for an attached port. Called on the switch thread:
+/// it must not block.
+pub trait FrameSink: Send {
+    /// One frame for `port`. Returning false means the receiver is gone:
+    /// the port is detached.
+    fn frame(&mut self, port: PortId, frame: &[u8]) -> bool;
+}
+
+/// How a switch is set up. [`SwitchConfig::new`] gives the defaults.
+#[derive(Debug, Clone)]
+pub struct SwitchConfig {
+    /// Where the sockets go (`ctl`, `data`, `bess`); created if missing.
+    pub dir: PathBuf,
+    /// Flood every frame to every port (for sniffing).
+    pub hub: bool,
+    /// Frames each socket port may have waiting (256).
+    pub queue_len: usize,
+    /// How long a learned MAC is kept without traffic (300 s).
+    pub mac_ageing: Duration,
+    /// How long a control connection may take to send its request (5 s).
+    pub request_timeout: Duration,
+    /// Control connections allowed to be waiting for their request (64).
+    pub max_pending: usize,
+}
+
+impl SwitchConfig {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        SwitchConfig {
+            dir: dir.into(),
+            hub: false,
+            queue_len: 256,
+            mac_ageing: Duration::from_secs(300),
+            request_timeout: Duration::from_secs(5),
+            max_pending: 64,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SwitchError {
+    #[error("cannot create the switch directory {path}: {source}")]
+    Dir { path: PathBuf, source: io::Error },
+    #[error("cannot bind {path}: {source}")]
+    Bind { path: PathBuf, source: io::Error },
+    #[error("cannot set up the switch's event loop: {0}")]
+    Poll(io::Error),
+    #[error("the switch has stopped")]
+    Stopped,
+}
+
+enum Command {
+    Attach {
+        id: PortId,
+        mac: Option<Mac>,
+        promiscuous: bool,
+        sink: Box<dyn FrameSink>,
+    },
+    Detach(PortId),
+    Inject(PortId, Vec<u8>),
+    Ports(Sender<Vec<PortInfo>>),
+    MacTable(Sender<Vec<MacEntry>>),
+    Counters(Sender<Counters>),
+    Stop,
+}
+
+/// A running switch. Dropping it stops the loop, which closes every port
+/// and removes the socket files; [`Switch::stop`] also waits for that.
+pub struct Switch {
+    tx: Sender<Command>,
+    waker: Waker,
+    next_id: Arc<AtomicU64>,
+    dir: PathBuf,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Switch {
+    /// Binds the switch's sockets in `config.dir` and starts its thread.
+    pub fn start(config: SwitchConfig) -> Result<Switch, SwitchError> {
+        std::fs::create_dir_all(&config.dir).map_err(|source| SwitchError::Dir {
+            path: config.dir.clone(),
+            source,
+        })?;
+        let poll = Poll::new().map_err(SwitchError::Poll)?;
+        let waker = Waker::new(poll.registry(), event_loop::WAKER).map_err(SwitchError::Poll)?;
+        let (tx, rx) = unbounded();
+        let next_id = Arc::new(AtomicU64::new(event_loop::FIRST_ID));
+        let dir = config.dir.clone();
+        let switch_loop = event_loop::SwitchLoop::new(poll, rx, config, next_id.clone())?;
+        let thread = std::thread::Builder::new()
+            .name("evum-switch".into())
+            .spawn(move || switch_loop.run())
+            .map_err(SwitchError::Poll)?;
+        Ok(Switch {
+            tx,
+            waker,
+            next_id,
+            dir,
+            thread: Some(thread),
+        })
+    }
+
+    /// The daemon transport's control socket (for `ethN=daemon,MAC,unix,PATH`).
+    pub fn control_socket(&self) -> PathBuf {
+        control_path(&self.dir)
+    }
+
+    /// The bess transport's socket (for `vecN:transport=bess,...,dst=PATH`).
+    pub fn bess_socket(&self) -> PathBuf {
+        bess_path(&self.dir)
+    }
+
+    /// Adds a port whose frames go to `sink`. A promiscuous port gets every
+    /// frame the switch sees (but its own).
+    pub fn attach(&self, mac: Option<Mac>, promiscuous: bool, sink: Box<dyn FrameSink>) -> Result<PortId, SwitchError> {
+        let id = PortId(self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        self.command(Command::Attach {
+            id,
+            mac,
+            promiscuous,
+            sink,
+        })?;
+        Ok(id)
+    }
+
+    /// Removes a port of any kind (a VM's connection is closed).
+    pub fn detach(&self, port: PortId) -> Result<(), SwitchError> {
+        self.command(Command::Detach(port))
+    }
+
+    /// A frame entering the switch from `port`.
+    pub fn inject(&self, port: PortId, frame: Vec<u8>) -> Result<(), SwitchError> {
+        self.command(Command::Inject(port, frame))
+    }
+
+    /// Every port with its counters.
+    pub fn ports(&self) -> Result<Vec<PortInfo>, SwitchError> {
+        self.ask(Command::Ports)
+    }
+
+    /// The learned MAC addresses.
+    pub fn mac_table(&self) -> Result<Vec<MacEntry>, SwitchError> {
+        self.ask(Command::MacTable)
+    }
+
+    /// Rejected input, by reason.
+    pub fn counters(&self) -> Result<Counters, SwitchError> {
+        self.ask(Command::Counters)
+    }
+
+    /// Stops the loop and waits until every port is closed and the socket
+    /// files are gone.
+    pub fn stop(mut self) {
+        let _ = self.command(Command::Stop);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+
+    fn command(&self, command: Command) -> Result<(), SwitchError> {
+        self.tx.send(command).map_err(|_| SwitchError::Stopped)?;
+        self.waker.wake().map_err(|_| SwitchError::Stopped)
+    }
+
+    fn ask<T>(&self, make: impl FnOnce(Sender<T>) -> Command) -> Result<T, SwitchError> {
+        let (tx, rx) = bounded(1);
+        self.command(make(tx))?;
+        rx.recv_timeout(ANSWER_TIMEOUT).map_err(|_| SwitchError::Stopped)
+    }
+}
+
+impl Drop for Switch {
+    fn drop(&mut self) {
+        // Only signal: the loop cleans up on its own thread.
+        if self.thread.is_some() {
+            let _ = self.command(Command::Stop);
+        }
+    }
+}
+
+fn control_path(dir: &Path) -> PathBuf {
+    dir.join("ctl")
+}
+
+fn data_path(dir: &Path) -> PathBuf {
+    dir.join("data")
+}
+
+fn bess_path(dir: &Path) -> PathBuf {
+    dir.join("bess")
+}

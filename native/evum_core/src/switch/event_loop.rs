@@ -1,0 +1,636 @@
+//! The switch's thread: accepts ports, reads frames, forwards them.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+
+use super::daemon::{self, RawUnixAddr, RequestError, REQUEST_LEN};
+use super::fdb::{is_group, Fdb, Mac};
+use super::port::{Offer, Peer, Port};
+use super::{
+    bess_path, control_path, data_path, sock, Command, Counters, PortId, PortKind, SwitchConfig, SwitchError,
+    MAX_FRAME, MIN_FRAME,
+};
+
+pub const WAKER: Token = Token(usize::MAX);
+const CONTROL_LISTENER: Token = Token(0);
+const DATA: Token = Token(1);
+const BESS_LISTENER: Token = Token(2);
+/// Ids below this are the fixed tokens' (each id has two token slots).
+pub const FIRST_ID: u64 = 16;
+/// Slot of a port's (or pending connection's) stream or connection.
+const MAIN: u64 = 0;
+/// Slot of a daemon port's outgoing datagram socket.
+const OUT: u64 = 1;
+/// How often aged MACs are swept out.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// Bytes a pending control connection may send before it is oversized.
+const PENDING_LIMIT: usize = 4096;
+
+fn token(id: u64, slot: u64) -> Token {
+    Token((id * 2 + slot) as usize)
+}
+
+/// A control connection that has not yet sent its whole request.
+struct Pending {
+    stream: UnixStream,
+    bytes: Vec<u8>,
+    deadline: Instant,
+}
+
+pub struct SwitchLoop {
+    poll: Poll,
+    rx: Receiver<Command>,
+    config: SwitchConfig,
+    next_id: Arc<AtomicU64>,
+    control: UnixListener,
+    data: UnixDatagram,
+    bess: OwnedFd,
+    ports: HashMap<u64, Port>,
+    by_addr: HashMap<RawUnixAddr, PortId>,
+    pending: HashMap<u64, Pending>,
+    fdb: Fdb,
+    counters: Counters,
+    buf: Vec<u8>,
+    next_sweep: Instant,
+    paths: Vec<PathBuf>,
+}
+
+impl SwitchLoop {
+    /// Binds the three sockets (removing what it bound if a later one fails).
+    pub fn new(
+        poll: Poll,
+        rx: Receiver<Command>,
+        config: SwitchConfig,
+        next_id: Arc<AtomicU64>,
+    ) -> Result<Self, SwitchError> {
+        let mut bound = Vec::new();
+        let result = Self::bind(&poll, &config, &mut bound);
+        let (control, data, bess) = match result {
+            Ok(sockets) => sockets,
+            Err(e) => {
+                for path in &bound {
+                    let _ = std::fs::remove_file(path);
+                }
+                return Err(e);
+            }
+        };
+        Ok(SwitchLoop {
+            poll,
+            rx,
+            fdb: Fdb::new(config.mac_ageing),
+            config,
+            next_id,
+            control,
+            data,
+            bess,
+            ports: HashMap::new(),
+            by_addr: HashMap::new(),
+            pending: HashMap::new(),
+            counters: Counters::default(),
+            buf: vec![0; 64 * 1024],
+            next_sweep: Instant::now() + SWEEP_EVERY,
+            paths: bound,
+        })
+    }
+
+    fn bind(
+        poll: &Poll,
+        config: &SwitchConfig,
+        bound: &mut Vec<PathBuf>,
+    ) -> Result<(UnixListener, UnixDatagram, OwnedFd), SwitchError> {
+        let bind_error = |path: &PathBuf| {
+            let path = path.clone();
+            move |source| SwitchError::Bind { path, source }
+        };
+        let ctl = control_path(&config.dir);
+        let data_file = data_path(&config.dir);
+        let bess_file = bess_path(&config.dir);
+        if daemon::path_address(data_file.as_os_str().as_bytes()).is_none() {
+            return Err(SwitchError::Bind {
+                path: data_file,
+                source: io::Error::new(io::ErrorKind::InvalidInput, "path too long for AF_UNIX"),
+            });
+        }
+        let control = UnixListener::bind(&ctl).map_err(bind_error(&ctl))?;
+        bound.push(ctl.clone());
+        control.set_nonblocking(true).map_err(bind_error(&ctl))?;
+        let data = UnixDatagram::bind(&data_file).map_err(bind_error(&data_file))?;
+        bound.push(data_file.clone());
+        data.set_nonblocking(true).map_err(bind_error(&data_file))?;
+        let bess = sock::seqpacket_listener(&bess_file).map_err(bind_error(&bess_file))?;
+        bound.push(bess_file);
+        let registry = poll.registry();
+        registry
+            .register(
+                &mut SourceFd(&control.as_raw_fd()),
+                CONTROL_LISTENER,
+                Interest::READABLE,
+            )
+            .map_err(SwitchError::Poll)?;
+        registry
+            .register(&mut SourceFd(&data.as_raw_fd()), DATA, Interest::READABLE)
+            .map_err(SwitchError::Poll)?;
+        registry
+            .register(&mut SourceFd(&bess.as_raw_fd()), BESS_LISTENER, Interest::READABLE)
+            .map_err(SwitchError::Poll)?;
+        Ok((control, data, bess))
+    }
+
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(256);
+        loop {
+            let timeout = self.next_deadline().saturating_duration_since(Instant::now());
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    log::error!("evum switch: poll failed: {e}");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                continue;
+            }
+            for event in events.iter() {
+                match event.token() {
+                    WAKER => {}
+                    CONTROL_LISTENER => self.accept_control(),
+                    DATA => self.read_data(),
+                    BESS_LISTENER => self.accept_bess(),
+                    Token(raw) => {
+                        let (id, slot) = (raw as u64 / 2, raw as u64 % 2);
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.readable(id, slot);
+                        }
+                        if event.is_writable() {
+                            self.writable(id);
+                        }
+                    }
+                }
+            }
+            while let Ok(command) = self.rx.try_recv() {
+                if !self.handle(command) {
+                    self.shut_down();
+                    return;
+                }
+            }
+            self.run_deadlines();
+        }
+    }
+
+    fn next_deadline(&self) -> Instant {
+        self.pending
+            .values()
+            .map(|p| p.deadline)
+            .chain([self.next_sweep])
+            .min()
+            .unwrap_or(self.next_sweep)
+    }
+
+    fn run_deadlines(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            self.counters.request_timeout += 1;
+            self.drop_pending(id);
+        }
+        if now >= self.next_sweep {
+            self.fdb.expire(now);
+            self.next_sweep = now + SWEEP_EVERY;
+        }
+    }
+
+    /// Handles a command; false means stop.
+    fn handle(&mut self, command: Command) -> bool {
+        match command {
+            Command::Attach {
+                id,
+                mac,
+                promiscuous,
+                sink,
+            } => {
+                let peer = Peer::Attached { sink, promiscuous };
+                self.ports.insert(id.0, Port::new(id, peer, mac, self.config.queue_len));
+            }
+            Command::Detach(id) => self.remove_port(id),
+            Command::Inject(id, frame) => {
+                if self.ports.contains_key(&id.0) && self.frame_ok(frame.len()) {
+                    self.forward(id, &frame);
+                }
+            }
+            Command::Ports(reply) => {
+                let mut ports: Vec<_> = self.ports.values().map(Port::info).collect();
+                ports.sort_by_key(|p| p.id);
+                let _ = reply.send(ports);
+            }
+            Command::MacTable(reply) => {
+                let _ = reply.send(self.fdb.entries(Instant::now()));
+            }
+            Command::Counters(reply) => {
+                let _ = reply.send(self.counters);
+            }
+            Command::Stop => return false,
+        }
+        true
+    }
+
+    fn shut_down(&mut self) {
+        let ids: Vec<u64> = self.ports.keys().copied().collect();
+        for id in ids {
+            self.remove_port(PortId(id));
+        }
+        let pending: Vec<u64> = self.pending.keys().copied().collect();
+        for id in pending {
+            self.drop_pending(id);
+        }
+        for path in &self.paths {
+            if let Err(e) = std::fs::remove_file(path) {
+                log::warn!("evum switch: cannot remove {}: {e}", path.display());
+            }
+        }
+    }
+
+    fn new_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    // ---- the daemon transport
+
+    fn accept_control(&mut self) {
+        loop {
+            match self.control.accept() {
+                Ok((stream, _)) => {
+                    if self.pending.len() >= self.config.max_pending {
+                        self.counters.too_many_pending += 1;
+                        continue;
+                    }
+                    let id = self.new_id();
+                    let watched = stream.set_nonblocking(true).and_then(|()| {
+                        self.poll.registry().register(
+                            &mut SourceFd(&stream.as_raw_fd()),
+                            token(id, MAIN),
+                            Interest::READABLE,
+                        )
+                    });
+                    if let Err(e) = watched {
+                        log::error!("evum switch: cannot watch a control connection: {e}");
+                        continue;
+                    }
+                    let deadline = Instant::now() + self.config.request_timeout;
+                    self.pending.insert(
+                        id,
+                        Pending {
+                            stream,
+                            bytes: Vec::new(),
+                            deadline,
+                        },
+                    );
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log::warn!("evum switch: accept on the control socket: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn drop_pending(&mut self, id: u64) {
+        if let Some(pending) = self.pending.remove(&id) {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&pending.stream.as_raw_fd()));
+        }
+    }
+
+    fn read_pending(&mut self, id: u64) {
+        let Some(pending) = self.pending.get_mut(&id) else {
+            return;
+        };
+        let mut chunk = [0u8; 512];
+        let eof = loop {
+            match pending.stream.read(&mut chunk) {
+                Ok(0) => break true,
+                Ok(n) => {
+                    pending.bytes.extend_from_slice(&chunk[..n]);
+                    if pending.bytes.len() > PENDING_LIMIT {
+                        break false;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break true,
+            }
+        };
+        let len = pending.bytes.len();
+        if len > REQUEST_LEN {
+            self.counters.oversized_request += 1;
+            self.drop_pending(id);
+        } else if len == REQUEST_LEN {
+            self.new_daemon_port(id);
+        } else if eof {
+            self.counters.short_request += 1;
+            self.drop_pending(id);
+        }
+    }
+
+    fn new_daemon_port(&mut self, id: u64) {
+        let Some(mut pending) = self.pending.remove(&id) else {
+            return;
+        };
+        let request = match daemon::decode_request(&pending.bytes) {
+            Ok(request) => request,
+            Err(e) => {
+                let c = &mut self.counters;
+                match e {
+                    RequestError::Short(_) => c.short_request += 1,
+                    RequestError::Oversized(_) => c.oversized_request += 1,
+                    RequestError::BadMagic(_) => c.bad_magic += 1,
+                    RequestError::BadVersion(_) => c.bad_version += 1,
+                    RequestError::BadType(_) => c.bad_type += 1,
+                    RequestError::BadAddress => c.bad_address += 1,
+                }
+                let _ = self
+                    .poll
+                    .registry()
+                    .deregister(&mut SourceFd(&pending.stream.as_raw_fd()));
+                return;
+            }
+        };
+        let key = daemon::address_key(&request.addr);
+        if self.by_addr.contains_key(&key) {
+            self.counters.duplicate_address += 1;
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&pending.stream.as_raw_fd()));
+            return;
+        }
+        let out = match sock::connected_datagram(&request.addr) {
+            Ok(out) => out,
+            Err(e) => {
+                log::info!("evum switch: a VM's data address is unreachable: {e}");
+                self.counters.bad_address += 1;
+                let _ = self
+                    .poll
+                    .registry()
+                    .deregister(&mut SourceFd(&pending.stream.as_raw_fd()));
+                return;
+            }
+        };
+        // The reply: our data socket's address, exactly 110 bytes.
+        let reply = daemon::path_address(data_path(&self.config.dir).as_os_str().as_bytes());
+        let written = match reply {
+            Some(reply) => pending.stream.write(&reply).map(|n| n == reply.len()),
+            None => Ok(false),
+        };
+        if !matches!(written, Ok(true)) {
+            log::info!("evum switch: cannot answer a control request: {written:?}");
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&pending.stream.as_raw_fd()));
+            return;
+        }
+        let id = PortId(id);
+        self.by_addr.insert(key, id);
+        let peer = Peer::Daemon {
+            control: pending.stream,
+            out,
+            addr: key,
+        };
+        self.ports
+            .insert(id.0, Port::new(id, peer, None, self.config.queue_len));
+    }
+
+    fn read_data(&mut self) {
+        let mut buf = std::mem::take(&mut self.buf);
+        loop {
+            match sock::recv_from(self.data.as_raw_fd(), &mut buf) {
+                Ok((n, from)) => {
+                    let Some(&port) = self.by_addr.get(&from) else {
+                        self.counters.unknown_sender += 1;
+                        continue;
+                    };
+                    if self.frame_ok(n) {
+                        self.forward(port, &buf[..n]);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log::warn!("evum switch: reading the data socket: {e}");
+                    break;
+                }
+            }
+        }
+        self.buf = buf;
+    }
+
+    // ---- the bess transport
+
+    fn accept_bess(&mut self) {
+        loop {
+            match sock::accept(self.bess.as_raw_fd()) {
+                Ok(conn) => {
+                    let id = self.new_id();
+                    if let Err(e) = self.poll.registry().register(
+                        &mut SourceFd(&conn.as_raw_fd()),
+                        token(id, MAIN),
+                        Interest::READABLE,
+                    ) {
+                        log::error!("evum switch: cannot watch a bess connection: {e}");
+                        continue;
+                    }
+                    let port = Port::new(PortId(id), Peer::Bess { conn }, None, self.config.queue_len);
+                    self.ports.insert(id, port);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log::warn!("evum switch: accept on the bess socket: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    // ---- ports
+
+    fn readable(&mut self, id: u64, slot: u64) {
+        if slot != MAIN {
+            return;
+        }
+        if self.pending.contains_key(&id) {
+            self.read_pending(id);
+            return;
+        }
+        let Some(port) = self.ports.get_mut(&id) else { return };
+        match &mut port.peer {
+            Peer::Daemon { control, .. } => {
+                let mut chunk = [0u8; 512];
+                let gone = loop {
+                    match control.read(&mut chunk) {
+                        Ok(0) => break true,
+                        Ok(n) => self.counters.control_garbage += n as u64,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break false,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(_) => break true,
+                    }
+                };
+                if gone {
+                    self.remove_port(PortId(id));
+                }
+            }
+            Peer::Bess { conn } => {
+                let fd = conn.as_raw_fd();
+                let mut buf = std::mem::take(&mut self.buf);
+                let gone = loop {
+                    match sock::recv(fd, &mut buf) {
+                        Ok(0) => break true,
+                        Ok(n) => {
+                            if self.frame_ok(n) {
+                                self.forward(PortId(id), &buf[..n]);
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break false,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(_) => break true,
+                    }
+                };
+                self.buf = buf;
+                if gone {
+                    self.remove_port(PortId(id));
+                }
+            }
+            Peer::Attached { .. } => {}
+        }
+    }
+
+    fn writable(&mut self, id: u64) {
+        let Some(port) = self.ports.get_mut(&id) else { return };
+        let more = port.flush();
+        self.set_writable_interest(id, more);
+    }
+
+    /// Watches (or stops watching) a port's socket for room to write.
+    fn set_writable_interest(&mut self, id: u64, want: bool) {
+        let Some(port) = self.ports.get_mut(&id) else { return };
+        if port.wants_writable == want {
+            return;
+        }
+        let registry = self.poll.registry();
+        let result = match &port.peer {
+            Peer::Daemon { out, .. } => {
+                let mut source = SourceFd(&out.as_raw_fd());
+                if want {
+                    registry.register(&mut source, token(id, OUT), Interest::WRITABLE)
+                } else {
+                    registry.deregister(&mut source)
+                }
+            }
+            Peer::Bess { conn } => {
+                let interest = if want {
+                    Interest::READABLE | Interest::WRITABLE
+                } else {
+                    Interest::READABLE
+                };
+                registry.reregister(&mut SourceFd(&conn.as_raw_fd()), token(id, MAIN), interest)
+            }
+            Peer::Attached { .. } => Ok(()),
+        };
+        match result {
+            Ok(()) => port.wants_writable = want,
+            Err(e) => log::error!("evum switch: cannot watch port {id} for writing: {e}"),
+        }
+    }
+
+    fn remove_port(&mut self, id: PortId) {
+        let Some(mut port) = self.ports.remove(&id.0) else {
+            return;
+        };
+        let registry = self.poll.registry();
+        match &mut port.peer {
+            Peer::Daemon { control, out, addr } => {
+                let _ = registry.deregister(&mut SourceFd(&control.as_raw_fd()));
+                if port.wants_writable {
+                    let _ = registry.deregister(&mut SourceFd(&out.as_raw_fd()));
+                }
+                self.by_addr.remove(addr);
+            }
+            Peer::Bess { conn } => {
+                let _ = registry.deregister(&mut SourceFd(&conn.as_raw_fd()));
+            }
+            Peer::Attached { .. } => {}
+        }
+        self.fdb.forget_port(id);
+    }
+
+    // ---- forwarding
+
+    fn frame_ok(&mut self, len: usize) -> bool {
+        if len < MIN_FRAME {
+            self.counters.runt += 1;
+            false
+        } else if len > MAX_FRAME {
+            self.counters.oversized_frame += 1;
+            false
+        } else {
+            true
+        }
+    }
+
+    /// Forwards a frame of at least [`MIN_FRAME`] bytes that came in on `src`.
+    fn forward(&mut self, src: PortId, frame: &[u8]) {
+        let now = Instant::now();
+        let mut dst: Mac = [0; 6];
+        dst.copy_from_slice(&frame[0..6]);
+        let mut from: Mac = [0; 6];
+        from.copy_from_slice(&frame[6..12]);
+        let Some(port) = self.ports.get_mut(&src.0) else { return };
+        port.count_in(frame.len());
+        if !is_group(&from) {
+            if port.kind() != PortKind::Attached || port.mac.is_none() {
+                port.mac = Some(from);
+            }
+            self.fdb.learn(from, src, now);
+        }
+        let target = if self.config.hub || is_group(&dst) {
+            None
+        } else {
+            self.fdb.lookup(&dst, now)
+        };
+        let receivers: Vec<u64> = self
+            .ports
+            .values()
+            .filter(|p| p.id != src)
+            .filter(|p| match target {
+                None => true,
+                Some(t) => p.id == t || p.is_promiscuous(),
+            })
+            .map(|p| p.id.0)
+            .collect();
+        for id in receivers {
+            let Some(port) = self.ports.get_mut(&id) else { continue };
+            match port.offer(frame) {
+                Offer::Sent | Offer::Dropped => {}
+                Offer::Queued => self.set_writable_interest(id, true),
+                Offer::Gone => self.remove_port(PortId(id)),
+            }
+        }
+    }
+}

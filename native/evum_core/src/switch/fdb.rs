@@ -1,0 +1,112 @@
+//! The forwarding database: which port each source MAC was last seen on.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use super::PortId;
+
+pub type Mac = [u8; 6];
+
+/// True for broadcast and multicast destinations (the group bit).
+pub fn is_group(mac: &Mac) -> bool {
+    mac[0] & 1 != 0
+}
+
+/// Learned MAC addresses, forgotten after `ageing` without a frame from them.
+pub struct Fdb {
+    ageing: Duration,
+    entries: HashMap<Mac, (PortId, Instant)>,
+}
+
+impl Fdb {
+    pub fn new(ageing: Duration) -> Self {
+        Fdb {
+            ageing,
+            entries: HashMap::new(),
+        }
+    }
+
+    /// Records that `mac` sent from `port` (a move if it was elsewhere).
+    /// Group addresses are never learned.
+    pub fn learn(&mut self, mac: Mac, port: PortId, now: Instant) {
+        if !is_group(&mac) {
+            self.entries.insert(mac, (port, now));
+        }
+    }
+
+    /// The port `mac` lives on, if it was seen within the ageing time.
+    pub fn lookup(&self, mac: &Mac, now: Instant) -> Option<PortId> {
+        self.entries
+            .get(mac)
+            .filter(|(_, seen)| now.saturating_duration_since(*seen) < self.ageing)
+            .map(|(port, _)| *port)
+    }
+
+    /// Forgets every MAC of a port that has gone.
+    pub fn forget_port(&mut self, port: PortId) {
+        self.entries.retain(|_, (p, _)| *p != port);
+    }
+
+    /// Drops aged entries.
+    pub fn expire(&mut self, now: Instant) {
+        let ageing = self.ageing;
+        self.entries
+            .retain(|_, (_, seen)| now.saturating_duration_since(*seen) < ageing);
+    }
+
+    /// Every live entry with its age.
+    pub fn entries(&self, now: Instant) -> Vec<(Mac, PortId, Duration)> {
+        let mut out: Vec<_> = self
+            .entries
+            .iter()
+            .map(|(mac, (port, seen))| (*mac, *port, now.saturating_duration_since(*seen)))
+            .filter(|(_, _, age)| *age < self.ageing)
+            .collect();
+        out.sort();
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: Mac = [2, 0, 0, 0, 0, 1];
+
+    #[test]
+    fn learns_moves_and_ages() {
+        let t0 = Instant::now();
+        let mut fdb = Fdb::new(Duration::from_secs(300));
+        assert_eq!(fdb.lookup(&A, t0), None);
+        fdb.learn(A, PortId(1), t0);
+        assert_eq!(fdb.lookup(&A, t0), Some(PortId(1)));
+        fdb.learn(A, PortId(2), t0 + Duration::from_secs(1));
+        assert_eq!(fdb.lookup(&A, t0), Some(PortId(2)));
+        let late = t0 + Duration::from_secs(302);
+        assert_eq!(fdb.lookup(&A, late), None);
+        assert!(fdb.entries(late).is_empty());
+        fdb.expire(late);
+        assert!(fdb.entries.is_empty());
+    }
+
+    #[test]
+    fn group_addresses_are_not_learned() {
+        let t0 = Instant::now();
+        let mut fdb = Fdb::new(Duration::from_secs(300));
+        fdb.learn([0xff; 6], PortId(1), t0);
+        fdb.learn([0x01, 0, 0x5e, 0, 0, 1], PortId(1), t0);
+        assert!(fdb.entries(t0).is_empty());
+        assert!(is_group(&[0xff; 6]) && !is_group(&A));
+    }
+
+    #[test]
+    fn a_gone_port_is_forgotten() {
+        let t0 = Instant::now();
+        let mut fdb = Fdb::new(Duration::from_secs(300));
+        fdb.learn(A, PortId(1), t0);
+        fdb.learn([2, 0, 0, 0, 0, 2], PortId(2), t0);
+        fdb.forget_port(PortId(1));
+        assert_eq!(fdb.entries(t0).len(), 1);
+        assert_eq!(fdb.lookup(&A, t0), None);
+    }
+}

@@ -1,0 +1,152 @@
+//! The few AF_UNIX calls std and mio do not offer: SOCK_SEQPACKET, and
+//! datagrams to and from raw 110-byte addresses (UML's abstract names carry
+//! bytes std would not keep).
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+
+use super::daemon::{self, RawUnixAddr, SOCKADDR_UN_LEN};
+
+fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn check_len(ret: libc::ssize_t) -> io::Result<usize> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+fn new_socket(kind: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: socket() takes no pointers; a non-negative result is a fresh
+    // fd that nothing else owns, so OwnedFd may take it.
+    let fd = check(unsafe { libc::socket(libc::AF_UNIX, kind | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: see above.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn sockaddr(addr: &RawUnixAddr) -> libc::sockaddr_un {
+    // SAFETY: sockaddr_un is plain old data; all zeroes is a valid value.
+    let mut sa: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    sa.sun_family = u16::from_ne_bytes([addr[0], addr[1]]);
+    for (dst, src) in sa.sun_path.iter_mut().zip(&addr[2..]) {
+        *dst = *src as libc::c_char;
+    }
+    sa
+}
+
+/// A nonblocking SOCK_SEQPACKET listener bound at `path`.
+pub fn seqpacket_listener(path: &Path) -> io::Result<OwnedFd> {
+    use std::os::unix::ffi::OsStrExt;
+    let addr = daemon::path_address(path.as_os_str().as_bytes())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "socket path too long"))?;
+    let fd = new_socket(libc::SOCK_SEQPACKET)?;
+    let sa = sockaddr(&addr);
+    // SAFETY: `sa` is a valid sockaddr_un that outlives the call, and the
+    // length passed is its size.
+    check(unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            &sa as *const libc::sockaddr_un as *const libc::sockaddr,
+            SOCKADDR_UN_LEN as libc::socklen_t,
+        )
+    })?;
+    // SAFETY: no pointers.
+    check(unsafe { libc::listen(fd.as_raw_fd(), 128) })?;
+    Ok(fd)
+}
+
+/// Accepts one connection, nonblocking. `WouldBlock` when there is none.
+pub fn accept(listener: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: null address pointers are allowed when the peer address is
+    // not wanted; the result is a fresh fd we own.
+    let fd = check(unsafe {
+        libc::accept4(
+            listener,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        )
+    })?;
+    // SAFETY: see above.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Receives one message. For datagram and seqpacket sockets the result is
+/// the message's real length even when `buf` was too small (MSG_TRUNC).
+pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of its length.
+    check_len(unsafe {
+        libc::recv(
+            fd,
+            buf.as_mut_ptr() as *mut libc::c_void,
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+        )
+    })
+}
+
+/// Receives one datagram and the key of its sender's address (all zero
+/// for an unbound sender).
+pub fn recv_from(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, RawUnixAddr)> {
+    // SAFETY: sockaddr_un is plain old data; all zeroes is a valid value.
+    let mut sa: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: `buf` is valid for writes of its length; `sa` and `len`
+    // describe a writable sockaddr_un of the size given.
+    let n = check_len(unsafe {
+        libc::recvfrom(
+            fd,
+            buf.as_mut_ptr() as *mut libc::c_void,
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+            &mut sa as *mut libc::sockaddr_un as *mut libc::sockaddr,
+            &mut len,
+        )
+    })?;
+    let mut raw = [0u8; SOCKADDR_UN_LEN];
+    raw[0..2].copy_from_slice(&sa.sun_family.to_ne_bytes());
+    for (dst, src) in raw[2..].iter_mut().zip(sa.sun_path.iter()) {
+        *dst = *src as u8;
+    }
+    let len = (len as usize).min(SOCKADDR_UN_LEN);
+    Ok((n, daemon::received_key(&raw[..len])))
+}
+
+/// Sends one message without blocking and without SIGPIPE.
+pub fn send(fd: RawFd, frame: &[u8]) -> io::Result<usize> {
+    // SAFETY: `frame` is valid for reads of its length.
+    check_len(unsafe {
+        libc::send(
+            fd,
+            frame.as_ptr() as *const libc::c_void,
+            frame.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    })
+}
+
+/// A datagram socket connected to a VM's address, with the full 110-byte
+/// length UML binds with. Being connected, it polls writable only when the
+/// VM's receive queue has room, which an unconnected socket cannot tell.
+pub fn connected_datagram(addr: &RawUnixAddr) -> io::Result<OwnedFd> {
+    let fd = new_socket(libc::SOCK_DGRAM)?;
+    let sa = sockaddr(addr);
+    // SAFETY: `sa` is a valid sockaddr_un that outlives the call, and the
+    // length passed is its size.
+    check(unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            &sa as *const libc::sockaddr_un as *const libc::sockaddr,
+            SOCKADDR_UN_LEN as libc::socklen_t,
+        )
+    })?;
+    Ok(fd)
+}

@@ -1,0 +1,698 @@
+//! The switch against real peers: a client speaking UML's daemon protocol
+//! (checked against Debian's uml_switch too), bess connections, attached
+//! ports, and real UML guests pinging each other through it.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{unbounded, Receiver, Sender};
+use evum_core::switch::daemon::{encode_request, RawUnixAddr, SOCKADDR_UN_LEN};
+use evum_core::switch::{FrameSink, PortId, PortKind, Switch, SwitchConfig};
+
+// ---------------------------------------------------------------- fixtures
+
+/// A fresh directory, removed at the end of the test.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("sw-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn start(dir: &TempDir, tune: impl FnOnce(&mut SwitchConfig)) -> Switch {
+    let mut config = SwitchConfig::new(dir.0.join("switch"));
+    tune(&mut config);
+    Switch::start(config).expect("switch starts")
+}
+
+const ETHERTYPE: [u8; 2] = [0x88, 0xb5]; // local experimental
+const BROADCAST: [u8; 6] = [0xff; 6];
+
+fn mac(n: u8) -> [u8; 6] {
+    [2, 0, 0, 0, 0, n]
+}
+
+fn frame(dst: [u8; 6], src: [u8; 6], tag: u8) -> Vec<u8> {
+    let mut f = Vec::with_capacity(60);
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&ETHERTYPE);
+    f.extend(std::iter::repeat_n(tag, 46));
+    f
+}
+
+fn sockaddr(addr: &RawUnixAddr) -> libc::sockaddr_un {
+    // SAFETY: plain old data; all zeroes is valid.
+    let mut sa: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    sa.sun_family = u16::from_ne_bytes([addr[0], addr[1]]);
+    for (d, s) in sa.sun_path.iter_mut().zip(&addr[2..]) {
+        *d = *s as libc::c_char;
+    }
+    sa
+}
+
+/// A datagram socket bound the way UML binds it: an abstract name of NUL,
+/// pid, a counter, and (unlike UML's uninitialised bytes) a known filler,
+/// with the full 110-byte length.
+fn uml_like_datagram() -> (UnixDatagram, RawUnixAddr) {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let mut addr = [0xa5u8; SOCKADDR_UN_LEN];
+    addr[0..2].copy_from_slice(&(libc::AF_UNIX as u16).to_ne_bytes());
+    addr[2] = 0;
+    addr[3..7].copy_from_slice(&std::process::id().to_ne_bytes());
+    addr[7..11].copy_from_slice(&N.fetch_add(1, Ordering::Relaxed).to_ne_bytes());
+    // SAFETY: no pointers; the fd is fresh and ours.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0);
+    // SAFETY: see above.
+    let sock = unsafe { UnixDatagram::from_raw_fd(fd) };
+    let sa = sockaddr(&addr);
+    // SAFETY: `sa` is a valid sockaddr_un of the length given.
+    let rc = unsafe { libc::bind(fd, &sa as *const _ as *const libc::sockaddr, SOCKADDR_UN_LEN as u32) };
+    assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+    (sock, addr)
+}
+
+/// A client of the daemon transport, as UML's daemon driver behaves.
+struct DaemonClient {
+    control: UnixStream,
+    data: UnixDatagram,
+    switch_addr: RawUnixAddr,
+}
+
+impl DaemonClient {
+    fn connect(ctl: &Path) -> DaemonClient {
+        let (data, addr) = uml_like_datagram();
+        let mut control = UnixStream::connect(ctl).expect("connect to the control socket");
+        control.write_all(&encode_request(&addr)).unwrap();
+        control.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut switch_addr = [0u8; SOCKADDR_UN_LEN];
+        control.read_exact(&mut switch_addr).expect("a 110-byte reply");
+        data.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        DaemonClient {
+            control,
+            data,
+            switch_addr,
+        }
+    }
+
+    /// sendto with the full sockaddr_un length, as UML does.
+    fn send(&self, frame: &[u8]) {
+        send_raw(&self.data, &self.switch_addr, frame);
+    }
+
+    fn recv(&self) -> Option<Vec<u8>> {
+        let mut buf = [0u8; 2048];
+        self.data.recv(&mut buf).ok().map(|n| buf[..n].to_vec())
+    }
+
+    /// Everything that arrives within the read timeout.
+    fn drain(&self) -> Vec<Vec<u8>> {
+        std::iter::from_fn(|| self.recv()).collect()
+    }
+}
+
+fn send_raw(sock: &UnixDatagram, to: &RawUnixAddr, frame: &[u8]) {
+    let sa = sockaddr(to);
+    // SAFETY: `frame` and `sa` are valid for the lengths given.
+    let n = unsafe {
+        libc::sendto(
+            sock.as_raw_fd(),
+            frame.as_ptr() as *const libc::c_void,
+            frame.len(),
+            0,
+            &sa as *const _ as *const libc::sockaddr,
+            SOCKADDR_UN_LEN as u32,
+        )
+    };
+    assert_eq!(n, frame.len() as isize, "sendto: {}", std::io::Error::last_os_error());
+}
+
+/// A bess peer: a SOCK_SEQPACKET connection to the switch.
+struct BessClient(OwnedFd);
+
+impl BessClient {
+    fn connect(path: &Path) -> BessClient {
+        use std::os::unix::ffi::OsStrExt;
+        let mut addr = [0u8; SOCKADDR_UN_LEN];
+        addr[0..2].copy_from_slice(&(libc::AF_UNIX as u16).to_ne_bytes());
+        let p = path.as_os_str().as_bytes();
+        addr[2..2 + p.len()].copy_from_slice(p);
+        // SAFETY: no pointers; the fd is fresh and ours.
+        let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
+        assert!(fd >= 0);
+        // SAFETY: see above.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let sa = sockaddr(&addr);
+        // SAFETY: `sa` is a valid sockaddr_un of the length given.
+        let rc = unsafe {
+            libc::connect(
+                fd.as_raw_fd(),
+                &sa as *const _ as *const libc::sockaddr,
+                SOCKADDR_UN_LEN as u32,
+            )
+        };
+        assert_eq!(rc, 0, "connect: {}", std::io::Error::last_os_error());
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 300_000,
+        };
+        // SAFETY: `tv` is a valid timeval of the size given.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                &tv as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::timeval>() as u32,
+            )
+        };
+        BessClient(fd)
+    }
+
+    fn send(&self, frame: &[u8]) {
+        // SAFETY: `frame` is valid for its length.
+        let n = unsafe {
+            libc::send(
+                self.0.as_raw_fd(),
+                frame.as_ptr() as *const libc::c_void,
+                frame.len(),
+                0,
+            )
+        };
+        assert_eq!(n, frame.len() as isize);
+    }
+
+    fn recv(&self) -> Option<Vec<u8>> {
+        let mut buf = [0u8; 2048];
+        // SAFETY: `buf` is valid for writes of its length.
+        let n = unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
+        (n > 0).then(|| buf[..n as usize].to_vec())
+    }
+}
+
+/// An attached port's sink that forwards frames to a channel.
+struct ToChannel(Sender<(PortId, Vec<u8>)>);
+
+impl FrameSink for ToChannel {
+    fn frame(&mut self, port: PortId, frame: &[u8]) -> bool {
+        self.0.send((port, frame.to_vec())).is_ok()
+    }
+}
+
+fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The switching behaviour every faithful switch shows, driven through the
+/// daemon protocol only.
+fn switching_scenario(ctl: &Path) {
+    let a = DaemonClient::connect(ctl);
+    let b = DaemonClient::connect(ctl);
+    let c = DaemonClient::connect(ctl);
+    // A broadcast reaches everybody but its sender, and teaches the switch A.
+    let hello = frame(BROADCAST, mac(1), 1);
+    a.send(&hello);
+    assert_eq!(b.recv().as_deref(), Some(&hello[..]));
+    assert_eq!(c.recv().as_deref(), Some(&hello[..]));
+    assert_eq!(a.recv(), None, "a broadcast came back to its sender");
+    // B answers A: the switch knows A, so C does not see it.
+    let answer = frame(mac(1), mac(2), 2);
+    b.send(&answer);
+    assert_eq!(a.recv().as_deref(), Some(&answer[..]));
+    assert_eq!(c.recv(), None, "a learned unicast was flooded");
+    // And A to B, now both are known.
+    let back = frame(mac(2), mac(1), 3);
+    a.send(&back);
+    assert_eq!(b.recv().as_deref(), Some(&back[..]));
+    assert_eq!(c.recv(), None);
+    assert_eq!(b.recv(), None);
+}
+
+// ---------------------------------------------------------------- protocol
+
+#[test]
+fn daemon_clients_exchange_frames_like_a_switch() {
+    let dir = TempDir::new("basic");
+    let switch = start(&dir, |_| {});
+    switching_scenario(&switch.control_socket());
+    // The clients are gone now: their control streams closed.
+    wait_until("the ports to go", || switch.ports().unwrap().is_empty());
+    assert!(switch.mac_table().unwrap().is_empty());
+    assert_eq!(switch.counters().unwrap(), Default::default());
+}
+
+#[test]
+fn the_same_client_works_against_uml_switch() {
+    let dir = TempDir::new("uml_switch");
+    let ctl = dir.0.join("ctl");
+    let child: Child = Command::new("uml_switch")
+        .arg("-unix")
+        .arg(&ctl)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("uml_switch (uml-utilities) is installed");
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _child = Kill(child);
+    wait_until("uml_switch's socket", || ctl.exists());
+    switching_scenario(&ctl);
+}
+
+#[test]
+fn ports_and_the_mac_table_are_reported() {
+    let dir = TempDir::new("inspect");
+    let switch = start(&dir, |_| {});
+    let a = DaemonClient::connect(&switch.control_socket());
+    let b = DaemonClient::connect(&switch.control_socket());
+    a.send(&frame(BROADCAST, mac(1), 1));
+    assert!(b.recv().is_some());
+    b.send(&frame(mac(1), mac(2), 2));
+    assert!(a.recv().is_some());
+    let ports = switch.ports().unwrap();
+    assert_eq!(ports.len(), 2);
+    assert!(ports.iter().all(|p| p.kind == PortKind::Daemon));
+    let pa = ports.iter().find(|p| p.mac == Some(mac(1))).expect("A's port");
+    let pb = ports.iter().find(|p| p.mac == Some(mac(2))).expect("B's port");
+    assert_eq!((pa.frames_in, pa.frames_out, pa.bytes_in, pa.bytes_out), (1, 1, 60, 60));
+    assert_eq!((pb.frames_in, pb.frames_out), (1, 1));
+    let table = switch.mac_table().unwrap();
+    assert_eq!(table.len(), 2);
+    assert!(table.iter().any(|e| e.0 == mac(1) && e.1 == pa.id));
+    assert!(table.iter().any(|e| e.0 == mac(2) && e.1 == pb.id));
+    assert!(table.iter().all(|e| e.2 < Duration::from_secs(5)));
+    // EOF on A's control stream removes A's port and its MAC.
+    drop(a.control);
+    wait_until("A's port to go", || switch.ports().unwrap().len() == 1);
+    assert_eq!(switch.mac_table().unwrap().len(), 1);
+    // A's datagrams are now from an unknown address.
+    a.data.set_read_timeout(None).unwrap();
+    send_raw(&a.data, &a.switch_addr, &frame(BROADCAST, mac(1), 9));
+    wait_until("the unknown sender to be counted", || {
+        switch.counters().unwrap().unknown_sender == 1
+    });
+    assert_eq!(b.recv(), None);
+}
+
+#[test]
+fn garbage_requests_are_counted_while_good_ports_keep_forwarding() {
+    let dir = TempDir::new("garbage");
+    let switch = start(&dir, |c| c.request_timeout = Duration::from_millis(500));
+    let ctl = switch.control_socket();
+    let a = DaemonClient::connect(&ctl);
+    let b = DaemonClient::connect(&ctl);
+    let (_sock, addr) = uml_like_datagram();
+    let good = encode_request(&addr);
+    let mut bad_magic = good;
+    bad_magic[0] ^= 0xff;
+    let mut version2 = good;
+    version2[4..8].copy_from_slice(&2u32.to_ne_bytes());
+    let mut oversized = good.to_vec();
+    oversized.extend_from_slice(&[0u8; 100]);
+    let mut rejected = Vec::new();
+    for bytes in [&bad_magic[..], &version2[..], &oversized[..]] {
+        let mut s = UnixStream::connect(&ctl).unwrap();
+        s.write_all(bytes).unwrap();
+        rejected.push(s);
+    }
+    let mut short = UnixStream::connect(&ctl).unwrap();
+    short.write_all(&good[..50]).unwrap();
+    short.shutdown(std::net::Shutdown::Write).unwrap();
+    let silent = UnixStream::connect(&ctl).unwrap();
+    let mut half = UnixStream::connect(&ctl).unwrap();
+    half.write_all(&good[..100]).unwrap();
+    // Forwarding goes on meanwhile.
+    for i in 0..20 {
+        let f = frame(mac(2), mac(1), i);
+        a.send(&f);
+        let g = frame(mac(1), mac(2), i);
+        b.send(&g);
+        assert_eq!(b.recv().as_deref(), Some(&f[..]));
+        assert_eq!(a.recv().as_deref(), Some(&g[..]));
+    }
+    wait_until("the rejects to be counted", || {
+        let c = switch.counters().unwrap();
+        c.bad_magic == 1
+            && c.bad_version == 1
+            && c.oversized_request == 1
+            && c.short_request == 1
+            && c.request_timeout == 2
+    });
+    // Each rejected connection was closed without a reply.
+    for mut s in rejected.into_iter().chain([short, silent, half]) {
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut buf = [0u8; 200];
+        assert_eq!(s.read(&mut buf).unwrap(), 0);
+    }
+    assert_eq!(switch.ports().unwrap().len(), 2);
+    a.send(&frame(mac(2), mac(1), 99));
+    assert!(b.recv().is_some());
+}
+
+#[test]
+fn a_connection_flood_is_bounded_and_counted() {
+    let dir = TempDir::new("flood");
+    let switch = start(&dir, |c| {
+        c.request_timeout = Duration::from_millis(300);
+        c.max_pending = 8;
+    });
+    let ctl = switch.control_socket();
+    let flood: Vec<UnixStream> = (0..200).filter_map(|_| UnixStream::connect(&ctl).ok()).collect();
+    assert!(flood.len() >= 100, "only {} connects succeeded", flood.len());
+    wait_until("the flood to be refused", || {
+        let c = switch.counters().unwrap();
+        c.too_many_pending + c.request_timeout == flood.len() as u64
+    });
+    let c = switch.counters().unwrap();
+    assert!(c.too_many_pending >= flood.len() as u64 - 8, "{c:?}");
+    drop(flood);
+    // Good clients get in once the flood has timed out.
+    let a = DaemonClient::connect(&ctl);
+    let b = DaemonClient::connect(&ctl);
+    a.send(&frame(BROADCAST, mac(1), 1));
+    assert!(b.recv().is_some());
+}
+
+#[test]
+fn runt_and_oversized_datagrams_are_counted() {
+    let dir = TempDir::new("runt");
+    let switch = start(&dir, |_| {});
+    let a = DaemonClient::connect(&switch.control_socket());
+    let b = DaemonClient::connect(&switch.control_socket());
+    a.send(&[1, 2, 3]);
+    a.send(&[]);
+    a.send(&[0xffu8; 13]);
+    let mut big = frame(BROADCAST, mac(1), 7);
+    big.resize(2000, 0);
+    a.send(&big);
+    let ok = frame(BROADCAST, mac(1), 8);
+    a.send(&ok);
+    assert_eq!(b.drain(), vec![ok]);
+    let c = switch.counters().unwrap();
+    assert_eq!((c.runt, c.oversized_frame), (3, 1));
+}
+
+#[test]
+fn a_slow_receiver_loses_frames_without_stalling_the_others() {
+    let dir = TempDir::new("slow");
+    let switch = start(&dir, |c| c.queue_len = 16);
+    let ctl = switch.control_socket();
+    let a = DaemonClient::connect(&ctl);
+    let slow = DaemonClient::connect(&ctl);
+    let fast = DaemonClient::connect(&ctl);
+    fast.data.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut n = 0;
+        while let Some(f) = fast.recv() {
+            n += 1;
+            if f[14] == 0xee {
+                break;
+            }
+        }
+        n
+    });
+    for _ in 0..300 {
+        a.send(&frame(BROADCAST, mac(1), 1));
+    }
+    a.send(&frame(BROADCAST, mac(1), 0xee));
+    let got = reader.join().unwrap();
+    assert!(got > 16, "the fast receiver got only {got}");
+    let ports = switch.ports().unwrap();
+    let slow_port = ports
+        .iter()
+        .find(|p| p.drops_queue_full > 0)
+        .expect("a port with drops");
+    assert!(slow_port.queued <= 16);
+    drop(slow);
+}
+
+#[test]
+fn bess_and_daemon_ports_share_a_switch() {
+    let dir = TempDir::new("bess");
+    let switch = start(&dir, |_| {});
+    let d = DaemonClient::connect(&switch.control_socket());
+    let b = BessClient::connect(&switch.bess_socket());
+    let hello = frame(BROADCAST, mac(1), 1);
+    wait_until("the bess port", || switch.ports().unwrap().len() == 2);
+    b.send(&hello);
+    assert_eq!(d.recv().as_deref(), Some(&hello[..]));
+    let answer = frame(mac(1), mac(2), 2);
+    d.send(&answer);
+    assert_eq!(b.recv().as_deref(), Some(&answer[..]));
+    b.send(&[0u8; 5]);
+    wait_until("the runt", || switch.counters().unwrap().runt == 1);
+    let kinds: Vec<PortKind> = switch.ports().unwrap().iter().map(|p| p.kind).collect();
+    assert!(kinds.contains(&PortKind::Bess) && kinds.contains(&PortKind::Daemon));
+    drop(b);
+    wait_until("the bess port to go", || switch.ports().unwrap().len() == 1);
+}
+
+#[test]
+fn attached_ports_inject_and_receive() {
+    let dir = TempDir::new("attach");
+    let switch = start(&dir, |_| {});
+    let (tx1, rx1) = unbounded();
+    let (tx2, rx2) = unbounded();
+    let (tx3, rx3) = unbounded();
+    let p1 = switch.attach(Some(mac(1)), false, Box::new(ToChannel(tx1))).unwrap();
+    let p2 = switch.attach(Some(mac(2)), false, Box::new(ToChannel(tx2))).unwrap();
+    let sniffer = switch.attach(None, true, Box::new(ToChannel(tx3))).unwrap();
+    let d = DaemonClient::connect(&switch.control_socket());
+    let get = |rx: &Receiver<(PortId, Vec<u8>)>| rx.recv_timeout(Duration::from_millis(300)).ok();
+
+    let hello = frame(BROADCAST, mac(1), 1);
+    switch.inject(p1, hello.clone()).unwrap();
+    assert_eq!(get(&rx2), Some((p2, hello.clone())));
+    assert_eq!(get(&rx3), Some((sniffer, hello.clone())));
+    assert_eq!(d.recv().as_deref(), Some(&hello[..]));
+    assert_eq!(get(&rx1), None);
+
+    // Unicast to a learned MAC: only its port, and the promiscuous one.
+    let uni = frame(mac(1), mac(2), 2);
+    switch.inject(p2, uni.clone()).unwrap();
+    assert_eq!(get(&rx1), Some((p1, uni.clone())));
+    assert_eq!(get(&rx3), Some((sniffer, uni.clone())));
+    assert_eq!(d.recv(), None);
+
+    let ports = switch.ports().unwrap();
+    assert_eq!(ports.iter().find(|p| p.id == p1).unwrap().mac, Some(mac(1)));
+    assert_eq!(ports.iter().find(|p| p.id == sniffer).unwrap().mac, None);
+
+    // A sink whose receiver is gone detaches its port.
+    drop(rx2);
+    switch.inject(p1, frame(BROADCAST, mac(1), 3)).unwrap();
+    wait_until("the dead sink's port to go", || {
+        switch.ports().unwrap().iter().all(|p| p.id != p2)
+    });
+    switch.detach(sniffer).unwrap();
+    wait_until("the detached port to go", || switch.ports().unwrap().len() == 2);
+    // Runts from attached ports are counted too.
+    switch.inject(p1, vec![1, 2]).unwrap();
+    wait_until("the runt", || switch.counters().unwrap().runt == 1);
+}
+
+#[test]
+fn a_hub_floods_known_unicast() {
+    let dir = TempDir::new("hub");
+    let switch = start(&dir, |c| c.hub = true);
+    let a = DaemonClient::connect(&switch.control_socket());
+    let b = DaemonClient::connect(&switch.control_socket());
+    let c = DaemonClient::connect(&switch.control_socket());
+    a.send(&frame(BROADCAST, mac(1), 1));
+    assert!(b.recv().is_some() && c.recv().is_some());
+    let uni = frame(mac(1), mac(2), 2);
+    b.send(&uni);
+    assert_eq!(a.recv().as_deref(), Some(&uni[..]));
+    assert_eq!(c.recv().as_deref(), Some(&uni[..]));
+    assert_eq!(b.recv(), None);
+}
+
+#[test]
+fn stopping_closes_ports_and_removes_the_sockets() {
+    let dir = TempDir::new("stop");
+    let switch = start(&dir, |_| {});
+    let ctl = switch.control_socket();
+    let bess = switch.bess_socket();
+    let mut a = DaemonClient::connect(&ctl);
+    assert!(ctl.exists() && bess.exists());
+    switch.stop();
+    assert!(!ctl.exists() && !bess.exists() && !dir.0.join("switch/data").exists());
+    let mut buf = [0u8; 8];
+    assert_eq!(a.control.read(&mut buf).unwrap(), 0);
+    // A second switch may bind the same directory again.
+    let again = start(&dir, |_| {});
+    drop(again);
+}
+
+// ---------------------------------------------------------------- guests
+
+mod guests {
+    use super::*;
+    use evum_core::{control, image, BootOption, ControlEvent, Exit, Vm, VmConfig, VmEvents};
+
+    struct Events(Sender<ControlEvent>);
+
+    impl VmEvents for Events {
+        fn console_line(&mut self, _line: &[u8]) {}
+        fn control(&mut self, event: ControlEvent) {
+            let _ = self.0.send(event);
+        }
+        fn exited(&mut self, _exit: Exit) {}
+    }
+
+    pub struct Guest {
+        vm: Vm,
+        rx: Receiver<ControlEvent>,
+        next: u64,
+    }
+
+    pub fn boot(net: BootOption) -> Guest {
+        let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("image-cache");
+        let initrd = image::busybox_initramfs(Path::new("/bin/busybox"), &cache).expect("image");
+        let (tx, rx) = unbounded();
+        let config = VmConfig {
+            kernel: "linux".into(),
+            options: vec![BootOption::Initrd(initrd), BootOption::Init("/init".into()), net],
+            umid: None,
+            uml_dir: None,
+            run_as: None,
+        };
+        let vm = evum_core::start(config, Box::new(Events(tx))).expect("start");
+        loop {
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(ControlEvent::Ready) => break,
+                Ok(_) => {}
+                Err(_) => panic!("the guest did not come up"),
+            }
+        }
+        Guest { vm, rx, next: 1 }
+    }
+
+    impl Guest {
+        pub fn run(&mut self, cmd: &str) -> (i32, String) {
+            let id = self.next;
+            self.next += 1;
+            self.vm.handle.write_control(control::run_request(id, cmd)).unwrap();
+            loop {
+                match self.rx.recv_timeout(Duration::from_secs(20)) {
+                    Ok(ControlEvent::Result { id: i, status, output }) if i == id => {
+                        return (status, String::from_utf8_lossy(&output).into_owned())
+                    }
+                    Ok(_) => {}
+                    Err(_) => panic!("no result for {cmd}"),
+                }
+            }
+        }
+    }
+
+    impl Drop for Guest {
+        fn drop(&mut self) {
+            let _ = self.vm.handle.signal(evum_core::io_loop::Signal::SIGKILL, true);
+        }
+    }
+
+    /// Configures `a` as 10.0.0.1 on `if_a` and `b` as 10.0.0.2 on `if_b`,
+    /// checks their ports are of the kinds given, and pings b from a.
+    fn ping_pair(switch: &Switch, mut a: Guest, mut b: Guest, if_a: &str, if_b: &str, kinds: [PortKind; 2]) {
+        let (s, out) = a.run(&format!("ifconfig {if_a} 10.0.0.1 netmask 255.255.255.0 up"));
+        assert_eq!(s, 0, "{out}");
+        let (s, out) = b.run(&format!("ifconfig {if_b} 10.0.0.2 netmask 255.255.255.0 up"));
+        assert_eq!(s, 0, "{out}");
+        let mut got: Vec<String> = switch
+            .ports()
+            .unwrap()
+            .iter()
+            .map(|p| format!("{:?}", p.kind))
+            .collect();
+        let mut want: Vec<String> = kinds.iter().map(|k| format!("{k:?}")).collect();
+        got.sort();
+        want.sort();
+        assert_eq!(got, want);
+        let (s, out) = a.run("ping -c 3 -W 2 10.0.0.2");
+        assert_eq!(s, 0, "ping failed: {out}");
+        assert!(out.contains("3 packets received"), "{out}");
+        let table = switch.mac_table().unwrap();
+        assert!(
+            table.iter().any(|e| e.0 == mac(1)) && table.iter().any(|e| e.0 == mac(2)),
+            "{table:?}"
+        );
+    }
+
+    #[test]
+    fn two_guests_ping_over_the_daemon_transport() {
+        let dir = TempDir::new("guests-daemon");
+        let switch = start(&dir, |_| {});
+        let ctl = switch.control_socket();
+        let eth = |n: u8| BootOption::Eth(0, format!("daemon,02:00:00:00:00:0{n},unix,{}", ctl.display()));
+        let a = boot(eth(1));
+        let b = boot(eth(2));
+        // A daemon port exists from boot on.
+        assert_eq!(switch.ports().unwrap().len(), 2);
+        ping_pair(&switch, a, b, "eth0", "eth0", [PortKind::Daemon; 2]);
+        wait_until("the guests' ports to go", || switch.ports().unwrap().is_empty());
+    }
+
+    #[test]
+    fn two_guests_ping_over_the_bess_transport() {
+        let dir = TempDir::new("guests-bess");
+        let switch = start(&dir, |_| {});
+        let bess = switch.bess_socket();
+        let vec = |n: u8| {
+            let src = dir.0.join(format!("guest{n}.sock"));
+            BootOption::Append(format!(
+                "vec0:transport=bess,src={},dst={},mac=02:00:00:00:00:0{n}",
+                src.display(),
+                bess.display()
+            ))
+        };
+        let a = boot(vec(1));
+        let b = boot(vec(2));
+        // The vector driver connects when the interface is brought up.
+        ping_pair(&switch, a, b, "vec0", "vec0", [PortKind::Bess; 2]);
+        wait_until("the guests' ports to go", || switch.ports().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_daemon_guest_pings_a_bess_guest() {
+        let dir = TempDir::new("guests-mixed");
+        let switch = start(&dir, |_| {});
+        let a = boot(BootOption::Eth(
+            0,
+            format!("daemon,02:00:00:00:00:01,unix,{}", switch.control_socket().display()),
+        ));
+        let b = boot(BootOption::Append(format!(
+            "vec0:transport=bess,src={},dst={},mac=02:00:00:00:00:02",
+            dir.0.join("guest.sock").display(),
+            switch.bess_socket().display()
+        )));
+        ping_pair(&switch, a, b, "eth0", "vec0", [PortKind::Daemon, PortKind::Bess]);
+    }
+}
