@@ -23,6 +23,7 @@
     | {kernel, file:filename_all()}
     | {umid, string() | binary()}
     | {uml_dir, file:filename_all()}
+    | {switch, evum_switch:switch()}
     | evum_opts:boot_option().
 
 %% @doc Boots a VM and waits until its guest is up. The caller becomes the
@@ -32,7 +33,8 @@
 %% Options: `label' (registers the VM's pid under that name), `dist'
 %% (`busybox', the default, or `host'), `timeout' (ms to wait for the boot),
 %% `tagged' (console lines as `{evum, Vm, {console, Line}}'), `hostname',
-%% `kernel' (the UML binary), `umid', `uml_dir', `verbose' (the kernel's boot
+%% `kernel' (the UML binary), `umid', `uml_dir', `switch' (eth0 on that
+%% evum_switch, its MAC derived from the label), `verbose' (the kernel's boot
 %% log on the console), and the original boot options (`mem', `con', `ssl',
 %% `disk', `ubd', `eth', `init', `initrd', `root', `rootflags', `rootfstype',
 %% `write', `quiet', `hostfs', `append', `env'). An option it does not know is
@@ -62,7 +64,7 @@ create_vm(Options) ->
             end
         end,
         fun({Name, DistBoot, RunAs}) ->
-            case evum_opts:normalize(DistBoot ++ Boot) of
+            case evum_opts:normalize(DistBoot ++ network(proplists:get_value(switch, Own), Name) ++ Boot) of
                 {ok, NifBoot} ->
                     {ok, #{
                         label => Name,
@@ -97,6 +99,18 @@ chain([Step | Rest], Previous) ->
         Error -> Error
     end.
 
+%% eth0 on a switch, with a MAC that stays the same for a label (locally
+%% administered: 02:ee:...), so a guest keeps its address across restarts.
+network(undefined, _Label) ->
+    [];
+network(Switch, Label) ->
+    Id =
+        case Label of
+            undefined -> rand:uniform(1 bsl 32) - 1;
+            _ -> erlang:phash2(Label, 1 bsl 32)
+        end,
+    [evum_switch:eth_option(Switch, <<2, 16#ee, Id:32>>)].
+
 start(Config) ->
     case evum_sup:start_vm(self(), Config) of
         {error, {already_started, _}} -> {error, {label_in_use, maps:get(label, Config)}};
@@ -104,7 +118,7 @@ start(Config) ->
     end.
 
 is_create_option({Key, _}) ->
-    lists:member(Key, [label, dist, timeout, tagged, hostname, kernel, umid, uml_dir]);
+    lists:member(Key, [label, dist, timeout, tagged, hostname, kernel, umid, uml_dir, switch]);
 is_create_option(tagged) ->
     true;
 is_create_option(_) ->

@@ -15,7 +15,9 @@
     cmd/3,
     system/2,
     reboot/1,
-    info/1
+    info/1,
+    ifconfig/2,
+    ping/2
 ]).
 
 -define(SEND_TIMEOUT, 5000).
@@ -27,10 +29,31 @@
 start() ->
     start([]).
 
-%% @doc Like start/0, with evm:create/1 options; `dist' defaults to `host'.
+%% @doc Like start/0, with evm:create/1 options; `dist' defaults to `host',
+%% and the VM joins the switch registered as `evum_switch', if one runs.
 -spec start([evm:option()]) -> {ok, pid()} | {error, term()}.
 start(Options) ->
-    evm:create(Options ++ [{dist, host}]).
+    Switch =
+        case whereis(evum_switch) of
+            undefined -> [];
+            _ -> [{switch, evum_switch}]
+        end,
+    evm:create(Options ++ [{dist, host} | Switch]).
+
+%% @doc Sets up eth0 on the console, as typed: address, netmask and default
+%% gateway. The output arrives as console messages.
+-spec ifconfig(evm:vm(), {string(), string(), string()}) -> ok | {error, term()}.
+ifconfig(Vm, {Address, Netmask, Gateway}) ->
+    puts(Vm, [
+        "ifconfig eth0 ", Address, " netmask ", Netmask, " up && route add default gw ", Gateway
+    ]).
+
+%% @doc Pings an address once from the guest, on the console.
+-spec ping(evm:vm(), inet:ip4_address() | string()) -> ok | {error, term()}.
+ping(Vm, {_, _, _, _} = Address) ->
+    ping(Vm, inet:ntoa(Address));
+ping(Vm, Address) ->
+    puts(Vm, ["ping -c 1 -W 2 ", Address]).
 
 %% @doc Stops the VM and waits until nothing of it is left.
 -spec stop(evm:vm()) -> ok | {error, not_running}.

@@ -12,7 +12,16 @@
     mconsole_request/3,
     busybox_initramfs/2,
     effective_uid/0,
-    lookup_user/1
+    lookup_user/1,
+    switch_start/1,
+    switch_stop/1,
+    switch_sockets/1,
+    switch_attach/5,
+    switch_detach/2,
+    switch_inject/3,
+    switch_ports/1,
+    switch_mac_table/1,
+    switch_counters/1
 ]).
 
 -on_load(load/0).
@@ -40,3 +49,12 @@ mconsole_request(_Socket, _Command, _TimeoutMs) -> ?NOT_LOADED.
 busybox_initramfs(_Busybox, _CacheDir) -> ?NOT_LOADED.
 effective_uid() -> ?NOT_LOADED.
 lookup_user(_Name) -> ?NOT_LOADED.
+switch_start(_Hub) -> ?NOT_LOADED.
+switch_stop(_Switch) -> ?NOT_LOADED.
+switch_sockets(_Switch) -> ?NOT_LOADED.
+switch_attach(_Switch, _Owner, _Server, _Mac, _Promiscuous) -> ?NOT_LOADED.
+switch_detach(_Switch, _Port) -> ?NOT_LOADED.
+switch_inject(_Switch, _Port, _Frame) -> ?NOT_LOADED.
+switch_ports(_Switch) -> ?NOT_LOADED.
+switch_mac_table(_Switch) -> ?NOT_LOADED.
+switch_counters(_Switch) -> ?NOT_LOADED.

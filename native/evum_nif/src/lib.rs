@@ -4,6 +4,7 @@
 //! queues work for evum_core's own threads and returns at once.
 
 mod events;
+mod switch;
 
 use std::path::PathBuf;
 use std::sync::Mutex;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::daemon::{self, RawUnixAddr, RequestError, REQUEST_LEN};
 use super::fdb::{is_group, Fdb, Mac};
@@ -64,6 +64,10 @@ pub struct SwitchLoop {
     buf: Vec<u8>,
     next_sweep: Instant,
     paths: Vec<PathBuf>,
+    /// The loop keeps the waker's eventfd open: were the [`Switch`] to close
+    /// it on drop, epoll would forget the fd and with it the wake-up that
+    /// carries the stop.
+    _waker: Arc<Waker>,
 }
 
 impl SwitchLoop {
@@ -73,6 +77,7 @@ impl SwitchLoop {
         rx: Receiver<Command>,
         config: SwitchConfig,
         next_id: Arc<AtomicU64>,
+        waker: Arc<Waker>,
     ) -> Result<Self, SwitchError> {
         let mut bound = Vec::new();
         let result = Self::bind(&poll, &config, &mut bound);
@@ -86,6 +91,7 @@ impl SwitchLoop {
             }
         };
         Ok(SwitchLoop {
+            _waker: waker,
             poll,
             rx,
             fdb: Fdb::new(config.mac_ageing),
@@ -259,6 +265,10 @@ impl SwitchLoop {
             if let Err(e) = std::fs::remove_file(path) {
                 log::warn!("evum switch: cannot remove {}: {e}", path.display());
             }
+        }
+        // The directory too, when nothing else of anyone's is in it.
+        if let Some(dir) = self.paths.first().and_then(|p| p.parent()) {
+            let _ = std::fs::remove_dir(dir);
         }
     }
 

@@ -184,7 +184,7 @@ enum Command {
 /// and removes the socket files; [`Switch::stop`] also waits for that.
 pub struct Switch {
     tx: Sender<Command>,
-    waker: Waker,
+    waker: Arc<Waker>,
     next_id: Arc<AtomicU64>,
     dir: PathBuf,
     thread: Option<JoinHandle<()>>,
@@ -198,11 +198,11 @@ impl Switch {
             source,
         })?;
         let poll = Poll::new().map_err(SwitchError::Poll)?;
-        let waker = Waker::new(poll.registry(), event_loop::WAKER).map_err(SwitchError::Poll)?;
+        let waker = Arc::new(Waker::new(poll.registry(), event_loop::WAKER).map_err(SwitchError::Poll)?);
         let (tx, rx) = unbounded();
         let next_id = Arc::new(AtomicU64::new(event_loop::FIRST_ID));
         let dir = config.dir.clone();
-        let switch_loop = event_loop::SwitchLoop::new(poll, rx, config, next_id.clone())?;
+        let switch_loop = event_loop::SwitchLoop::new(poll, rx, config, next_id.clone(), waker.clone())?;
         let thread = std::thread::Builder::new()
             .name("evum-switch".into())
             .spawn(move || switch_loop.run())

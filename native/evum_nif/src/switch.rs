@@ -1,0 +1,271 @@
+//! The switch as the BEAM holds it: a resource per switch, attached ports
+//! that deliver frames to pids, and inspection as terms.
+//!
+//! Frames for an attached port arrive as `{evum_frame, Switch, Port, Frame}`,
+//! Switch being the evum_switch process that owns the switch.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use evum_core::switch::{FrameSink, Mac, PortId, PortKind, Switch, SwitchConfig};
+use rustler::{Binary, Encoder, Env, LocalPid, NewBinary, NifResult, OwnedEnv, ResourceArc, Term};
+
+mod atoms {
+    rustler::atoms! {
+        ok, error, evum_frame, switch, not_running, daemon, bess, attached, undefined,
+        id, kind, mac, frames_in, frames_out, bytes_in, bytes_out, drops_queue_full,
+        drops_send_error, queued, port, age_ms,
+        bad_magic, bad_version, bad_type, bad_address, duplicate_address, short_request,
+        oversized_request, request_timeout, too_many_pending, control_garbage, runt,
+        oversized_frame, unknown_sender,
+    }
+}
+
+/// A switch; dropping the last reference stops its thread, which removes
+/// its sockets and directory.
+pub struct SwitchResource {
+    switch: Mutex<Option<Switch>>,
+}
+
+#[rustler::resource_impl]
+impl rustler::Resource for SwitchResource {}
+
+fn switch_error<'a>(env: Env<'a>, e: impl ToString) -> Term<'a> {
+    (atoms::error(), (atoms::switch(), e.to_string())).encode(env)
+}
+
+fn with_switch<'a>(env: Env<'a>, res: &SwitchResource, f: impl FnOnce(&Switch) -> Term<'a>) -> Term<'a> {
+    match res.switch.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        Some(switch) => f(switch),
+        None => (atoms::error(), atoms::not_running()).encode(env),
+    }
+}
+
+/// Starts a switch whose sockets live in a new private directory under
+/// evum's runtime base.
+#[rustler::nif(schedule = "DirtyIo")]
+fn switch_start(env: Env, hub: bool) -> Term {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let dir = evum_core::vm::default_base(None).join(format!(
+        "switch-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let mut config = SwitchConfig::new(&dir);
+    config.hub = hub;
+    if let Some(base) = dir.parent() {
+        if let Err(e) = std::fs::DirBuilder::new().recursive(true).create(base) {
+            return switch_error(env, e);
+        }
+    }
+    match Switch::start(config) {
+        Ok(switch) => (
+            atoms::ok(),
+            ResourceArc::new(SwitchResource {
+                switch: Mutex::new(Some(switch)),
+            }),
+        )
+            .encode(env),
+        Err(e) => switch_error(env, e),
+    }
+}
+
+/// Stops the switch now (its ports close; VMs on it lose their link).
+#[rustler::nif]
+fn switch_stop(resource: ResourceArc<SwitchResource>) -> rustler::Atom {
+    // Dropping only signals the loop; it cleans up on its own thread.
+    drop(resource.switch.lock().unwrap_or_else(|p| p.into_inner()).take());
+    atoms::ok()
+}
+
+#[rustler::nif]
+fn switch_sockets(env: Env, resource: ResourceArc<SwitchResource>) -> Term {
+    with_switch(env, &resource, |s| {
+        let ctl = s.control_socket().to_string_lossy().into_owned();
+        let bess = s.bess_socket().to_string_lossy().into_owned();
+        (atoms::ok(), ctl, bess).encode(env)
+    })
+}
+
+struct PidSink {
+    env: OwnedEnv,
+    owner: LocalPid,
+    server: LocalPid,
+}
+
+impl FrameSink for PidSink {
+    fn frame(&mut self, port: PortId, frame: &[u8]) -> bool {
+        let server = self.server;
+        self.env
+            .send_and_clear(&self.owner, |env| {
+                let bin: Binary = NewBinary::from_slice(env, frame).into();
+                (atoms::evum_frame(), server, port.0, bin).encode(env)
+            })
+            .is_ok()
+    }
+}
+
+fn mac_from(term: Term) -> NifResult<Option<Mac>> {
+    if term.is_atom() {
+        return Ok(None);
+    }
+    let bin = term.decode_as_binary()?;
+    let mac: Mac = bin.as_slice().try_into().map_err(|_| rustler::Error::BadArg)?;
+    Ok(Some(mac))
+}
+
+/// Makes `owner` a port of the switch: `{ok, Port}`. Frames for it go to
+/// `owner`, tagged with `server` (the evum_switch pid).
+#[rustler::nif]
+fn switch_attach<'a>(
+    env: Env<'a>,
+    resource: ResourceArc<SwitchResource>,
+    owner: LocalPid,
+    server: LocalPid,
+    mac: Term<'a>,
+    promiscuous: bool,
+) -> NifResult<Term<'a>> {
+    let mac = mac_from(mac)?;
+    Ok(with_switch(env, &resource, |s| {
+        let sink = PidSink {
+            env: OwnedEnv::new(),
+            owner,
+            server,
+        };
+        match s.attach(mac, promiscuous, Box::new(sink)) {
+            Ok(port) => (atoms::ok(), port.0).encode(env),
+            Err(e) => switch_error(env, e),
+        }
+    }))
+}
+
+#[rustler::nif]
+fn switch_detach(env: Env, resource: ResourceArc<SwitchResource>, port: u64) -> Term {
+    with_switch(env, &resource, |s| match s.detach(PortId(port)) {
+        Ok(()) => atoms::ok().encode(env),
+        Err(e) => switch_error(env, e),
+    })
+}
+
+/// A frame entering the switch from an attached port. Only queues it.
+#[rustler::nif]
+fn switch_inject<'a>(env: Env<'a>, resource: ResourceArc<SwitchResource>, port: u64, frame: Binary<'a>) -> Term<'a> {
+    with_switch(env, &resource, |s| {
+        match s.inject(PortId(port), frame.as_slice().to_vec()) {
+            Ok(()) => atoms::ok().encode(env),
+            Err(e) => switch_error(env, e),
+        }
+    })
+}
+
+fn mac_term<'a>(env: Env<'a>, mac: Option<Mac>) -> Term<'a> {
+    match mac {
+        Some(mac) => {
+            let bin: Binary = NewBinary::from_slice(env, &mac).into();
+            bin.encode(env)
+        }
+        None => atoms::undefined().encode(env),
+    }
+}
+
+fn map<'a>(env: Env<'a>, pairs: &[(rustler::Atom, Term<'a>)]) -> NifResult<Term<'a>> {
+    let pairs: Vec<(Term, Term)> = pairs.iter().map(|(k, v)| (k.encode(env), *v)).collect();
+    Term::map_from_pairs(env, &pairs)
+}
+
+/// The ports with their counters, as maps.
+#[rustler::nif(schedule = "DirtyIo")]
+fn switch_ports(env: Env, resource: ResourceArc<SwitchResource>) -> NifResult<Term> {
+    let guard = resource.switch.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(switch) = guard.as_ref() else {
+        return Ok((atoms::error(), atoms::not_running()).encode(env));
+    };
+    let ports = match switch.ports() {
+        Ok(ports) => ports,
+        Err(e) => return Ok(switch_error(env, e)),
+    };
+    let mut out = Vec::with_capacity(ports.len());
+    for p in ports {
+        let kind = match p.kind {
+            PortKind::Daemon => atoms::daemon(),
+            PortKind::Bess => atoms::bess(),
+            PortKind::Attached => atoms::attached(),
+        };
+        out.push(map(
+            env,
+            &[
+                (atoms::id(), p.id.0.encode(env)),
+                (atoms::kind(), kind.encode(env)),
+                (atoms::mac(), mac_term(env, p.mac)),
+                (atoms::frames_in(), p.frames_in.encode(env)),
+                (atoms::frames_out(), p.frames_out.encode(env)),
+                (atoms::bytes_in(), p.bytes_in.encode(env)),
+                (atoms::bytes_out(), p.bytes_out.encode(env)),
+                (atoms::drops_queue_full(), p.drops_queue_full.encode(env)),
+                (atoms::drops_send_error(), p.drops_send_error.encode(env)),
+                (atoms::queued(), p.queued.encode(env)),
+            ],
+        )?);
+    }
+    Ok((atoms::ok(), out).encode(env))
+}
+
+/// The learned MACs: `[#{mac, port, age_ms}]`.
+#[rustler::nif(schedule = "DirtyIo")]
+fn switch_mac_table(env: Env, resource: ResourceArc<SwitchResource>) -> NifResult<Term> {
+    let guard = resource.switch.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(switch) = guard.as_ref() else {
+        return Ok((atoms::error(), atoms::not_running()).encode(env));
+    };
+    match switch.mac_table() {
+        Ok(entries) => {
+            let mut out = Vec::with_capacity(entries.len());
+            for (mac, port, age) in entries {
+                out.push(map(
+                    env,
+                    &[
+                        (atoms::mac(), mac_term(env, Some(mac))),
+                        (atoms::port(), port.0.encode(env)),
+                        (atoms::age_ms(), (age.as_millis() as u64).encode(env)),
+                    ],
+                )?);
+            }
+            Ok((atoms::ok(), out).encode(env))
+        }
+        Err(e) => Ok(switch_error(env, e)),
+    }
+}
+
+/// What the switch rejected, by reason.
+#[rustler::nif(schedule = "DirtyIo")]
+fn switch_counters(env: Env, resource: ResourceArc<SwitchResource>) -> NifResult<Term> {
+    let guard = resource.switch.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(switch) = guard.as_ref() else {
+        return Ok((atoms::error(), atoms::not_running()).encode(env));
+    };
+    match switch.counters() {
+        Ok(c) => Ok((
+            atoms::ok(),
+            map(
+                env,
+                &[
+                    (atoms::bad_magic(), c.bad_magic.encode(env)),
+                    (atoms::bad_version(), c.bad_version.encode(env)),
+                    (atoms::bad_type(), c.bad_type.encode(env)),
+                    (atoms::bad_address(), c.bad_address.encode(env)),
+                    (atoms::duplicate_address(), c.duplicate_address.encode(env)),
+                    (atoms::short_request(), c.short_request.encode(env)),
+                    (atoms::oversized_request(), c.oversized_request.encode(env)),
+                    (atoms::request_timeout(), c.request_timeout.encode(env)),
+                    (atoms::too_many_pending(), c.too_many_pending.encode(env)),
+                    (atoms::control_garbage(), c.control_garbage.encode(env)),
+                    (atoms::runt(), c.runt.encode(env)),
+                    (atoms::oversized_frame(), c.oversized_frame.encode(env)),
+                    (atoms::unknown_sender(), c.unknown_sender.encode(env)),
+                ],
+            )?,
+        )
+            .encode(env)),
+        Err(e) => Ok(switch_error(env, e)),
+    }
+}

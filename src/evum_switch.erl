@@ -1,0 +1,199 @@
+%% @doc An Ethernet switch for VMs, owned by an Erlang process.
+%%
+%% VMs join it over UML's daemon transport (what Debian's uml_switch speaks)
+%% or its vector transport in bess mode; any Erlang process can join it too,
+%% with attach/1,2, and then receives every frame for its port as
+%%
+%% ```
+%% {evum_frame, Switch, Port, Frame}
+%% '''
+%%
+%% and sends frames with send/2,3. Switching itself (MAC learning, flooding,
+%% bounded queues) happens on a native thread; frames never pass through
+%% this process.
+-module(evum_switch).
+-behaviour(gen_server).
+
+-export([
+    start/0,
+    start/1,
+    stop/1,
+    attach/1,
+    attach/2,
+    detach/2,
+    send/2,
+    send/3,
+    ports/1,
+    mac_table/1,
+    counters/1,
+    control_socket/1,
+    bess_socket/1,
+    eth_option/2
+]).
+-export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
+
+-type switch() :: pid() | atom().
+-type port_id() :: non_neg_integer().
+-type mac() :: <<_:48>>.
+-export_type([switch/0, port_id/0, mac/0]).
+
+-record(state, {
+    switch :: term(),
+    ctl :: binary(),
+    bess :: binary(),
+    %% Attached ports: Port => {Pid, Monitor}.
+    attached = #{} :: #{port_id() => {pid(), reference()}}
+}).
+
+%% @doc Starts a switch. The first one started without a name is registered
+%% as `evum_switch', the switch evum:start/0 VMs join.
+-spec start() -> {ok, pid()} | {error, term()}.
+start() ->
+    start([]).
+
+%% @doc Options: `{name, Atom}', `hub' (flood every frame to every port).
+-spec start([{name, atom()} | hub | {hub, boolean()}]) -> {ok, pid()} | {error, term()}.
+start(Options) ->
+    Hub = proplists:get_bool(hub, Options),
+    case proplists:get_value(name, Options) of
+        undefined ->
+            case whereis(?MODULE) of
+                undefined -> gen_server:start({local, ?MODULE}, ?MODULE, Hub, []);
+                _ -> gen_server:start(?MODULE, Hub, [])
+            end;
+        Name ->
+            gen_server:start({local, Name}, ?MODULE, Hub, [])
+    end.
+
+-spec stop(switch()) -> ok.
+stop(Switch) ->
+    gen_server:stop(Switch).
+
+%% @doc Makes the calling process a port of the switch, with no MAC of its
+%% own: it receives what a port of the switch receives.
+-spec attach(switch()) -> {ok, port_id()} | {error, term()}.
+attach(Switch) ->
+    attach(Switch, []).
+
+%% @doc Options: `{mac, Mac}' (6 bytes, the port's own address, learned from
+%% its frames otherwise), `promiscuous' (every frame on the switch).
+-spec attach(switch(), [{mac, mac()} | promiscuous]) -> {ok, port_id()} | {error, term()}.
+attach(Switch, Options) ->
+    Mac = proplists:get_value(mac, Options, undefined),
+    case Mac =:= undefined orelse (is_binary(Mac) andalso byte_size(Mac) =:= 6) of
+        true -> gen_server:call(Switch, {attach, self(), Mac, proplists:get_bool(promiscuous, Options)});
+        false -> {error, {bad_option, {mac, Mac}}}
+    end.
+
+-spec detach(switch(), port_id()) -> ok | {error, term()}.
+detach(Switch, Port) ->
+    gen_server:call(Switch, {detach, Port}).
+
+%% @doc Sends a frame into the switch from the caller's (only) port.
+-spec send(switch(), binary()) -> ok | {error, term()}.
+send(Switch, Frame) ->
+    gen_server:call(Switch, {send, self(), Frame}).
+
+%% @doc Sends a frame into the switch from one of the caller's ports.
+-spec send(switch(), port_id(), binary()) -> ok | {error, term()}.
+send(Switch, Port, Frame) when is_binary(Frame) ->
+    gen_server:call(Switch, {send, self(), Port, Frame});
+send(_Switch, _Port, Frame) ->
+    {error, {not_binary, Frame}}.
+
+%% @doc Every port: id, kind (daemon, bess, attached), MAC, frames and bytes
+%% in and out, drops.
+-spec ports(switch()) -> {ok, [map()]} | {error, term()}.
+ports(Switch) -> gen_server:call(Switch, ports).
+
+%% @doc The learned MAC addresses: `[#{mac, port, age_ms}]'.
+-spec mac_table(switch()) -> {ok, [map()]} | {error, term()}.
+mac_table(Switch) -> gen_server:call(Switch, mac_table).
+
+%% @doc Input the switch rejected, by reason.
+-spec counters(switch()) -> {ok, map()} | {error, term()}.
+counters(Switch) -> gen_server:call(Switch, counters).
+
+%% @doc The daemon transport's control socket.
+-spec control_socket(switch()) -> binary().
+control_socket(Switch) -> gen_server:call(Switch, control_socket).
+
+%% @doc The bess transport's socket.
+-spec bess_socket(switch()) -> binary().
+bess_socket(Switch) -> gen_server:call(Switch, bess_socket).
+
+%% @doc The boot option that puts a VM's eth0 on this switch, with `Mac'.
+-spec eth_option(switch(), mac()) -> evum_opts:boot_option().
+eth_option(Switch, <<A, B, C, D, E, F>>) ->
+    Mac = lists:flatten(io_lib:format("~2.16.0b:~2.16.0b:~2.16.0b:~2.16.0b:~2.16.0b:~2.16.0b", [A, B, C, D, E, F])),
+    {eth, 0, "daemon," ++ Mac ++ ",unix," ++ binary_to_list(control_socket(Switch))}.
+
+%%% gen_server
+
+init(Hub) ->
+    case evum_nif:switch_start(Hub) of
+        {ok, Switch} ->
+            {ok, Ctl, Bess} = evum_nif:switch_sockets(Switch),
+            {ok, #state{switch = Switch, ctl = Ctl, bess = Bess}};
+        {error, Reason} ->
+            {stop, Reason}
+    end.
+
+handle_call({attach, Pid, Mac, Promiscuous}, _From, #state{switch = Switch, attached = A} = S) ->
+    case evum_nif:switch_attach(Switch, Pid, self(), Mac, Promiscuous) of
+        {ok, Port} ->
+            Ref = monitor(process, Pid),
+            {reply, {ok, Port}, S#state{attached = A#{Port => {Pid, Ref}}}};
+        Error ->
+            {reply, Error, S}
+    end;
+handle_call({detach, Port}, _From, #state{switch = Switch, attached = A} = S) ->
+    case maps:take(Port, A) of
+        {{_, Ref}, Rest} ->
+            demonitor(Ref, [flush]),
+            {reply, evum_nif:switch_detach(Switch, Port), S#state{attached = Rest}};
+        error ->
+            {reply, {error, unknown_port}, S}
+    end;
+handle_call({send, Pid, Frame}, From, #state{attached = A} = S) ->
+    case [Port || {Port, {P, _}} <- maps:to_list(A), P =:= Pid] of
+        [Port] -> handle_call({send, Pid, Port, Frame}, From, S);
+        [] -> {reply, {error, not_attached}, S};
+        _ -> {reply, {error, several_ports}, S}
+    end;
+handle_call({send, Pid, Port, Frame}, _From, #state{switch = Switch, attached = A} = S) ->
+    case A of
+        #{Port := {Pid, _}} when is_binary(Frame) -> {reply, evum_nif:switch_inject(Switch, Port, Frame), S};
+        #{Port := {Pid, _}} -> {reply, {error, {not_binary, Frame}}, S};
+        _ -> {reply, {error, not_attached}, S}
+    end;
+handle_call(ports, _From, #state{switch = Switch} = S) ->
+    {reply, evum_nif:switch_ports(Switch), S};
+handle_call(mac_table, _From, #state{switch = Switch} = S) ->
+    {reply, evum_nif:switch_mac_table(Switch), S};
+handle_call(counters, _From, #state{switch = Switch} = S) ->
+    {reply, evum_nif:switch_counters(Switch), S};
+handle_call(control_socket, _From, #state{ctl = Ctl} = S) ->
+    {reply, Ctl, S};
+handle_call(bess_socket, _From, #state{bess = Bess} = S) ->
+    {reply, Bess, S};
+handle_call(_Request, _From, S) ->
+    {reply, {error, unknown_request}, S}.
+
+handle_cast(_Msg, S) ->
+    {noreply, S}.
+
+%% An attached process is gone: so is its port.
+handle_info({'DOWN', Ref, process, _Pid, _}, #state{switch = Switch, attached = A} = S) ->
+    case [Port || {Port, {_, R}} <- maps:to_list(A), R =:= Ref] of
+        [Port] ->
+            evum_nif:switch_detach(Switch, Port),
+            {noreply, S#state{attached = maps:remove(Port, A)}};
+        [] ->
+            {noreply, S}
+    end;
+handle_info(_Msg, S) ->
+    {noreply, S}.
+
+terminate(_Reason, #state{switch = Switch}) ->
+    evum_nif:switch_stop(Switch).

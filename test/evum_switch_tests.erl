@@ -1,0 +1,128 @@
+%% The switch with real guests: VMs ping each other through it, and an
+%% Erlang process attached to it answers a guest's ARP and ping itself.
+-module(evum_switch_tests).
+
+-include_lib("eunit/include/eunit.hrl").
+
+-compile([export_all, nowarn_export_all]).
+
+-define(BOOT, 60000).
+
+switch_test_() ->
+    {setup, fun() -> {ok, _} = application:ensure_all_started(evum) end, fun(_) -> ok end, [
+        {timeout, 120, {T, fun() -> ?MODULE:F() end}}
+     || {T, F} <- [
+            {"three VMs on one switch ping each other", three_vms},
+            {"an Erlang process answers a guest's ARP and ping", erlang_port},
+            {"the switch's sockets go with it", cleanup}
+        ]
+    ]}.
+
+vm(Switch, Label, Address) ->
+    {ok, Vm} = evm:create([{label, Label}, {switch, Switch}, {timeout, ?BOOT}]),
+    {ok, 0, _} = evum:cmd(Vm, ["ifconfig eth0 ", Address, " netmask 255.255.255.0 up"]),
+    Vm.
+
+three_vms() ->
+    {ok, S} = evum_switch:start([{name, sw_three}]),
+    Vms = [vm(S, L, A) || {L, A} <- [{sw1, "10.0.0.1"}, {sw2, "10.0.0.2"}, {sw3, "10.0.0.3"}]],
+    [
+        ?assertMatch({ok, 0, _}, evum:cmd(Vm, ["ping -c 1 -W 3 ", Peer]))
+     || Vm <- Vms, Peer <- ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
+    ],
+    {ok, Ports} = evum_switch:ports(S),
+    ?assertEqual(3, length([P || #{kind := daemon} = P <- Ports])),
+    ?assert(lists:all(fun(#{frames_in := In, frames_out := Out}) -> In > 0 andalso Out > 0 end, Ports)),
+    {ok, Table} = evum_switch:mac_table(S),
+    ?assertEqual(3, length(Table)),
+    %% The MAC comes from the label: the same after a restart.
+    {ok, 0, Mac1} = evum:cmd(sw1, "cat /sys/class/net/eth0/address"),
+    [ok = evm:stop(Vm) || Vm <- Vms],
+    timer:sleep(200),
+    ?assertEqual({ok, []}, evum_switch:ports(S)),
+    Again = vm(S, sw1, "10.0.0.1"),
+    ?assertEqual({ok, 0, Mac1}, evum:cmd(Again, "cat /sys/class/net/eth0/address")),
+    ok = evm:stop(Again),
+    evum_switch:stop(S).
+
+%% As bytes, to stand in binaries and in binary patterns alike.
+-define(MY_MAC, 2, 16#ee, 0, 0, 0, 16#99).
+-define(MY_IP, 10, 0, 0, 99).
+
+erlang_port() ->
+    {ok, S} = evum_switch:start([{name, sw_erlang}]),
+    Vm = vm(S, sw_guest, "10.0.0.1"),
+    Self = self(),
+    Responder = spawn_link(fun() ->
+        {ok, _Port} = evum_switch:attach(S, [{mac, <<?MY_MAC>>}]),
+        Self ! attached,
+        respond(S, 0)
+    end),
+    receive attached -> ok end,
+    ?assertMatch({ok, 0, _}, evum:cmd(Vm, "ping -c 3 -W 3 10.0.0.99")),
+    Responder ! {count, self()},
+    Answered = receive {answered, N} -> N end,
+    ?assert(Answered >= 4),
+    {ok, 0, Neigh} = evum:cmd(Vm, "cat /proc/net/arp"),
+    ?assertMatch({_, _}, binary:match(Neigh, <<"02:ee:00:00:00:99">>)),
+    ok = evm:stop(Vm),
+    unlink(Responder),
+    exit(Responder, kill),
+    evum_switch:stop(S).
+
+%% A tiny host at 10.0.0.99: answers ARP requests and ICMP echo requests.
+respond(S, Answered) ->
+    receive
+        {evum_frame, _, _Port, Frame} ->
+            case answer(Frame) of
+                none ->
+                    respond(S, Answered);
+                Reply ->
+                    ok = evum_switch:send(S, Reply),
+                    respond(S, Answered + 1)
+            end;
+        {count, From} ->
+            From ! {answered, Answered},
+            respond(S, Answered)
+    end.
+
+answer(<<_:6/binary, Src:6/binary, 16#0806:16, 1:16, 16#0800:16, 6, 4, 1:16, Sha:6/binary, Spa:4/binary,
+         _Tha:6/binary, ?MY_IP, _/binary>>) ->
+    _ = Src,
+    <<Sha/binary, ?MY_MAC, 16#0806:16, 1:16, 16#0800:16, 6, 4, 2:16, ?MY_MAC, ?MY_IP,
+      Sha/binary, Spa/binary>>;
+answer(<<?MY_MAC, Src:6/binary, 16#0800:16, 4:4, 5:4, Tos, _Len:16, Id:16, FlagsFrag:16, _Ttl, 1, _Sum:16,
+         From:4/binary, ?MY_IP, 8, 0, _IcmpSum:16, Rest/binary>>) ->
+    Icmp0 = <<0, 0, 0:16, Rest/binary>>,
+    Icmp = <<0, 0, (checksum(Icmp0)):16, Rest/binary>>,
+    Len = 20 + byte_size(Icmp),
+    Header0 = <<4:4, 5:4, Tos, Len:16, Id:16, FlagsFrag:16, 64, 1, 0:16, ?MY_IP, From/binary>>,
+    <<_:10/binary, Tail/binary>> = Header0,
+    Header = <<(binary:part(Header0, 0, 10))/binary, (checksum(Header0)):16, (binary:part(Tail, 2, 8))/binary>>,
+    <<Src/binary, ?MY_MAC, 16#0800:16, Header/binary, Icmp/binary>>;
+answer(_) ->
+    none.
+
+%% The Internet checksum: the ones' complement of the ones' complement sum.
+checksum(Bin) ->
+    Padded =
+        case byte_size(Bin) rem 2 of
+            0 -> Bin;
+            1 -> <<Bin/binary, 0>>
+        end,
+    Sum = lists:sum([W || <<W:16>> <= Padded]),
+    Folded = fold(Sum),
+    (bnot Folded) band 16#ffff.
+
+fold(Sum) when Sum > 16#ffff -> fold((Sum band 16#ffff) + (Sum bsr 16));
+fold(Sum) -> Sum.
+
+cleanup() ->
+    {ok, S} = evum_switch:start([{name, sw_cleanup}]),
+    Ctl = evum_switch:control_socket(S),
+    Dir = filename:dirname(Ctl),
+    ?assertMatch({ok, _}, file:read_link_info(Ctl)),
+    evum_switch:stop(S),
+    timer:sleep(200),
+    ?assertEqual({error, enoent}, file:read_link_info(Ctl)),
+    ?assertNot(filelib:is_dir(Dir)).
