@@ -176,4 +176,25 @@ defmodule Evum do
   """
   @spec info(Evm.vm()) :: map() | {:error, :not_running}
   defdelegate info(vm), to: :evum
+
+  @doc """
+  Sets up the guest's eth0 on its console, as typed there: address,
+  netmask and default gateway, e.g.
+  `Evum.ifconfig(vm, {"10.0.0.2", "255.255.255.0", "10.0.0.1"})`. The
+  output arrives as console messages. The VM needs a network: create it
+  with `switch: s` (see `Evum.Switch`).
+  """
+  @spec ifconfig(
+          Evm.vm(),
+          {charlist() | String.t(), charlist() | String.t(), charlist() | String.t()}
+        ) ::
+          :ok | {:error, term()}
+  defdelegate ifconfig(vm, config), to: :evum
+
+  @doc """
+  Pings an address (`{10, 0, 0, 1}` or `"10.0.0.1"`) once from the guest,
+  on its console; the output arrives as console messages.
+  """
+  @spec ping(Evm.vm(), :inet.ip4_address() | String.t() | charlist()) :: :ok | {:error, term()}
+  defdelegate ping(vm, address), to: :evum
 end

@@ -1,0 +1,74 @@
+defmodule Evum.Switch do
+  @moduledoc """
+  An Ethernet switch for VMs, owned by an Elixir process: the Elixir face of
+  the Erlang module `:evum_switch`.
+
+  VMs join it with `Evm.create(switch: s)` (eth0 over UML's daemon
+  transport, with a MAC derived from the VM's label). Any process can join
+  it too with `attach/1,2`; it then receives each frame for its port as
+
+      {:evum_frame, switch, port, frame}
+
+  and sends frames with `send/2,3`. Switching (MAC learning, flooding,
+  bounded queues) runs on a native thread.
+  """
+
+  @typedoc "A switch: its pid or registered name."
+  @type switch() :: pid() | atom()
+
+  @doc "Starts a switch; the first one without a name is registered as `:evum_switch`."
+  @spec start() :: {:ok, pid()} | {:error, term()}
+  defdelegate start(), to: :evum_switch
+
+  @doc "Options: `name: atom`, `hub: true` (flood every frame to every port)."
+  @spec start(keyword()) :: {:ok, pid()} | {:error, term()}
+  defdelegate start(options), to: :evum_switch
+
+  @doc "Stops the switch; its sockets go with it."
+  @spec stop(switch()) :: :ok
+  defdelegate stop(switch), to: :evum_switch
+
+  @doc "Makes the calling process a port of the switch."
+  @spec attach(switch()) :: {:ok, non_neg_integer()} | {:error, term()}
+  defdelegate attach(switch), to: :evum_switch
+
+  @doc "Options: `mac: <<6 bytes>>`, `:promiscuous` (every frame on the switch)."
+  @spec attach(switch(), list()) :: {:ok, non_neg_integer()} | {:error, term()}
+  defdelegate attach(switch, options), to: :evum_switch
+
+  @doc "Detaches one of the caller's ports."
+  @spec detach(switch(), non_neg_integer()) :: :ok | {:error, term()}
+  defdelegate detach(switch, port), to: :evum_switch
+
+  @doc "Sends a frame into the switch from the caller's only port."
+  @spec send(switch(), binary()) :: :ok | {:error, term()}
+  defdelegate send(switch, frame), to: :evum_switch
+
+  @doc "Sends a frame into the switch from one of the caller's ports."
+  @spec send(switch(), non_neg_integer(), binary()) :: :ok | {:error, term()}
+  defdelegate send(switch, port, frame), to: :evum_switch
+
+  @doc "Every port with its counters (frames and bytes in and out, drops)."
+  @spec ports(switch()) :: {:ok, [map()]} | {:error, term()}
+  defdelegate ports(switch), to: :evum_switch
+
+  @doc "The learned MAC addresses: `[%{mac: mac, port: port, age_ms: ms}]`."
+  @spec mac_table(switch()) :: {:ok, [map()]} | {:error, term()}
+  defdelegate mac_table(switch), to: :evum_switch
+
+  @doc "Input the switch rejected, by reason."
+  @spec counters(switch()) :: {:ok, map()} | {:error, term()}
+  defdelegate counters(switch), to: :evum_switch
+
+  @doc "The daemon transport's control socket."
+  @spec control_socket(switch()) :: binary()
+  defdelegate control_socket(switch), to: :evum_switch
+
+  @doc "The bess transport's socket."
+  @spec bess_socket(switch()) :: binary()
+  defdelegate bess_socket(switch), to: :evum_switch
+
+  @doc "The boot option that puts a VM's eth0 on this switch with the given MAC."
+  @spec eth_option(switch(), binary()) :: tuple()
+  defdelegate eth_option(switch, mac), to: :evum_switch
+end
