@@ -30,13 +30,13 @@ start() ->
     start([]).
 
 %% @doc Like start/0, with evm:create/1 options; `dist' defaults to `host',
-%% and the VM joins the switch registered as `evum_switch', if one runs.
+%% and the VM joins the switch given to evum_ctl:start/1, if any.
 -spec start([evm:option()]) -> {ok, pid()} | {error, term()}.
 start(Options) ->
     Switch =
-        case whereis(evum_switch) of
+        case evum_ctl:switch() of
             undefined -> [];
-            _ -> [{switch, evum_switch}]
+            S -> [{switch, S}]
         end,
     evm:create(Options ++ [{dist, host} | Switch]).
 

@@ -9,7 +9,7 @@
 %% </ul>
 -module(evum_dist).
 
--export([boot_options/2, cache_dir/0, busybox_image/0]).
+-export([boot_options/2, cache_dir/0, busybox_image/0, host_user/0]).
 
 -type name() :: busybox | host.
 -export_type([name/0]).
@@ -39,8 +39,10 @@ boot_options(Dist, _) ->
 initramfs(Image, Hostname) ->
     [{initrd, Image}, {init, "/init"}, {env, "EVUM_HOSTNAME", Hostname}].
 
+%% @doc The host user `host' VMs run as: `undefined' for evum's own.
 %% As root, a guest's root could remount the host's root read-write and
-%% write through hostfs: run such VMs as an unprivileged user instead.
+%% write through hostfs: such VMs run as an unprivileged user instead.
+-spec host_user() -> {ok, undefined | {non_neg_integer(), non_neg_integer()}} | {error, term()}.
 host_user() ->
     case evum_nif:effective_uid() of
         0 ->

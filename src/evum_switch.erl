@@ -46,7 +46,7 @@
 }).
 
 %% @doc Starts a switch. The first one started without a name is registered
-%% as `evum_switch', the switch evum:start/0 VMs join.
+%% as `evum_switch'.
 -spec start() -> {ok, pid()} | {error, term()}.
 start() ->
     start([]).
@@ -131,7 +131,10 @@ eth_option(Switch, <<A, B, C, D, E, F>>) ->
 %%% gen_server
 
 init(Hub) ->
-    case evum_nif:switch_start(Hub) of
+    %% Its sockets go where VMs of the host dist, which may run as another
+    %% user, can reach them too.
+    {ok, RunAs} = evum_dist:host_user(),
+    case evum_nif:switch_start(Hub, RunAs) of
         {ok, Switch} ->
             {ok, Ctl, Bess} = evum_nif:switch_sockets(Switch),
             {ok, #state{switch = Switch, ctl = Ctl, bess = Bess}};

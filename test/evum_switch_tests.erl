@@ -14,6 +14,7 @@ switch_test_() ->
      || {T, F} <- [
             {"three VMs on one switch ping each other", three_vms},
             {"an Erlang process answers a guest's ARP and ping", erlang_port},
+            {"the original README's Using the Host OS session", host_os_session},
             {"the switch's sockets go with it", cleanup}
         ]
     ]}.
@@ -126,3 +127,43 @@ cleanup() ->
     timer:sleep(200),
     ?assertEqual({error, enoent}, file:read_link_info(Ctl)),
     ?assertNot(filelib:is_dir(Dir)).
+
+%% The original README's "Using the Host OS" session, on an isolated switch
+%% (addresses of its own, no uplink).
+host_os_session() ->
+    {ok, Switch} = evum_switch:start([{name, sw_host_os}]),
+    {ok, _} = evum_ctl:start(Switch),
+    {ok, R} = evum:start(),
+    {ok, R1} = evum:start(),
+    {ok, R2} = evum:start(),
+    Vms = [R, R1, R2],
+    Addresses = ["10.0.213.92", "10.0.213.93", "10.0.213.94"],
+    [ok = evum:ifconfig(Vm, {A, "255.255.255.0", "10.0.213.1"}) || {Vm, A} <- lists:zip(Vms, Addresses)],
+    timer:sleep(1000),
+    flush(),
+    ?assertMatch(<<_/binary>>, evum:send(R, "ifconfig -a")),
+    wait_line_matching(<<"10.0.213.92">>),
+    ok = evum:ping(R, {10, 0, 213, 93}),
+    wait_line_matching(<<"1 packets transmitted, 1 ">>),
+    %% Each pings the others.
+    [?assertMatch({ok, 0, _}, evum:cmd(Vm, ["ping -c 1 -W 3 ", A])) || Vm <- Vms, A <- Addresses],
+    ok = evum_ctl:stop(),
+    [ok = evm:stop(Vm) || Vm <- Vms],
+    evum_switch:stop(Switch),
+    flush().
+
+wait_line_matching(Part) ->
+    receive
+        Line when is_binary(Line) ->
+            case binary:match(Line, Part) of
+                nomatch -> wait_line_matching(Part);
+                _ -> ok
+            end
+    after 10000 -> error({no_line_with, Part})
+    end.
+
+flush() ->
+    receive
+        _ -> flush()
+    after 0 -> ok
+    end.

@@ -4,7 +4,6 @@
 //! Frames for an attached port arrive as `{evum_frame, Switch, Port, Frame}`,
 //! Switch being the evum_switch process that owns the switch.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use evum_core::switch::{FrameSink, Mac, PortId, PortKind, Switch, SwitchConfig};
@@ -42,22 +41,16 @@ fn with_switch<'a>(env: Env<'a>, res: &SwitchResource, f: impl FnOnce(&Switch) -
 }
 
 /// Starts a switch whose sockets live in a new private directory under
-/// evum's runtime base.
+/// evum's runtime base: that of VMs run as `run_as` (`{Uid, Gid}`), so they
+/// can join, or evum's own (`undefined`).
 #[rustler::nif(schedule = "DirtyIo")]
-fn switch_start(env: Env, hub: bool) -> Term {
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    let dir = evum_core::vm::default_base(None).join(format!(
-        "switch-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
+fn switch_start<'a>(env: Env<'a>, hub: bool, run_as: Term<'a>) -> Term<'a> {
+    let dir = match evum_core::vm::switch_dir(run_as.decode::<(u32, u32)>().ok()) {
+        Ok(dir) => dir,
+        Err(e) => return switch_error(env, e),
+    };
     let mut config = SwitchConfig::new(&dir);
     config.hub = hub;
-    if let Some(base) = dir.parent() {
-        if let Err(e) = std::fs::DirBuilder::new().recursive(true).create(base) {
-            return switch_error(env, e);
-        }
-    }
     match Switch::start(config) {
         Ok(switch) => (
             atoms::ok(),
@@ -66,7 +59,10 @@ fn switch_start(env: Env, hub: bool) -> Term {
             }),
         )
             .encode(env),
-        Err(e) => switch_error(env, e),
+        Err(e) => {
+            let _ = std::fs::remove_dir(&dir);
+            switch_error(env, e)
+        }
     }
 }
 

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -136,6 +137,12 @@ impl SwitchLoop {
         data.set_nonblocking(true).map_err(bind_error(&data_file))?;
         let bess = sock::seqpacket_listener(&bess_file).map_err(bind_error(&bess_file))?;
         bound.push(bess_file);
+        // Connecting to a unix socket takes write permission on its file:
+        // let any user who may enter the directory (its mode decides who)
+        // connect, so VMs that run as another user can join.
+        for path in bound.iter() {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(bind_error(path))?;
+        }
         let registry = poll.registry();
         registry
             .register(
