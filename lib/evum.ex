@@ -197,4 +197,12 @@ defmodule Evum do
   """
   @spec ping(Evm.vm(), :inet.ip4_address() | String.t() | charlist()) :: :ok | {:error, term()}
   defdelegate ping(vm, address), to: :evum
+
+  @doc """
+  Prints every frame crossing a switch, one line each (addresses, ARP, IPv4
+  with ICMP, TCP or UDP), on the caller's terminal, until the returned
+  process is killed.
+  """
+  @spec sniff(Evum.Switch.switch()) :: {:ok, pid()} | {:error, term()}
+  defdelegate sniff(switch), to: :evum
 end

@@ -17,7 +17,8 @@
     reboot/1,
     info/1,
     ifconfig/2,
-    ping/2
+    ping/2,
+    sniff/1
 ]).
 
 -define(SEND_TIMEOUT, 5000).
@@ -47,6 +48,12 @@ ifconfig(Vm, {Address, Netmask, Gateway}) ->
     puts(Vm, [
         "ifconfig eth0 ", Address, " netmask ", Netmask, " up && route add default gw ", Gateway
     ]).
+
+%% @doc Prints every frame crossing a switch, one line each, on the caller's
+%% terminal, until the returned process is killed.
+-spec sniff(evum_switch:switch()) -> {ok, pid()} | {error, term()}.
+sniff(Switch) ->
+    evum_sniff:start(Switch).
 
 %% @doc Pings an address once from the guest, on the console.
 -spec ping(evm:vm(), inet:ip4_address() | string()) -> ok | {error, term()}.

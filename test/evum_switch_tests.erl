@@ -15,6 +15,8 @@ switch_test_() ->
             {"three VMs on one switch ping each other", three_vms},
             {"an Erlang process answers a guest's ARP and ping", erlang_port},
             {"the original README's Using the Host OS session", host_os_session},
+            {"garbage at a live switch: counted, pings keep flowing", garbage},
+            {"sniffed frames read as tcpdump would print them", describe_frames},
             {"the switch's sockets go with it", cleanup}
         ]
     ]}.
@@ -118,6 +120,17 @@ checksum(Bin) ->
 fold(Sum) when Sum > 16#ffff -> fold((Sum band 16#ffff) + (Sum bsr 16));
 fold(Sum) -> Sum.
 
+describe_frames() ->
+    Arp = <<255, 255, 255, 255, 255, 255, 2, 238, 0, 0, 0, 1, 16#0806:16, 1:16, 16#0800:16, 6, 4, 1:16,
+            2, 238, 0, 0, 0, 1, 10, 0, 0, 1, 0:48, 10, 0, 0, 2>>,
+    ?assertEqual("02:ee:00:00:00:01 > ff:ff:ff:ff:ff:ff, ARP who-has 10.0.0.2 tell 10.0.0.1, 42 bytes",
+                 lists:flatten(io_lib:format("~s", [evum_sniff:describe(Arp)]))),
+    Ping = <<2, 238, 0, 0, 0, 2, 2, 238, 0, 0, 0, 1, 16#0800:16, 4:4, 5:4, 0, 84:16, 0:32, 64, 1, 0:16,
+             10, 0, 0, 1, 10, 0, 0, 2, 8, 0, 0:16, 0:32>>,
+    ?assertMatch({match, _}, re:run(lists:flatten(io_lib:format("~s", [evum_sniff:describe(Ping)])),
+                                    "IPv4 10.0.0.1 > 10.0.0.2: ICMP echo request")),
+    ?assertEqual("runt of 3 bytes", lists:flatten(evum_sniff:describe(<<1, 2, 3>>))).
+
 cleanup() ->
     {ok, S} = evum_switch:start([{name, sw_cleanup}]),
     Ctl = evum_switch:control_socket(S),
@@ -143,8 +156,10 @@ host_os_session() ->
     flush(),
     ?assertMatch(<<_/binary>>, evum:send(R, "ifconfig -a")),
     wait_line_matching(<<"10.0.213.92">>),
+    {ok, Sniffer} = evum:sniff(Switch),
     ok = evum:ping(R, {10, 0, 213, 93}),
     wait_line_matching(<<"1 packets transmitted, 1 ">>),
+    exit(Sniffer, kill),
     %% Each pings the others.
     [?assertMatch({ok, 0, _}, evum:cmd(Vm, ["ping -c 1 -W 3 ", A])) || Vm <- Vms, A <- Addresses],
     ok = evum_ctl:stop(),
@@ -167,3 +182,49 @@ flush() ->
         _ -> flush()
     after 0 -> ok
     end.
+
+%% Every kind of bad input at a switch on which two guests ping each other.
+garbage() ->
+    {ok, S} = evum_switch:start([{name, sw_garbage}]),
+    A = vm(S, sw_ga, "10.0.0.1"),
+    _B = vm(S, sw_gb, "10.0.0.2"),
+    Ctl = evum_switch:control_socket(S),
+    Data = filename:join(filename:dirname(Ctl), "data"),
+    Self = self(),
+    spawn_link(fun() -> Self ! {pinged, evum:cmd(A, "ping -c 25 -i 0.2 -W 2 10.0.0.2", 60000)} end),
+    timer:sleep(500),
+    Pad = fun(Bin) -> <<Bin/binary, 0:((124 - byte_size(Bin)) * 8)>> end,
+    Requests = [
+        Pad(<<16#deadbeef:32/native, 3:32/native, 0:32/native>>),
+        Pad(<<16#feedface:32/native, 2:32/native, 0:32/native>>),
+        Pad(<<16#feedface:32/native, 3:32/native, 7:32/native>>),
+        binary:copy(<<16#feedface:32/native>>, 2000)
+    ],
+    [send_and_close(Ctl, R) || R <- Requests],
+    %% Half a request, then gone.
+    {ok, Short} = gen_tcp:connect({local, Ctl}, 0, [binary, {active, false}]),
+    ok = gen_tcp:send(Short, <<16#feedface:32/native>>),
+    ok = gen_tcp:close(Short),
+    %% Clients that connect and never speak, more than may wait at once.
+    Silent = [C || {ok, C} <- [gen_tcp:connect({local, Ctl}, 0, [binary, {active, false}]) || _ <- lists:seq(1, 100)]],
+    {ok, D} = socket:open(local, dgram, default),
+    Frames = [<<>>, <<1, 2, 3>>, binary:copy(<<0>>, 13), binary:copy(<<0>>, 3000), binary:copy(<<255>>, 60)],
+    [socket:sendto(D, F, #{family => local, path => Data}) || F <- Frames],
+    socket:close(D),
+    {ok, 0, Out} = receive {pinged, P} -> P after 60000 -> error(no_ping) end,
+    ?assertMatch({_, _}, binary:match(Out, <<"25 packets received">>), Out),
+    {ok, C} = evum_switch:counters(S),
+    [?assert(maps:get(K, C) >= 1, {K, C}) || K <- [bad_magic, bad_version, bad_type, short_request, oversized_request]],
+    %% Datagrams from an address that is no port's are dropped whatever their size.
+    ?assert(maps:get(unknown_sender, C) + maps:get(runt, C) + maps:get(oversized_frame, C) >= length(Frames), C),
+    ?assert(maps:get(too_many_pending, C) + maps:get(request_timeout, C) >= 1, C),
+    [gen_tcp:close(Sock) || Sock <- Silent],
+    [ok = evm:stop(Vm) || Vm <- [sw_ga, sw_gb]],
+    evum_switch:stop(S).
+
+send_and_close(Path, Bytes) ->
+    {ok, Sock} = gen_tcp:connect({local, Path}, 0, [binary, {active, false}]),
+    gen_tcp:send(Sock, Bytes),
+    %% The switch closes on garbage: nothing comes back.
+    ?assertMatch({error, _}, gen_tcp:recv(Sock, 110, 6000)),
+    gen_tcp:close(Sock).
