@@ -102,7 +102,7 @@ send(_Switch, _Port, Frame) ->
     {error, {not_binary, Frame}}.
 
 %% @doc Every port: id, kind (daemon, bess, attached), MAC, frames and bytes
-%% in and out, drops.
+%% in and out, drops, and for an attached port its process (`peer').
 -spec ports(switch()) -> {ok, [map()]} | {error, term()}.
 ports(Switch) -> gen_server:call(Switch, ports).
 
@@ -170,8 +170,22 @@ handle_call({send, Pid, Port, Frame}, _From, #state{switch = Switch, attached = 
         #{Port := {Pid, _}} -> {reply, {error, {not_binary, Frame}}, S};
         _ -> {reply, {error, not_attached}, S}
     end;
-handle_call(ports, _From, #state{switch = Switch} = S) ->
-    {reply, evum_nif:switch_ports(Switch), S};
+handle_call(ports, _From, #state{switch = Switch, attached = A} = S) ->
+    %% An attached port's peer is its process.
+    Reply =
+        case evum_nif:switch_ports(Switch) of
+            {ok, Ports} ->
+                {ok, [
+                    case A of
+                        #{Id := {Pid, _}} -> Port#{peer => Pid};
+                        _ -> Port
+                    end
+                 || #{id := Id} = Port <- Ports
+                ]};
+            Error ->
+                Error
+        end,
+    {reply, Reply, S};
 handle_call(mac_table, _From, #state{switch = Switch} = S) ->
     {reply, evum_nif:switch_mac_table(Switch), S};
 handle_call(counters, _From, #state{switch = Switch} = S) ->

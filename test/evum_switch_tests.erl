@@ -62,6 +62,8 @@ erlang_port() ->
         respond(S, 0)
     end),
     receive attached -> ok end,
+    {ok, Ports} = evum_switch:ports(S),
+    ?assertMatch([#{peer := Responder, mac := <<?MY_MAC>>}], [P || #{kind := attached} = P <- Ports]),
     ?assertMatch({ok, 0, _}, evum:cmd(Vm, "ping -c 3 -W 3 10.0.0.99")),
     Responder ! {count, self()},
     Answered = receive {answered, N} -> N end,
