@@ -1,4 +1,4 @@
-%% @doc evum benchmarks: boot, console throughput and density, each against
+%% @doc evum benchmarks: boot, console throughput, density and the switch, each against
 %% a peer measured in the same run. Run them with `sh bench/run' (which
 %% compiles this module into a temporary directory); see bench/README.md.
 %%
@@ -41,6 +41,7 @@ main(Which) when is_atom(Which) ->
 run(boot, Tmp) -> boot(Tmp);
 run(console, Tmp) -> console(Tmp);
 run(density, Tmp) -> density(Tmp);
+run(switch, Tmp) -> switch(Tmp);
 run(Other, _) -> error({unknown_benchmark, Other}).
 
 %%% 1. Boot -------------------------------------------------------------------
@@ -597,6 +598,382 @@ kind(P) when is_pid(P) ->
     case erlang:process_info(P, registered_name) of
         {registered_name, Name} -> Name;
         _ -> pid
+    end.
+
+%%% 4. Switch -----------------------------------------------------------------
+
+%% evum's Ethernet switch against Debian's uml_switch and vde_switch, all
+%% driven by one load generator (bench/switch_load.rs, compiled by bench/run)
+%% that speaks UML's daemon transport; then the bess transport and an
+%% attached Erlang process (no peer: against evum's own daemon figure); then
+%% two real guests pinging and streaming TCP over evum's switch and over
+%% uml_switch. Every switch is isolated: no uplink, guest addresses in
+%% 10.0.0.0/24 only.
+switch(Tmp) ->
+    Secs = env_int("EVUM_BENCH_SWITCH_MS", 2000) / 1000,
+    Rounds = env_int("EVUM_BENCH_SWITCH_ROUNDS", 3),
+    Load = filename:join([Tmp, "bench", "switch_load"]),
+    filelib:is_regular(Load) orelse error({no_load_generator, Load}),
+    header(io_lib:format("switch: daemon-transport forwarding, ~b rounds of ~.1f s per switch and frame size; "
+                         "bess; attached Erlang process; guest ping and TCP", [Rounds, Secs])),
+    io:format("host net.unix.max_dgram_qlen = ~s (left as it is: it limits every switch alike)~n",
+              [string:trim(os:cmd("cat /proc/sys/net/unix/max_dgram_qlen"))]),
+    {ok, _} = application:ensure_all_started(evum),
+    {ok, S} = evum_switch:start([{name, evum_bench_switch}]),
+    try
+        switch_bench(S, Load, Secs, Rounds, Tmp)
+    after
+        catch evum_switch:stop(S)
+    end.
+
+switch_bench(S, Load, Secs, Rounds, Tmp) ->
+    Sizes = [64, 1514],
+    Ctl = binary_to_list(evum_switch:control_socket(S)),
+    Bess = binary_to_list(evum_switch:bess_socket(S)),
+    io:format("evum: evum_switch:start/1 in this node, control socket ~s~n", [Ctl]),
+    io:format("~n-- 1. daemon transport, client A -> switch -> client B (same load generator for all) --~n"),
+    Daemon = with_peer_switch(uml_switch, Tmp, "uml-1", fun(Uml) ->
+        with_peer_switch(vde_switch, Tmp, "vde-1", fun(Vde) ->
+            Kinds = [{evum, Ctl}, {uml_switch, peer_ctl(Uml)}, {vde_switch, peer_ctl(Vde)}],
+            lists:foldl(
+                fun(I, Acc) ->
+                    lists:foldl(
+                        fun({Kind, Path}, Acc1) ->
+                            lists:foldl(
+                                fun(Size, Acc2) ->
+                                    R = load(Load, ["daemon", Path, Size, Secs]),
+                                    print_load(Kind, I, R),
+                                    maps:update_with({Kind, Size}, fun(L) -> [R | L] end, [R], Acc2)
+                                end,
+                                Acc1,
+                                Sizes
+                            )
+                        end,
+                        Acc,
+                        rotate(Kinds, (I - 1) rem length(Kinds))
+                    )
+                end,
+                #{},
+                lists:seq(1, Rounds)
+            )
+        end)
+    end),
+    io:format("~n-- 2. bess transport (SOCK_SEQPACKET) on evum's switch, A -> B --~n"),
+    BessR = lists:foldl(
+        fun(I, Acc) ->
+            lists:foldl(
+                fun(Size, Acc1) ->
+                    R = load(Load, ["bess", Bess, Size, Secs]),
+                    print_load(bess, I, R),
+                    maps:update_with(Size, fun(L) -> [R | L] end, [R], Acc1)
+                end,
+                Acc,
+                Sizes
+            )
+        end,
+        #{},
+        lists:seq(1, Rounds)
+    ),
+    io:format("~n-- 3. two guests: ping and TCP over evum's switch and over uml_switch --~n"),
+    Guests = guests(S, Tmp),
+    io:format("~n-- 4. 64-byte frames from a daemon client to an attached Erlang process --~n"),
+    Attached = [attached_run(S, Ctl, Load, Secs, I) || I <- lists:seq(1, Rounds)],
+    %% The figures.
+    Med = fun(Key, L) -> median([maps:get(Key, R) || R <- L]) end,
+    Fps = fun(Kind, Size) -> Med(fps, maps:get({Kind, Size}, Daemon)) end,
+    io:format("~nmedians over ~b rounds (frames forwarded = received by B, per second):~n", [Rounds]),
+    [
+        io:format("  ~-10s ~4b-byte: ~8b frames/s  ~7.1f Mbit/s  offered ~8b frames/s  dropped ~4.1f%~n",
+                  [Kind, Size, round(Fps(Kind, Size)), Med(mbps, maps:get({Kind, Size}, Daemon)),
+                   round(Med(offered_fps, maps:get({Kind, Size}, Daemon))),
+                   100 * Med(drop_share, maps:get({Kind, Size}, Daemon))])
+     || Kind <- [evum, uml_switch, vde_switch], Size <- Sizes
+    ],
+    [
+        io:format("  ~-10s ~4b-byte: ~8b frames/s  ~7.1f Mbit/s  offered ~8b frames/s  dropped ~4.1f%~n",
+                  [bess, Size, round(Med(fps, maps:get(Size, BessR))), Med(mbps, maps:get(Size, BessR)),
+                   round(Med(offered_fps, maps:get(Size, BessR))), 100 * Med(drop_share, maps:get(Size, BessR))])
+     || Size <- Sizes
+    ],
+    AttFps = median([F || #{fps := F} <- Attached]),
+    io:format("  ~-10s   64-byte: ~8b frames/s delivered as {evum_frame, ...} messages (offered ~b frames/s)~n",
+              [attached, round(AttFps), round(median([O || #{offered_fps := O} <- Attached]))]),
+    #{rtt := {{ERtt, ERttMed}, {URtt, URttMed}}, tcp := {ETcp, UTcp}} = Guests,
+    io:format("  guests: ping RTT (mean of 2 busybox averages) evum ~.3f ms, uml_switch ~.3f ms; median of 40 replies "
+              "evum ~.3f ms, uml_switch ~.3f ms; TCP evum ~.1f Mbit/s, uml_switch ~.1f Mbit/s~n",
+              [ERtt, URtt, ERttMed, URttMed, ETcp, UTcp]),
+    io:format("~n"),
+    E64 = Fps(evum, 64),
+    E1514 = Fps(evum, 1514),
+    figure("switch daemon 64-byte evum frames forwarded/s (2x uml_switch's)", round(E64), "", '>=',
+           round(2 * Fps(uml_switch, 64))),
+    figure("switch daemon 1514-byte evum Mbit/s forwarded (uml_switch's)",
+           Med(mbps, maps:get({evum, 1514}, Daemon)), "Mbit/s", '>=',
+           round(Med(mbps, maps:get({uml_switch, 1514}, Daemon)))),
+    ratio("switch daemon 64-byte frames/s evum/uml_switch", E64 / Fps(uml_switch, 64), '>=', 2.0),
+    ratio("switch daemon 1514-byte frames/s evum/uml_switch", E1514 / Fps(uml_switch, 1514), '>=', 1.0),
+    ratio("switch daemon 64-byte frames/s evum/vde_switch", E64 / Fps(vde_switch, 64), '>=', 1.0),
+    ratio("switch daemon 1514-byte frames/s evum/vde_switch", E1514 / Fps(vde_switch, 1514), '>=', 1.0),
+    figure("switch bess 64-byte frames forwarded/s (evum daemon's)", round(Med(fps, maps:get(64, BessR))), "", '>=',
+           round(E64)),
+    ratio("switch 64-byte frames/s evum bess/evum daemon", Med(fps, maps:get(64, BessR)) / E64, '>=', 1.0),
+    ratio("switch 1514-byte frames/s evum bess/evum daemon", Med(fps, maps:get(1514, BessR)) / E1514, '>=', 1.0),
+    figure("switch attached-process 64-byte frames/s (half evum daemon's)", round(AttFps), "", '>=', round(E64 / 2)),
+    ratio("switch 64-byte frames/s attached Erlang process/evum daemon", AttFps / E64, '>=', 0.5),
+    figure("switch guest ping avg RTT over evum (uml_switch's)", ERtt, "ms", '=<', round(URtt * 1000) / 1000),
+    ratio("switch guest ping RTT evum/uml_switch (busybox avg)", ERtt / URtt, '=<', 1.0),
+    ratio("switch guest ping RTT evum/uml_switch (median reply)", ERttMed / URttMed, '=<', 1.0),
+    figure("switch guest TCP over evum", ETcp, "Mbit/s", '>=', round(UTcp)),
+    ratio("switch guest TCP Mbit/s evum/uml_switch", ETcp / UTcp, '>=', 1.0),
+    ok.
+
+%% Runs the load generator and returns its RESULT line as a map of numbers.
+load(Load, Args) ->
+    Argv = [if is_integer(A) -> integer_to_list(A); is_float(A) -> float_to_list(A, [{decimals, 3}]); true -> A end
+            || A <- Args],
+    Port = open_port({spawn_executable, Load}, [{args, Argv}, {line, 4096}, binary, exit_status, stderr_to_stdout]),
+    Lines = collect_lines(Port, [], 60000),
+    case [L || <<"RESULT ", L/binary>> <- Lines] of
+        [Result] ->
+            M = maps:from_list([
+                begin
+                    [K, V] = binary:split(KV, <<"=">>),
+                    {binary_to_atom(K), num(V)}
+                end
+             || KV <- binary:split(Result, <<" ">>, [global, trim_all])
+            ]),
+            Sent = maps:get(sent, M),
+            M#{drop_share => case Sent of 0 -> 0.0; _ -> maps:get(drops, M, 0) / Sent end};
+        [] ->
+            error({load_generator_failed, Args, Lines})
+    end.
+
+collect_lines(Port, Acc, Timeout) ->
+    receive
+        {Port, {data, {eol, L}}} -> collect_lines(Port, [L | Acc], Timeout);
+        {Port, {data, {noeol, L}}} -> collect_lines(Port, [L | Acc], Timeout);
+        {Port, {exit_status, 0}} -> lists:reverse(Acc);
+        {Port, {exit_status, S}} -> error({load_generator_exit, S, lists:reverse(Acc)})
+    after Timeout ->
+        catch port_close(Port),
+        error({load_generator_timeout, lists:reverse(Acc)})
+    end.
+
+num(B) ->
+    try binary_to_integer(B)
+    catch error:badarg -> binary_to_float(B)
+    end.
+
+print_load(Kind, I, #{size := Size, fps := Fps, mbps := Mbps, offered_fps := Off, drops := Drops, sent := Sent} = R) ->
+    io:format("  round ~b ~-10s ~4b-byte: ~8b frames/s forwarded (~7.1f Mbit/s), offered ~8b/s, "
+              "~b of ~b dropped (~.1f%)~s~n",
+              [I, Kind, Size, Fps, Mbps, Off, Drops, Sent, 100 * maps:get(drop_share, R),
+               case maps:get(wrong, R, 0) of 0 -> ""; W -> io_lib:format(", ~b unexpected frames", [W]) end]).
+
+%% An Erlang process attached to the switch with its own MAC counts the
+%% {evum_frame, ...} messages that a daemon client's 64-byte frames to that
+%% MAC become. Rate = messages handled / time from the first one until all
+%% sent ones have been handled (the process's mailbox may lag behind).
+attached_run(S, Ctl, Load, Secs, I) ->
+    Mac = <<2, 16#be, 0, 0, 0, 16#e0>>,
+    Self = self(),
+    Counter = spawn_link(fun() ->
+        {ok, Port} = evum_switch:attach(S, [{mac, Mac}]),
+        Self ! {attached, self(), Port},
+        count_frames(0, undefined)
+    end),
+    receive {attached, Counter, _} -> ok end,
+    MacHex = lists:flatten([io_lib:format("~2.16.0b", [B]) || <<B>> <= Mac]),
+    Sampler = spawn_link(fun() -> sample_queue(Counter, 0) end),
+    R = load(Load, ["inject", Ctl, MacHex, 64, Secs]),
+    Counter ! {get, self()},
+    {N, First, Done} = receive {count, Counter, C, F, D} -> {C, F, D} after 60000 -> error(attached_count_timeout) end,
+    Sampler ! {get, self()},
+    MaxQ = receive {max_queue, Q} -> Q after 5000 -> unknown end,
+    unlink(Counter),
+    exit(Counter, kill),
+    Secs1 = case First of undefined -> 1.0; _ -> max(1.0e-6, (Done - First) / 1.0e6) end,
+    Fps = N / Secs1,
+    #{sent := Sent, offered_fps := Off} = R,
+    io:format("  round ~b attached     64-byte: ~8b frames/s handled by the process, offered ~8b/s, "
+              "~b of ~b sent arrived (~.1f%), longest mailbox ~p~n",
+              [I, round(Fps), Off, N, Sent, 100 * N / max(1, Sent), MaxQ]),
+    #{fps => Fps, offered_fps => Off, sent => Sent, received => N}.
+
+count_frames(N, First) ->
+    receive
+        {evum_frame, _, _, _} when First =:= undefined -> count_frames(N + 1, now_us());
+        {evum_frame, _, _, _} -> count_frames(N + 1, First);
+        {get, From} -> From ! {count, self(), N, First, now_us()}
+    end.
+
+sample_queue(Pid, Max) ->
+    receive
+        {get, From} -> From ! {max_queue, Max}
+    after 50 ->
+        case erlang:process_info(Pid, message_queue_len) of
+            {message_queue_len, Q} -> sample_queue(Pid, max(Q, Max));
+            undefined -> sample_queue(Pid, Max)
+        end
+    end.
+
+%% A peer switch (uml_switch or vde_switch) in its own process group, as an
+%% Erlang port so that its stdin stays open (both exit on EOF); recorded in
+%% $EVUM_BENCH_TMP/switch-pgids for bench/run's sweep.
+start_peer_switch(Kind, Tmp, Tag) ->
+    Dir = filename:join(Tmp, "sw-" ++ Tag),
+    Ctl = filename:join(Dir, "ctl"),
+    Cmd =
+        case Kind of
+            %% uml_switch prints a line per dropped frame: thrown away.
+            uml_switch -> "mkdir -p \"$1\" && exec /usr/bin/uml_switch -unix \"$1/ctl\" 2>/dev/null";
+            %% vde_switch makes the directory itself (ctl is in it).
+            vde_switch -> "exec /usr/bin/vde_switch -s \"$1\" 2>/dev/null"
+        end,
+    Port = open_port({spawn_executable, "/bin/sh"}, [{args, ["-c", Cmd, "sh", Dir]}, binary, stream, exit_status]),
+    {os_pid, OsPid} = erlang:port_info(Port, os_pid),
+    ok = file:write_file(filename:join(tmp_base(), "switch-pgids"), [integer_to_list(OsPid), " ", Dir, "\n"],
+                         [append]),
+    P = #{kind => Kind, port => Port, pgid => OsPid, dir => Dir, ctl => Ctl},
+    wait_socket(P, 5000),
+    io:format("~s: pid ~b, control socket ~s~n", [Kind, OsPid, Ctl]),
+    P.
+
+peer_ctl(#{ctl := Ctl}) -> Ctl.
+
+with_peer_switch(Kind, Tmp, Tag, Fun) ->
+    P = start_peer_switch(Kind, Tmp, Tag),
+    try
+        Fun(P)
+    after
+        stop_peer_switch(P)
+    end.
+
+wait_socket(#{ctl := Ctl, port := Port, kind := Kind} = P, Ms) ->
+    case file:read_link_info(Ctl) of
+        {ok, _} -> ok;
+        _ when Ms =< 0 -> error({no_control_socket, Kind, Ctl});
+        _ ->
+            receive
+                {Port, {exit_status, St}} -> error({peer_switch_exited, Kind, St})
+            after 20 -> wait_socket(P, Ms - 20)
+            end
+    end.
+
+stop_peer_switch(#{port := Port, pgid := Pgid, dir := Dir}) ->
+    _ = os:cmd("/bin/kill -s KILL -- -" ++ integer_to_list(Pgid) ++ " 2>/dev/null"),
+    receive
+        {Port, {exit_status, _}} -> ok
+    after 5000 -> ok
+    end,
+    catch port_close(Port),
+    flush_port(Port),
+    Left = wait_gone([Pgid], 5000),
+    _ = file:del_dir_r(Dir),
+    case Left of
+        [] -> ok;
+        _ -> error({peer_switch_left, Left})
+    end.
+
+%% Two busybox guests on evum's switch and two on a fresh uml_switch, all
+%% four up at once; the ping and TCP runs alternate between the pairs.
+guests(S, Tmp) ->
+    Runs = env_int("EVUM_BENCH_SWITCH_TCP_RUNS", 3),
+    MB = env_int("EVUM_BENCH_SWITCH_TCP_MB", 48),
+    with_peer_switch(uml_switch, Tmp, "uml-guests", fun(Uml) ->
+        UCtl = peer_ctl(Uml),
+        Pairs = [
+            {evum, [guest(evum_bench_sw_e1, [{switch, S}]), guest(evum_bench_sw_e2, [{switch, S}])]},
+            {uml_switch, [guest(evum_bench_sw_u1, [{eth, 0, "daemon,02:ee:00:00:00:01,unix," ++ UCtl}]),
+                          guest(evum_bench_sw_u2, [{eth, 0, "daemon,02:ee:00:00:00:02,unix," ++ UCtl}])]}
+        ],
+        try
+            guest_runs(Pairs, Runs, MB)
+        after
+            [catch evm:stop(Vm) || {_, Two} <- Pairs, Vm <- Two],
+            flush()
+        end
+    end).
+
+guest(Label, Net) ->
+    {ok, Vm} = evm:create([{label, Label} | Net]),
+    #{os_pid := OsPid, umid := Umid} = evum:info(Vm),
+    note_pgid(OsPid, Umid),
+    Vm.
+
+guest_runs(Pairs, Runs, MB) ->
+    [
+        begin
+            {ok, 0, _} = evum:cmd(A, "ifconfig eth0 10.0.0.1 netmask 255.255.255.0 up"),
+            {ok, 0, _} = evum:cmd(B, "ifconfig eth0 10.0.0.2 netmask 255.255.255.0 up"),
+            %% ARP, and the switch learning both MACs.
+            {ok, 0, _} = evum:cmd(A, "ping -c 2 -W 3 10.0.0.2", 20000)
+        end
+     || {_, [A, B]} <- Pairs
+    ],
+    %% Two ping runs per pair, in the order evum, uml_switch, uml_switch, evum.
+    Pings = [{Kind, ping_run(Kind, A)} || {Kind, [A, _]} <- Pairs ++ lists:reverse(Pairs)],
+    Rtt = maps:from_list([{Kind, {lists:sum([Avg || {K, {Avg, _}} <- Pings, K =:= Kind]) / 2,
+                                  median(lists:append([Ts || {K, {_, Ts}} <- Pings, K =:= Kind]))}}
+                          || {Kind, _} <- Pairs]),
+    Tcp = lists:foldl(
+        fun(I, Acc) ->
+            lists:foldl(
+                fun({Kind, [A, B]}, Acc1) ->
+                    Mbps = tcp_run(Kind, A, B, 5000 + I, MB, I),
+                    maps:update_with(Kind, fun(L) -> [Mbps | L] end, [Mbps], Acc1)
+                end,
+                Acc,
+                rotate(Pairs, (I - 1) rem 2)
+            )
+        end,
+        #{},
+        lists:seq(1, Runs)
+    ),
+    #{rtt => {maps:get(evum, Rtt), maps:get(uml_switch, Rtt)},
+      tcp => {median(maps:get(evum, Tcp)), median(maps:get(uml_switch, Tcp))}}.
+
+%% busybox ping's average, and every reply's time (for a median).
+ping_run(Kind, Vm) ->
+    {ok, 0, Out} = evum:cmd(Vm, "ping -c 20 -i 0.2 10.0.0.2", 30000),
+    {match, [Min, Avg, Max]} =
+        re:run(Out, "min/avg/max = ([0-9.]+)/([0-9.]+)/([0-9.]+) ms", [{capture, all_but_first, list}]),
+    {match, [Rx]} = re:run(Out, "(\\d+) packets received", [{capture, all_but_first, list}]),
+    Times = case re:run(Out, "time=([0-9.]+) ms", [global, {capture, all_but_first, list}]) of
+        {match, Ts} -> [list_to_float(T) || [T] <- Ts];
+        nomatch -> []
+    end,
+    io:format("  ~-10s ping -c 20 -i 0.2: min/avg/max ~s/~s/~s ms, median ~.3f ms, ~s of 20 answered~n",
+              [Kind, Min, Avg, Max, median(Times), Rx]),
+    {list_to_float(Avg), Times}.
+
+%% One TCP stream of MB MiB from guest A to guest B, both ends busybox
+%% `nc -e dd' (a `dd | nc' pipeline is the limit itself, see UML-NOTES);
+%% timed by busybox `time' in A (10 ms resolution).
+tcp_run(Kind, A, B, Port, MB, I) ->
+    P = integer_to_list(Port),
+    {ok, 0, _} = evum:cmd(B, ["nc -l -p ", P, " -e dd of=/dev/null bs=64k >/dev/null 2>&1 </dev/null &"]),
+    ok = wait_listening(B, P, 50),
+    T0 = now_us(),
+    {ok, 0, Out} = evum:cmd(A, ["time nc 10.0.0.2 ", P, " -e dd if=/dev/zero bs=64k count=", integer_to_list(16 * MB)],
+                            120000),
+    Wall = (now_us() - T0) / 1.0e6,
+    {match, [Min, Sec]} = re:run(Out, "real\\s+(\\d+)m\\s*([0-9.]+)s", [{capture, all_but_first, list}]),
+    {match, [Recs]} = re:run(Out, "(\\d+)\\+0 records out", [{capture, all_but_first, list}]),
+    Real = list_to_integer(Min) * 60 + list_to_float(Sec),
+    Bytes = list_to_integer(Recs) * 65536,
+    Mbps = Bytes * 8 / max(0.01, Real) / 1.0e6,
+    io:format("  run ~b ~-10s TCP: ~b MiB in ~.2f s (host-side ~.2f s) = ~.1f Mbit/s~n",
+              [I, Kind, Bytes div 1048576, Real, Wall, Mbps]),
+    Mbps.
+
+wait_listening(_Vm, P, 0) -> error({not_listening, P});
+wait_listening(Vm, P, N) ->
+    case evum:cmd(Vm, ["netstat -ltn | grep -q ':", P, " '"]) of
+        {ok, 0, _} -> ok;
+        _ ->
+            timer:sleep(50),
+            wait_listening(Vm, P, N - 1)
     end.
 
 %%% Bare UML processes and their process groups --------------------------------

@@ -290,24 +290,28 @@ brutal_kill() ->
 beam_killed() ->
     Ebin = filename:dirname(code:which(evm)),
     Eval =
-        "{ok, Vm} = evm:create([]),"
+        "{ok, S} = evum_switch:start(),"
+        " {ok, Vm} = evm:create([{switch, S}]),"
         " #{os_pid := P, runtime_dir := D} = evum:info(Vm),"
-        " io:format(\"~p ~s ~s~n\", [P, D, os:getpid()]),"
+        " io:format(\"~p ~s ~s ~s~n\", [P, D, os:getpid(), filename:dirname(evum_switch:control_socket(S))]),"
         " timer:sleep(infinity).",
     Port = open_port(
         {spawn_executable, os:find_executable("erl")},
         [{args, ["-noshell", "-pa", Ebin, "-eval", Eval]}, {line, 1024}, exit_status]
     ),
-    {OsPid, Dir, Beam} =
+    {OsPid, Dir, Beam, SwitchDir} =
         receive
             {Port, {data, {eol, Line}}} ->
-                [P, D, B] = string:split(Line, " ", all),
-                {list_to_integer(P), D, B}
+                [P, D, B, S] = string:split(Line, " ", all),
+                {list_to_integer(P), D, B, S}
         after ?BOOT -> error(no_vm)
         end,
     ?assertNotEqual([], group_members(OsPid)),
+    ?assert(filelib:is_dir(SwitchDir)),
     os:cmd("kill -9 " ++ Beam),
-    assert_gone(#{os_pid => OsPid, runtime_dir => Dir}).
+    assert_gone(#{os_pid => OsPid, runtime_dir => Dir}),
+    %% The switch's sockets too.
+    ?assert(wait_until(fun() -> not filelib:is_dir(SwitchDir) end, 5000)).
 
 errors() ->
     ?assertMatch({error, {spawn, _}}, evm:create([{kernel, "/nonexistent/linux"}])),

@@ -14,19 +14,24 @@ use std::path::Path;
 use std::process::{ChildStdin, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 
+// add GROUP DIR: a VM (kill the group, remove the dir); del GROUP: it is gone.
+// keep ID DIR: a directory only (a switch's); drop ID: it is gone.
 const SCRIPT: &str = r#"
 trap '' INT HUP TERM PIPE
 groups=
-while IFS=' ' read -r verb group dir; do
+dirs=
+while IFS=' ' read -r verb id dir; do
     case $verb in
-    add) eval "dir_$group=\$dir"; groups="$groups $group" ;;
-    del) groups=$(printf '%s ' $groups | sed "s/\(^\| \)$group / /"); unset "dir_$group" ;;
+    add) eval "dir_$id=\$dir"; groups="$groups $id" ;;
+    del) groups=$(printf '%s ' $groups | sed "s/\(^\| \)$id / /"); unset "dir_$id" ;;
+    keep) eval "dir_d$id=\$dir"; dirs="$dirs d$id" ;;
+    drop) dirs=$(printf '%s ' $dirs | sed "s/\(^\| \)d$id / /"); unset "dir_d$id" ;;
     esac
 done
 for group in $groups; do kill -KILL -"$group" 2>/dev/null; done
 sleep 0.2
-for group in $groups; do
-    eval "dir=\$dir_$group"
+for id in $groups $dirs; do
+    eval "dir=\$dir_$id"
     rm -rf "$dir"
     rmdir "${dir%/*}" 2>/dev/null
 done
@@ -86,4 +91,18 @@ pub fn watch(group: i32, runtime_dir: &Path) {
 /// The VM is gone and cleaned up.
 pub fn forget(group: i32) {
     tell(format!("del {group}\n"));
+}
+
+/// A directory to remove if the program dies before it does; returns the
+/// id to [`release`] it with.
+pub fn keep(dir: &Path) -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tell(format!("keep {id} {}\n", dir.to_string_lossy().replace('\n', "")));
+    id
+}
+
+/// The directory `keep` returned `id` for is gone.
+pub fn release(id: u64) {
+    tell(format!("drop {id}\n"));
 }

@@ -24,6 +24,14 @@ mod atoms {
 /// its sockets and directory.
 pub struct SwitchResource {
     switch: Mutex<Option<Switch>>,
+    /// The watchdog removes the switch's directory if the BEAM dies first.
+    watchdog_id: u64,
+}
+
+impl Drop for SwitchResource {
+    fn drop(&mut self) {
+        evum_core::watchdog::release(self.watchdog_id);
+    }
 }
 
 #[rustler::resource_impl]
@@ -52,13 +60,13 @@ fn switch_start<'a>(env: Env<'a>, hub: bool, run_as: Term<'a>) -> Term<'a> {
     let mut config = SwitchConfig::new(&dir);
     config.hub = hub;
     match Switch::start(config) {
-        Ok(switch) => (
-            atoms::ok(),
-            ResourceArc::new(SwitchResource {
+        Ok(switch) => {
+            let resource = SwitchResource {
                 switch: Mutex::new(Some(switch)),
-            }),
-        )
-            .encode(env),
+                watchdog_id: evum_core::watchdog::keep(&dir),
+            };
+            (atoms::ok(), ResourceArc::new(resource)).encode(env)
+        }
         Err(e) => {
             let _ = std::fs::remove_dir(&dir);
             switch_error(env, e)
