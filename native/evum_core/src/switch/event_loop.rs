@@ -65,6 +65,8 @@ pub struct SwitchLoop {
     buf: Vec<u8>,
     next_sweep: Instant,
     paths: Vec<PathBuf>,
+    /// Scratch space for the ports a frame goes to.
+    receivers: Vec<u64>,
     /// The loop keeps the waker's eventfd open: were the [`Switch`] to close
     /// it on drop, epoll would forget the fd and with it the wake-up that
     /// carries the stop.
@@ -93,6 +95,7 @@ impl SwitchLoop {
         };
         Ok(SwitchLoop {
             _waker: waker,
+            receivers: Vec::new(),
             poll,
             rx,
             fdb: Fdb::new(config.mac_ageing),
@@ -631,17 +634,20 @@ impl SwitchLoop {
         } else {
             self.fdb.lookup(&dst, now)
         };
-        let receivers: Vec<u64> = self
-            .ports
-            .values()
-            .filter(|p| p.id != src)
-            .filter(|p| match target {
-                None => true,
-                Some(t) => p.id == t || p.is_promiscuous(),
-            })
-            .map(|p| p.id.0)
-            .collect();
-        for id in receivers {
+        // Reuse one buffer for the receivers: no allocation per frame.
+        let mut receivers = std::mem::take(&mut self.receivers);
+        receivers.clear();
+        receivers.extend(
+            self.ports
+                .values()
+                .filter(|p| p.id != src)
+                .filter(|p| match target {
+                    None => true,
+                    Some(t) => p.id == t || p.is_promiscuous(),
+                })
+                .map(|p| p.id.0),
+        );
+        for &id in &receivers {
             let Some(port) = self.ports.get_mut(&id) else { continue };
             match port.offer(frame) {
                 Offer::Sent | Offer::Dropped => {}
@@ -649,5 +655,6 @@ impl SwitchLoop {
                 Offer::Gone => self.remove_port(PortId(id)),
             }
         }
+        self.receivers = receivers;
     }
 }
