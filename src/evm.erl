@@ -24,6 +24,7 @@
     | {umid, string() | binary()}
     | {uml_dir, file:filename_all()}
     | {switch, evum_switch:switch()}
+    | {transport, daemon | bess}
     | evum_opts:boot_option().
 
 %% @doc Boots a VM and waits until its guest is up. The caller becomes the
@@ -34,7 +35,8 @@
 %% (`busybox', the default, or `host'), `timeout' (ms to wait for the boot),
 %% `tagged' (console lines as `{evum, Vm, {console, Line}}'), `hostname',
 %% `kernel' (the UML binary), `umid', `uml_dir', `switch' (eth0 on that
-%% evum_switch, its MAC derived from the label), `verbose' (the kernel's boot
+%% evum_switch, its MAC derived from the label), `{transport, bess}' (vec0
+%% over the vector driver instead of eth0), `verbose' (the kernel's boot
 %% log on the console), and the original boot options (`mem', `con', `ssl',
 %% `disk', `ubd', `eth', `init', `initrd', `root', `rootflags', `rootfstype',
 %% `write', `quiet', `hostfs', `append', `env'). An option it does not know is
@@ -64,7 +66,8 @@ create_vm(Options) ->
             end
         end,
         fun({Name, DistBoot, RunAs}) ->
-            case evum_opts:normalize(DistBoot ++ network(proplists:get_value(switch, Own), Name) ++ Boot) of
+            Network = network(proplists:get_value(switch, Own), proplists:get_value(transport, Own, daemon), Name),
+            case evum_opts:normalize(DistBoot ++ Network ++ Boot) of
                 {ok, NifBoot} ->
                     {ok, #{
                         label => Name,
@@ -99,17 +102,28 @@ chain([Step | Rest], Previous) ->
         Error -> Error
     end.
 
-%% eth0 on a switch, with a MAC that stays the same for a label (locally
-%% administered: 02:ee:...), so a guest keeps its address across restarts.
-network(undefined, _Label) ->
+%% The VM's interface on a switch: eth0 over the daemon transport (what
+%% uml_switch speaks), or vec0 over the vector driver's bess mode, whose own
+%% socket lives in the VM's runtime directory. Its MAC stays the same for a
+%% label (locally administered: 02:ee:...), so a guest keeps its address
+%% across restarts.
+network(undefined, _Transport, _Label) ->
     [];
-network(Switch, Label) ->
+network(Switch, Transport, Label) ->
     Id =
         case Label of
             undefined -> rand:uniform(1 bsl 32) - 1;
             _ -> erlang:phash2(Label, 1 bsl 32)
         end,
-    [evum_switch:eth_option(Switch, <<2, 16#ee, Id:32>>)].
+    Mac = <<2, 16#ee, Id:32>>,
+    case Transport of
+        daemon ->
+            [evum_switch:eth_option(Switch, Mac)];
+        bess ->
+            [evum_switch:bess_option(Switch, Mac)];
+        Other ->
+            [{transport, Other}]
+    end.
 
 start(Config) ->
     case evum_sup:start_vm(self(), Config) of
@@ -118,7 +132,7 @@ start(Config) ->
     end.
 
 is_create_option({Key, _}) ->
-    lists:member(Key, [label, dist, timeout, tagged, hostname, kernel, umid, uml_dir, switch]);
+    lists:member(Key, [label, dist, timeout, tagged, hostname, kernel, umid, uml_dir, switch, transport]);
 is_create_option(tagged) ->
     true;
 is_create_option(_) ->

@@ -28,7 +28,8 @@
     counters/1,
     control_socket/1,
     bess_socket/1,
-    eth_option/2
+    eth_option/2,
+    bess_option/2
 ]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
 
@@ -124,9 +125,19 @@ bess_socket(Switch) -> gen_server:call(Switch, bess_socket).
 
 %% @doc The boot option that puts a VM's eth0 on this switch, with `Mac'.
 -spec eth_option(switch(), mac()) -> evum_opts:boot_option().
-eth_option(Switch, <<A, B, C, D, E, F>>) ->
-    Mac = lists:flatten(io_lib:format("~2.16.0b:~2.16.0b:~2.16.0b:~2.16.0b:~2.16.0b:~2.16.0b", [A, B, C, D, E, F])),
-    {eth, 0, "daemon," ++ Mac ++ ",unix," ++ binary_to_list(control_socket(Switch))}.
+eth_option(Switch, Mac) ->
+    {eth, 0, "daemon," ++ mac_text(Mac) ++ ",unix," ++ binary_to_list(control_socket(Switch))}.
+
+%% @doc The boot option that puts a VM's vec0 on this switch over the vector
+%% driver's bess mode (kernels after 6.15 have no daemon transport).
+-spec bess_option(switch(), mac()) -> evum_opts:boot_option().
+bess_option(Switch, Mac) ->
+    {append,
+        "vec0:transport=bess,src={runtime_dir}/bess,dst=" ++ binary_to_list(bess_socket(Switch)) ++
+            ",mac=" ++ mac_text(Mac)}.
+
+mac_text(<<A, B, C, D, E, F>>) ->
+    lists:flatten(io_lib:format("~2.16.0b:~2.16.0b:~2.16.0b:~2.16.0b:~2.16.0b:~2.16.0b", [A, B, C, D, E, F])).
 
 %%% gen_server
 

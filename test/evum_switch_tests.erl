@@ -14,6 +14,7 @@ switch_test_() ->
      || {T, F} <- [
             {"three VMs on one switch ping each other", three_vms},
             {"an Erlang process answers a guest's ARP and ping", erlang_port},
+            {"a bess VM and a daemon VM on one switch", bess},
             {"the original README's Using the Host OS session", host_os_session},
             {"garbage at a live switch: counted, pings keep flowing", garbage},
             {"sniffed frames read as tcpdump would print them", describe_frames},
@@ -49,6 +50,24 @@ three_vms() ->
     evum_switch:stop(S).
 
 %% As bytes, to stand in binaries and in binary patterns alike.
+bess() ->
+    {ok, S} = evum_switch:start([{name, sw_bess}]),
+    Daemon = vm(S, sw_daemon, "10.0.0.1"),
+    {ok, Bess} = evm:create([{label, sw_bess_vm}, {switch, S}, {transport, bess}, {timeout, ?BOOT}]),
+    {ok, 0, _} = evum:cmd(Bess, "ifconfig vec0 10.0.0.2 netmask 255.255.255.0 up"),
+    ?assertMatch({ok, 0, _}, evum:cmd(Bess, "ping -c 2 -W 3 10.0.0.1")),
+    ?assertMatch({ok, 0, _}, evum:cmd(Daemon, "ping -c 2 -W 3 10.0.0.2")),
+    {ok, Ports} = evum_switch:ports(S),
+    ?assertEqual([bess, daemon], lists:sort([K || #{kind := K} <- Ports])),
+    %% Its own end of the connection lives in its runtime directory.
+    #{runtime_dir := Dir} = evum:info(Bess),
+    ?assertMatch({ok, _}, file:read_link_info(filename:join(Dir, "bess"))),
+    ?assertEqual({error, {bad_option, {transport, carrier_pigeon}}},
+                 evm:create([{switch, S}, {transport, carrier_pigeon}])),
+    [ok = evm:stop(Vm) || Vm <- [Daemon, Bess]],
+    ?assertNot(filelib:is_dir(Dir)),
+    evum_switch:stop(S).
+
 -define(MY_MAC, 2, 16#ee, 0, 0, 0, 16#99).
 -define(MY_IP, 10, 0, 0, 99).
 

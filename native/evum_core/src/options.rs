@@ -53,6 +53,12 @@ pub enum OptionError {
     BadValue { name: String, why: String },
 }
 
+/// In an `append` option, stands for the VM's runtime directory
+/// (`<uml_dir>/<umid>`), which UML creates at boot and evum removes when the
+/// VM is gone: the place for sockets a guest device binds, such as a bess
+/// interface's own end.
+pub const RUNTIME_DIR: &str = "{runtime_dir}";
+
 /// Memory when no `mem` option is given. Below 64M the guest can deadlock on
 /// memory during boot (see UML-NOTES).
 pub const DEFAULT_MEM: &str = "64M";
@@ -91,6 +97,7 @@ pub fn kernel_args(id: &Identity, options: &[BootOption]) -> Result<Vec<String>,
     let mut write = false;
     let mut con_default = "null".to_string();
     let mut ssl_default = "null".to_string();
+    let runtime_dir = id.uml_dir.join(&id.umid).to_string_lossy().into_owned();
     let mut hostfs = id.uml_dir.join(&id.umid).join("no-hostfs");
     let mut tail = Vec::new();
     for option in options {
@@ -113,7 +120,7 @@ pub fn kernel_args(id: &Identity, options: &[BootOption]) -> Result<Vec<String>,
             BootOption::Write(w) => write = *w,
             BootOption::Hostfs(dir) => hostfs = dir.clone(),
             BootOption::Env(k, v) => tail.push(valid_env(k, v)?),
-            BootOption::Append(a) => tail.push(a.clone()),
+            BootOption::Append(a) => tail.push(a.replace(RUNTIME_DIR, &runtime_dir)),
         }
     }
     // Without a ubd0, UML opens a file named `root_fs` in its working
@@ -253,6 +260,19 @@ mod tests {
         assert!(!args
             .iter()
             .any(|a| a == "quiet" || a == "ro" || a == "mem=64M" || a.starts_with("ubd0r=")));
+    }
+
+    #[test]
+    fn append_can_name_the_runtime_dir() {
+        let opts = [BootOption::Append(
+            "vec0:transport=bess,src={runtime_dir}/bess,dst=/s".into(),
+        )];
+        let args = kernel_args(&id(), &opts).unwrap();
+        assert!(
+            args.iter()
+                .any(|a| a == "vec0:transport=bess,src=/run/evum/vm1/bess,dst=/s"),
+            "{args:?}"
+        );
     }
 
     #[test]
