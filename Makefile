@@ -1,7 +1,7 @@
 # evum: the two commands a newcomer needs are `make demo` and `make test`.
 # Both install what is missing first (Debian packages, as root or via sudo).
 
-APT_PACKAGES = user-mode-linux busybox-static uml-utilities erlang erlang-dev elixir rebar3 cargo
+APT_PACKAGES = user-mode-linux busybox-static uml-utilities vde2 erlang erlang-dev elixir rebar3 cargo
 SUDO = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: all deps compile demo test test-rust test-erlang test-elixir test-consumers bench lint fmt clean
@@ -11,7 +11,7 @@ all: compile
 # Installs the Debian packages evum needs, unless every tool is already there.
 deps:
 	@missing=""; \
-	for tool in linux busybox uml_mconsole erl erlc elixir mix rebar3 cargo; do \
+	for tool in linux busybox uml_mconsole uml_switch vde_switch erl erlc elixir mix rebar3 cargo; do \
 		command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; \
 	done; \
 	[ -f /usr/lib/erlang/usr/include/erl_nif.h ] || missing="$$missing erl_nif.h"; \
