@@ -302,8 +302,16 @@ fn ports_and_the_mac_table_are_reported() {
     assert!(ports.iter().all(|p| p.kind == PortKind::Daemon));
     let pa = ports.iter().find(|p| p.mac == Some(mac(1))).expect("A's port");
     let pb = ports.iter().find(|p| p.mac == Some(mac(2))).expect("B's port");
-    assert_eq!((pa.frames_in, pa.frames_out, pa.bytes_in, pa.bytes_out), (1, 1, 60, 60));
-    assert_eq!((pb.frames_in, pb.frames_out), (1, 1));
+    assert_eq!(
+        (
+            pa.counters.frames_in,
+            pa.counters.frames_out,
+            pa.counters.bytes_in,
+            pa.counters.bytes_out
+        ),
+        (1, 1, 60, 60)
+    );
+    assert_eq!((pb.counters.frames_in, pb.counters.frames_out), (1, 1));
     let table = switch.mac_table().unwrap();
     assert_eq!(table.len(), 2);
     assert!(table.iter().any(|e| e.0 == mac(1) && e.1 == pa.id));
@@ -448,7 +456,7 @@ fn a_slow_receiver_loses_frames_without_stalling_the_others() {
     let ports = switch.ports().unwrap();
     let slow_port = ports
         .iter()
-        .find(|p| p.drops_queue_full > 0)
+        .find(|p| p.counters.drops_queue_full > 0)
         .expect("a port with drops");
     assert!(slow_port.queued <= 16);
     drop(slow);

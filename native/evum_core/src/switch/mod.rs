@@ -41,6 +41,7 @@ use crossbeam_channel::{bounded, unbounded, Sender};
 use mio::{Poll, Waker};
 
 pub use fdb::Mac;
+pub use port::PortCounters;
 
 /// How long an inspection waits for the loop's answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -63,14 +64,7 @@ pub struct PortInfo {
     pub kind: PortKind,
     /// The MAC an attached port was given, or the last source MAC seen.
     pub mac: Option<Mac>,
-    pub frames_in: u64,
-    pub frames_out: u64,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    /// Frames dropped because the port's output queue was full.
-    pub drops_queue_full: u64,
-    /// Frames the peer refused (gone, or the send failed).
-    pub drops_send_error: u64,
+    pub counters: PortCounters,
     /// Frames waiting in the output queue now.
     pub queued: usize,
 }

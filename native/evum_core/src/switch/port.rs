@@ -87,17 +87,11 @@ impl Port {
     }
 
     pub fn info(&self) -> PortInfo {
-        let c = &self.counters;
         PortInfo {
             id: self.id,
             kind: self.kind(),
             mac: self.mac,
-            frames_in: c.frames_in,
-            frames_out: c.frames_out,
-            bytes_in: c.bytes_in,
-            bytes_out: c.bytes_out,
-            drops_queue_full: c.drops_queue_full,
-            drops_send_error: c.drops_send_error,
+            counters: self.counters,
             queued: self.queue.len(),
         }
     }
