@@ -25,6 +25,8 @@
     | {uml_dir, file:filename_all()}
     | {switch, evum_switch:switch()}
     | {transport, daemon | bess}
+    | {net, atom()}
+    | {location, atom()}
     | evum_opts:boot_option().
 
 %% @doc Boots a VM and waits until its guest is up. The caller becomes the
@@ -36,7 +38,9 @@
 %% `tagged' (console lines as `{evum, Vm, {console, Line}}'), `hostname',
 %% `kernel' (the UML binary), `umid', `uml_dir', `switch' (eth0 on that
 %% evum_switch, its MAC derived from the label), `{transport, bess}' (vec0
-%% over the vector driver instead of eth0), `verbose' (the kernel's boot
+%% over the vector driver instead of eth0), `{net, Name}' (or `{location,
+%% Name}': eth0 on a named network of the `networks' setting, with the next
+%% address from it), `verbose' (the kernel's boot
 %% log on the console), and the original boot options (`mem', `con', `ssl',
 %% `disk', `ubd', `eth', `init', `initrd', `root', `rootflags', `rootfstype',
 %% `write', `quiet', `hostfs', `append', `env'). An option it does not know is
@@ -57,16 +61,20 @@ create_vm(Options) ->
     Hostname = unicode:characters_to_binary(proplists:get_value(hostname, Own, "evm")),
     {ok, DefaultTimeout} = application:get_env(evum, boot_timeout),
     {ok, DefaultKernel} = application:get_env(evum, kernel),
+    %% {net, Name} (the original code's {location, Name}) is a named network:
+    %% its switch, then an address from it once the guest is up.
+    Net = proplists:get_value(net, Own, proplists:get_value(location, Own)),
     Steps = [
         fun(_) -> label(Label) end,
-        fun(Name) ->
+        fun(Name) -> switch_of(Net, proplists:get_value(switch, Own), Name) end,
+        fun({Name, Switch}) ->
             case evum_dist:boot_options(Dist, #{hostname => Hostname}) of
-                {ok, DistBoot, RunAs} -> {ok, {Name, DistBoot, RunAs}};
+                {ok, DistBoot, RunAs} -> {ok, {Name, Switch, DistBoot, RunAs}};
                 Error -> Error
             end
         end,
-        fun({Name, DistBoot, RunAs}) ->
-            Network = network(proplists:get_value(switch, Own), proplists:get_value(transport, Own, daemon), Name),
+        fun({Name, Switch, DistBoot, RunAs}) ->
+            Network = network(Switch, proplists:get_value(transport, Own, daemon), Name),
             case evum_opts:normalize(DistBoot ++ Network ++ Boot) of
                 {ok, NifBoot} ->
                     {ok, #{
@@ -89,9 +97,45 @@ create_vm(Options) ->
                 ok -> {ok, Pid};
                 Error -> Error
             end
-        end
+        end,
+        fun(Pid) -> join(Net, Label, Pid) end
     ],
     chain(Steps, undefined).
+
+switch_of(undefined, Switch, Name) ->
+    {ok, {Name, Switch}};
+switch_of(Net, undefined, Name) ->
+    case evum_net:switch(Net) of
+        {ok, Switch} -> {ok, {Name, Switch}};
+        Error -> Error
+    end;
+switch_of(Net, Switch, _Name) ->
+    {error, {bad_option, {{net, Net}, {switch, Switch}}}}.
+
+%% Gives a booted VM its address on a named network, as the original did.
+join(undefined, _Label, Pid) ->
+    {ok, Pid};
+join(Net, Label, Pid) ->
+    Key =
+        case Label of
+            undefined -> {vm, Pid};
+            _ -> {label, Label}
+        end,
+    Configured =
+        case evum_net:lease(Net, Key) of
+            {ok, #{address := Address, netmask := Mask, gateway := Gateway}} ->
+                Command = ["ifconfig eth0 ", Address, " netmask ", Mask, " up && route add default gw ", Gateway],
+                evum:cmd(Pid, Command);
+            Error ->
+                Error
+        end,
+    case Configured of
+        {ok, 0, _} ->
+            {ok, Pid};
+        Failed ->
+            stop(Pid),
+            {error, {network, Net, Failed}}
+    end.
 
 %% Runs each step on the previous one's result while they return {ok, _}.
 chain([], Result) ->
@@ -126,13 +170,13 @@ network(Switch, Transport, Label) ->
     end.
 
 start(Config) ->
-    case evum_sup:start_vm(self(), Config) of
+    case evum_vm_sup:start_vm(self(), Config) of
         {error, {already_started, _}} -> {error, {label_in_use, maps:get(label, Config)}};
         Other -> Other
     end.
 
 is_create_option({Key, _}) ->
-    lists:member(Key, [label, dist, timeout, tagged, hostname, kernel, umid, uml_dir, switch, transport]);
+    lists:member(Key, [label, dist, timeout, tagged, hostname, kernel, umid, uml_dir, switch, transport, net, location]);
 is_create_option(tagged) ->
     true;
 is_create_option(_) ->

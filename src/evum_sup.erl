@@ -1,26 +1,18 @@
 %% @private
-%% One evum_vm gen_server per VM. They are temporary: a VM that ends is not
-%% restarted behind its owner's back.
+%% The application's top: the network address book and the VMs' supervisor.
 -module(evum_sup).
 -behaviour(supervisor).
 
--export([start_link/0, start_vm/2]).
+-export([start_link/0]).
 -export([init/1]).
 
 start_link() ->
     supervisor:start_link({local, ?MODULE}, ?MODULE, []).
 
--spec start_vm(pid(), evum_vm:config()) -> {ok, pid()} | {error, term()}.
-start_vm(Owner, Config) ->
-    supervisor:start_child(?MODULE, [Owner, Config]).
-
 init([]) ->
-    Flags = #{strategy => simple_one_for_one, intensity => 0, period => 1},
-    Child = #{
-        id => evum_vm,
-        start => {evum_vm, start_link, []},
-        restart => temporary,
-        %% Long enough for mconsole halt, then SIGTERM, then SIGKILL.
-        shutdown => 10000
-    },
-    {ok, {Flags, [Child]}}.
+    Flags = #{strategy => one_for_one, intensity => 5, period => 10},
+    Children = [
+        #{id => evum_net, start => {evum_net, start_link, []}},
+        #{id => evum_vm_sup, start => {evum_vm_sup, start_link, []}, type => supervisor, shutdown => infinity}
+    ],
+    {ok, {Flags, Children}}.

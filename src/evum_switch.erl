@@ -52,17 +52,20 @@
 start() ->
     start([]).
 
-%% @doc Options: `{name, Atom}', `hub' (flood every frame to every port).
--spec start([{name, atom()} | hub | {hub, boolean()}]) -> {ok, pid()} | {error, term()}.
+%% @doc Options: `{name, Atom}', `anonymous' (no registered name), `hub'
+%% (flood every frame to every port).
+-spec start([{name, atom()} | anonymous | hub | {hub, boolean()}]) -> {ok, pid()} | {error, term()}.
 start(Options) ->
     Hub = proplists:get_bool(hub, Options),
-    case proplists:get_value(name, Options) of
-        undefined ->
+    case {proplists:get_bool(anonymous, Options), proplists:get_value(name, Options)} of
+        {true, _} ->
+            gen_server:start(?MODULE, Hub, []);
+        {false, undefined} ->
             case whereis(?MODULE) of
                 undefined -> gen_server:start({local, ?MODULE}, ?MODULE, Hub, []);
                 _ -> gen_server:start(?MODULE, Hub, [])
             end;
-        Name ->
+        {false, Name} ->
             gen_server:start({local, Name}, ?MODULE, Hub, [])
     end.
 

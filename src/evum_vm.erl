@@ -1,4 +1,4 @@
-%% @doc The process that is a VM. One per VM, under evum_sup; evm:create/1
+%% @doc The process that is a VM. One per VM, under evum_vm_sup; evm:create/1
 %% and evum:start/0,1 start it and hand its pid to the caller, who is the
 %% VM's owner.
 %%

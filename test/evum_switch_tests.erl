@@ -15,6 +15,7 @@ switch_test_() ->
             {"three VMs on one switch ping each other", three_vms},
             {"an Erlang process answers a guest's ARP and ping", erlang_port},
             {"a bess VM and a daemon VM on one switch", bess},
+            {"named networks hand out the original config's addresses", named_networks},
             {"the original README's Using the Host OS session", host_os_session},
             {"garbage at a live switch: counted, pings keep flowing", garbage},
             {"sniffed frames read as tcpdump would print them", describe_frames},
@@ -50,6 +51,27 @@ three_vms() ->
     evum_switch:stop(S).
 
 %% As bytes, to stand in binaries and in binary patterns alike.
+named_networks() ->
+    {ok, A} = evm:create([{label, net_a}, {net, home}, {timeout, ?BOOT}]),
+    {ok, B} = evm:create([{location, home}, {timeout, ?BOOT}]),
+    ?assertEqual({ok, 0, <<"192.168.213.92\n">>}, address(A)),
+    ?assertEqual({ok, 0, <<"192.168.213.93\n">>}, address(B)),
+    ?assertMatch({ok, 0, _}, evum:cmd(A, "ping -c 1 -W 3 192.168.213.93")),
+    ?assertMatch({ok, 0, <<"default via 192.168.213.1", _/binary>>}, evum:cmd(B, "ip route | grep default")),
+    ?assertEqual({error, {unknown_network, mars}}, evm:create([{net, mars}])),
+    %% An unlabelled VM's address is free again when it ends; a label keeps its own.
+    ok = evm:stop(B),
+    timer:sleep(100),
+    {ok, C} = evm:create([{net, home}, {timeout, ?BOOT}]),
+    ?assertEqual({ok, 0, <<"192.168.213.93\n">>}, address(C)),
+    ok = evm:stop(A),
+    {ok, A2} = evm:create([{label, net_a}, {net, home}, {timeout, ?BOOT}]),
+    ?assertEqual({ok, 0, <<"192.168.213.92\n">>}, address(A2)),
+    [ok = evm:stop(Vm) || Vm <- [C, A2]].
+
+address(Vm) ->
+    evum:cmd(Vm, "ip -4 -o addr show eth0 | sed 's/.*inet \\([0-9.]*\\).*/\\1/'").
+
 bess() ->
     {ok, S} = evum_switch:start([{name, sw_bess}]),
     Daemon = vm(S, sw_daemon, "10.0.0.1"),

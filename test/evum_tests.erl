@@ -333,7 +333,7 @@ errors() ->
     ?assertEqual({error, not_running}, evm:stop(Vm)),
     %% Nothing of the timed-out boot remains either.
     timer:sleep(500),
-    ?assertEqual([], [Child || {_, Child, _, _} <- supervisor:which_children(evum_sup)]),
+    ?assertEqual([], [Child || {_, Child, _, _} <- supervisor:which_children(evum_vm_sup)]),
     flush().
 
 flood() ->

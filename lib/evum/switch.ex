@@ -20,7 +20,7 @@ defmodule Evum.Switch do
   @spec start() :: {:ok, pid()} | {:error, term()}
   defdelegate start(), to: :evum_switch
 
-  @doc "Options: `name: atom`, `hub: true` (flood every frame to every port)."
+  @doc "Options: `name: atom`, `:anonymous` (no registered name), `hub: true` (flood every frame to every port)."
   @spec start(keyword()) :: {:ok, pid()} | {:error, term()}
   defdelegate start(options), to: :evum_switch
 
@@ -67,6 +67,10 @@ defmodule Evum.Switch do
   @doc "The bess transport's socket."
   @spec bess_socket(switch()) :: binary()
   defdelegate bess_socket(switch), to: :evum_switch
+
+  @doc "The boot option that puts a VM's vec0 on this switch over bess, with the given MAC."
+  @spec bess_option(switch(), binary()) :: tuple()
+  defdelegate bess_option(switch, mac), to: :evum_switch
 
   @doc "The boot option that puts a VM's eth0 on this switch with the given MAC."
   @spec eth_option(switch(), binary()) :: tuple()

@@ -1,0 +1,137 @@
+%% @doc Networks by name, as the original evum configured them: each has a
+%% switch of its own (started on first use) and hands out addresses from
+%% `base_ip' + `first_ip' upwards, with its netmask and gateway.
+%%
+%% ```
+%% {ok, Vm} = evm:create([{label, a}, {net, home}]).  % eth0 up as 192.168.213.92
+%% '''
+%%
+%% A label keeps its address while evum runs; unlabelled VMs give theirs
+%% back when they end. The networks are the application's `networks'
+%% setting (see evum.app.src).
+-module(evum_net).
+-behaviour(gen_server).
+
+-export([start_link/0, switch/1, lease/2]).
+-export([init/1, handle_call/3, handle_cast/2, handle_info/2]).
+
+-type lease() :: #{
+    switch := pid(),
+    address := string(),
+    netmask := string(),
+    gateway := string()
+}.
+-export_type([lease/0]).
+
+-record(net, {
+    switch :: pid() | undefined,
+    config :: map(),
+    %% Address offsets in use: Key (label or VM pid) => offset.
+    leases = #{} :: #{term() => non_neg_integer()}
+}).
+
+start_link() ->
+    gen_server:start_link({local, ?MODULE}, ?MODULE, [], []).
+
+%% @doc The switch of network `Name', started on first use.
+-spec switch(atom()) -> {ok, pid()} | {error, term()}.
+switch(Name) ->
+    gen_server:call(?MODULE, {switch, Name}).
+
+%% @doc An address on network `Name' for the VM with a label (kept while
+%% evum runs) or for a VM process (given back when it ends).
+-spec lease(atom(), {label, atom()} | {vm, pid()}) -> {ok, lease()} | {error, term()}.
+lease(Name, Key) ->
+    gen_server:call(?MODULE, {lease, Name, Key}).
+
+init([]) ->
+    {ok, #{}}.
+
+handle_call({switch, Name}, _From, Nets) ->
+    case with_switch(Name, Nets) of
+        {ok, #net{switch = Switch} = Net} -> {reply, {ok, Switch}, Nets#{Name => Net}};
+        {error, _} = Error -> {reply, Error, Nets}
+    end;
+handle_call({lease, Name, Key}, _From, Nets) ->
+    case with_switch(Name, Nets) of
+        {ok, Net0} ->
+            case take_offset(Key, Net0) of
+                {ok, Offset, Net} -> {reply, {ok, lease_of(Net, Offset)}, Nets#{Name => Net}};
+                {error, _} = Error -> {reply, Error, Nets}
+            end;
+        {error, _} = Error ->
+            {reply, Error, Nets}
+    end;
+handle_call(_Request, _From, Nets) ->
+    {reply, {error, unknown_request}, Nets}.
+
+handle_cast(_Msg, Nets) ->
+    {noreply, Nets}.
+
+%% An unlabelled VM ended: its address is free again.
+handle_info({'DOWN', _, process, Pid, _}, Nets) ->
+    {noreply, maps:map(fun(_, #net{leases = L} = Net) -> Net#net{leases = maps:remove({vm, Pid}, L)} end, Nets)};
+handle_info(_Msg, Nets) ->
+    {noreply, Nets}.
+
+with_switch(Name, Nets) ->
+    case network(Name, Nets) of
+        {ok, Net} -> ensure_switch(Net);
+        Error -> Error
+    end.
+
+network(Name, Nets) ->
+    case Nets of
+        #{Name := Net} ->
+            {ok, Net};
+        _ ->
+            case lists:keyfind(Name, 1, application:get_env(evum, networks, [])) of
+                {Name, Props} -> check(Name, maps:from_list(Props));
+                false -> {error, {unknown_network, Name}}
+            end
+    end.
+
+check(Name, #{base_ip := Base, first_ip := First, netmask := Mask, gw := Gw} = Config) when
+    is_list(Base), is_integer(First), First > 0, First < 255, is_list(Mask), is_list(Gw)
+->
+    {ok, #net{config = Config#{name => Name}}};
+check(Name, Config) ->
+    {error, {bad_network, Name, Config}}.
+
+ensure_switch(#net{switch = Pid} = Net) when is_pid(Pid) ->
+    case is_process_alive(Pid) of
+        true -> {ok, Net};
+        false -> ensure_switch(Net#net{switch = undefined})
+    end;
+ensure_switch(Net) ->
+    case evum_switch:start([anonymous]) of
+        {ok, Pid} -> {ok, Net#net{switch = Pid}};
+        {error, _} = Error -> Error
+    end.
+
+take_offset(Key, #net{leases = Leases, config = #{first_ip := First}} = Net) ->
+    case Leases of
+        #{Key := Offset} ->
+            {ok, Offset, Net};
+        _ ->
+            Used = maps:values(Leases),
+            case [N || N <- lists:seq(0, 254 - First), not lists:member(N, Used)] of
+                [] ->
+                    {error, {network_full, maps:get(name, Net#net.config)}};
+                [Offset | _] ->
+                    case Key of
+                        {vm, Pid} -> monitor(process, Pid);
+                        _ -> ok
+                    end,
+                    {ok, Offset, Net#net{leases = Leases#{Key => Offset}}}
+            end
+    end.
+
+lease_of(#net{switch = Switch, config = C}, Offset) ->
+    #{base_ip := Base, first_ip := First, netmask := Mask, gw := Gw} = C,
+    #{
+        switch => Switch,
+        address => Base ++ integer_to_list(First + Offset),
+        netmask => Mask,
+        gateway => Gw
+    }.
