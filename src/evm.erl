@@ -56,61 +56,79 @@ create(Options) ->
 
 create_vm(Options) ->
     {Own, Boot} = lists:partition(fun is_create_option/1, Options),
-    Label = proplists:get_value(label, Own),
-    Dist = proplists:get_value(dist, Own, busybox),
-    Hostname = unicode:characters_to_binary(proplists:get_value(hostname, Own, "evm")),
+    Get = fun(Key, Default) -> proplists:get_value(Key, Own, Default) end,
     {ok, DefaultTimeout} = application:get_env(evum, boot_timeout),
     {ok, DefaultKernel} = application:get_env(evum, kernel),
     %% {net, Name} (the original code's {location, Name}) is a named network:
     %% its switch, then an address from it once the guest is up.
-    Net = proplists:get_value(net, Own, proplists:get_value(location, Own)),
+    Net = Get(net, Get(location, undefined)),
+    %% Each step adds to what the ones before found, or ends with an error.
     Steps = [
-        fun(_) -> label(Label) end,
-        fun(Name) -> switch_of(Net, proplists:get_value(switch, Own), Name) end,
-        fun({Name, Switch}) ->
-            case evum_dist:boot_options(Dist, #{hostname => Hostname}) of
-                {ok, DistBoot, RunAs} -> {ok, {Name, Switch, DistBoot, RunAs}};
-                Error -> Error
-            end
+        fun(VM) -> with(label, label(Get(label, undefined)), VM) end,
+        fun(VM) -> with(switch, switch_of(Net, Get(switch, undefined)), VM) end,
+        fun(#{label := Label} = VM) -> {ok, VM#{mac => mac_for(Label)}} end,
+        fun(VM) ->
+            Hostname = unicode:characters_to_binary(Get(hostname, "evm")),
+            with(dist, evum_dist:boot_options(Get(dist, busybox), #{hostname => Hostname}), VM)
         end,
-        fun({Name, Switch, DistBoot, RunAs}) ->
-            Network = network(Switch, proplists:get_value(transport, Own, daemon), Name),
+        fun(#{label := Label, switch := Switch, mac := Mac, dist := {DistBoot, RunAs}} = VM) ->
+            Network = network(Switch, Get(transport, daemon), Mac),
+            Config = fun(NifBoot) ->
+                #{
+                    label => Label,
+                    kernel => bin(Get(kernel, DefaultKernel)),
+                    boot => NifBoot,
+                    umid => bin(Get(umid, "")),
+                    uml_dir => bin(Get(uml_dir, "")),
+                    run_as => RunAs,
+                    tagged => proplists:get_bool(tagged, Own),
+                    boot_timeout => Get(timeout, DefaultTimeout)
+                }
+            end,
             case evum_opts:normalize(DistBoot ++ Network ++ Boot) of
-                {ok, NifBoot} ->
-                    {ok, #{
-                        label => Name,
-                        kernel => bin(proplists:get_value(kernel, Own, DefaultKernel)),
-                        boot => NifBoot,
-                        umid => bin(proplists:get_value(umid, Own, "")),
-                        uml_dir => bin(proplists:get_value(uml_dir, Own, "")),
-                        run_as => RunAs,
-                        tagged => proplists:get_bool(tagged, Own),
-                        boot_timeout => proplists:get_value(timeout, Own, DefaultTimeout)
-                    }};
-                Error ->
-                    Error
-            end
-        end,
-        fun start/1,
-        fun(Pid) ->
-            case gen_server:call(Pid, boot, infinity) of
-                ok -> {ok, Pid};
+                {ok, NifBoot} -> {ok, VM#{config => Config(NifBoot)}};
                 Error -> Error
             end
         end,
-        fun(Pid) -> join(Net, Label, Pid) end
+        fun(#{config := Config} = VM) -> with(pid, start(Config), VM) end,
+        fun(#{pid := Pid} = VM) ->
+            case gen_server:call(Pid, boot, infinity) of
+                ok -> {ok, VM};
+                Error -> Error
+            end
+        end,
+        fun(#{pid := Pid, label := Label} = VM) -> with(pid, join(Net, Label, Pid), VM) end,
+        fun(#{pid := Pid, switch := Switch, mac := Mac} = VM) ->
+            %% The switch names the VM as the peer of the port with its MAC.
+            Switch =:= undefined orelse evum_switch:joined(Switch, Pid, Mac),
+            {ok, VM}
+        end
     ],
-    chain(Steps, undefined).
-
-switch_of(undefined, Switch, Name) ->
-    {ok, {Name, Switch}};
-switch_of(Net, undefined, Name) ->
-    case evum_net:switch(Net) of
-        {ok, Switch} -> {ok, {Name, Switch}};
+    case chain(Steps, #{}) of
+        {ok, #{pid := Pid}} -> {ok, Pid};
         Error -> Error
-    end;
-switch_of(Net, Switch, _Name) ->
+    end.
+
+with(Key, {ok, Value}, VM) -> {ok, VM#{Key => Value}};
+with(dist, {ok, DistBoot, RunAs}, VM) -> {ok, VM#{dist => {DistBoot, RunAs}}};
+with(_Key, Error, _VM) -> Error.
+
+switch_of(undefined, Switch) ->
+    {ok, Switch};
+switch_of(Net, undefined) ->
+    evum_net:switch(Net);
+switch_of(Net, Switch) ->
     {error, {bad_option, {{net, Net}, {switch, Switch}}}}.
+
+%% A MAC that stays the same for a label (locally administered: 02:ee:...),
+%% so a guest keeps its address across restarts.
+mac_for(Label) ->
+    Id =
+        case Label of
+            undefined -> rand:uniform(1 bsl 32) - 1;
+            _ -> erlang:phash2(Label, 1 bsl 32)
+        end,
+    <<2, 16#ee, Id:32>>.
 
 %% Gives a booted VM its address on a named network, as the original did.
 join(undefined, _Label, Pid) ->
@@ -148,26 +166,16 @@ chain([Step | Rest], Previous) ->
 
 %% The VM's interface on a switch: eth0 over the daemon transport (what
 %% uml_switch speaks), or vec0 over the vector driver's bess mode, whose own
-%% socket lives in the VM's runtime directory. Its MAC stays the same for a
-%% label (locally administered: 02:ee:...), so a guest keeps its address
-%% across restarts.
-network(undefined, _Transport, _Label) ->
+%% socket lives in the VM's runtime directory.
+network(undefined, _Transport, _Mac) ->
     [];
-network(Switch, Transport, Label) ->
-    Id =
-        case Label of
-            undefined -> rand:uniform(1 bsl 32) - 1;
-            _ -> erlang:phash2(Label, 1 bsl 32)
-        end,
-    Mac = <<2, 16#ee, Id:32>>,
-    case Transport of
-        daemon ->
-            [evum_switch:eth_option(Switch, Mac)];
-        bess ->
-            [evum_switch:bess_option(Switch, Mac)];
-        Other ->
-            [{transport, Other}]
-    end.
+network(Switch, daemon, Mac) ->
+    [evum_switch:eth_option(Switch, Mac)];
+network(Switch, bess, Mac) ->
+    [evum_switch:bess_option(Switch, Mac)];
+network(_Switch, Other, _Mac) ->
+    %% Not a transport: evum_opts names it as a bad option.
+    [{transport, Other}].
 
 start(Config) ->
     case evum_vm_sup:start_vm(self(), Config) of

@@ -29,7 +29,8 @@
     control_socket/1,
     bess_socket/1,
     eth_option/2,
-    bess_option/2
+    bess_option/2,
+    joined/3
 ]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
 
@@ -43,7 +44,9 @@
     ctl :: binary(),
     bess :: binary(),
     %% Attached ports: Port => {Pid, Monitor}.
-    attached = #{} :: #{port_id() => {pid(), reference()}}
+    attached = #{} :: #{port_id() => {pid(), reference()}},
+    %% VMs on the switch, by the MAC of their interface: Mac => {Vm, Monitor}.
+    vms = #{} :: #{mac() => {pid(), reference()}}
 }).
 
 %% @doc Starts a switch. The first one started without a name is registered
@@ -106,7 +109,8 @@ send(_Switch, _Port, Frame) ->
     {error, {not_binary, Frame}}.
 
 %% @doc Every port: id, kind (daemon, bess, attached), MAC, frames and bytes
-%% in and out, drops, and for an attached port its process (`peer').
+%% in and out, drops, and its `peer': an attached port's process, or the VM
+%% (created with `{switch, S}') whose interface has the port's MAC.
 -spec ports(switch()) -> {ok, [map()]} | {error, term()}.
 ports(Switch) -> gen_server:call(Switch, ports).
 
@@ -141,6 +145,12 @@ bess_option(Switch, Mac) ->
 
 mac_text(<<A, B, C, D, E, F>>) ->
     lists:flatten(io_lib:format("~2.16.0b:~2.16.0b:~2.16.0b:~2.16.0b:~2.16.0b:~2.16.0b", [A, B, C, D, E, F])).
+
+%% @doc Tells the switch that VM `Vm' is on it with `Mac', so that ports/1
+%% can name it as the peer of its port (evm:create/1 does this).
+-spec joined(switch(), pid(), mac()) -> ok.
+joined(Switch, Vm, Mac) ->
+    gen_server:cast(Switch, {joined, Vm, Mac}).
 
 %%% gen_server
 
@@ -184,17 +194,18 @@ handle_call({send, Pid, Port, Frame}, _From, #state{switch = Switch, attached = 
         #{Port := {Pid, _}} -> {reply, {error, {not_binary, Frame}}, S};
         _ -> {reply, {error, not_attached}, S}
     end;
-handle_call(ports, _From, #state{switch = Switch, attached = A} = S) ->
-    %% An attached port's peer is its process.
+handle_call(ports, _From, #state{switch = Switch, attached = A, vms = Vms} = S) ->
+    %% A port's peer: an attached port's process, or the VM whose MAC it has.
     Reply =
         case evum_nif:switch_ports(Switch) of
             {ok, Ports} ->
                 {ok, [
-                    case A of
-                        #{Id := {Pid, _}} -> Port#{peer => Pid};
+                    case {A, Vms} of
+                        {#{Id := {Pid, _}}, _} -> Port#{peer => Pid};
+                        {_, #{Mac := {Vm, _}}} -> Port#{peer => Vm};
                         _ -> Port
                     end
-                 || #{id := Id} = Port <- Ports
+                 || #{id := Id, mac := Mac} = Port <- Ports
                 ]};
             Error ->
                 Error
@@ -211,17 +222,19 @@ handle_call(bess_socket, _From, #state{bess = Bess} = S) ->
 handle_call(_Request, _From, S) ->
     {reply, {error, unknown_request}, S}.
 
+handle_cast({joined, Vm, Mac}, #state{vms = Vms} = S) ->
+    {noreply, S#state{vms = Vms#{Mac => {Vm, monitor(process, Vm)}}}};
 handle_cast(_Msg, S) ->
     {noreply, S}.
 
-%% An attached process is gone: so is its port.
-handle_info({'DOWN', Ref, process, _Pid, _}, #state{switch = Switch, attached = A} = S) ->
+%% An attached process is gone: so is its port. A VM is gone: forget it.
+handle_info({'DOWN', Ref, process, _Pid, _}, #state{switch = Switch, attached = A, vms = Vms} = S) ->
     case [Port || {Port, {_, R}} <- maps:to_list(A), R =:= Ref] of
         [Port] ->
             evum_nif:switch_detach(Switch, Port),
             {noreply, S#state{attached = maps:remove(Port, A)}};
         [] ->
-            {noreply, S}
+            {noreply, S#state{vms = maps:filter(fun(_, {_, R}) -> R =/= Ref end, Vms)}}
     end;
 handle_info(_Msg, S) ->
     {noreply, S}.

@@ -37,6 +37,8 @@ three_vms() ->
     ],
     {ok, Ports} = evum_switch:ports(S),
     ?assertEqual(3, length([P || #{kind := daemon} = P <- Ports])),
+    %% Each port names its VM.
+    ?assertEqual(lists:sort(Vms), lists:sort([Peer || #{peer := Peer} <- Ports])),
     ?assert(lists:all(fun(#{frames_in := In, frames_out := Out}) -> In > 0 andalso Out > 0 end, Ports)),
     {ok, Table} = evum_switch:mac_table(S),
     ?assertEqual(3, length(Table)),
