@@ -68,6 +68,10 @@ defmodule Evum.Switch do
   @spec bess_socket(switch()) :: binary()
   defdelegate bess_socket(switch), to: :evum_switch
 
+  @doc "Tells the switch that a VM is on it with a MAC, so `ports/1` names it (`Evm.create/1` does this)."
+  @spec joined(switch(), pid(), binary()) :: :ok
+  defdelegate joined(switch, vm, mac), to: :evum_switch
+
   @doc "The boot option that puts a VM's vec0 on this switch over bess, with the given MAC."
   @spec bess_option(switch(), binary()) :: tuple()
   defdelegate bess_option(switch, mac), to: :evum_switch
