@@ -165,6 +165,8 @@ impl SwitchLoop {
 
     pub fn run(mut self) {
         let mut events = Events::with_capacity(256);
+        // Made here: it holds pointers into itself and so stays on this thread.
+        let mut batch = sock::RecvBatch::new();
         loop {
             let timeout = self.next_deadline().saturating_duration_since(Instant::now());
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
@@ -178,7 +180,7 @@ impl SwitchLoop {
                 match event.token() {
                     WAKER => {}
                     CONTROL_LISTENER => self.accept_control(),
-                    DATA => self.read_data(),
+                    DATA => self.read_data(&mut batch),
                     BESS_LISTENER => self.accept_bess(),
                     Token(raw) => {
                         let (id, slot) = (raw as u64 / 2, raw as u64 % 2);
@@ -437,28 +439,31 @@ impl SwitchLoop {
             .insert(id.0, Port::new(id, peer, None, self.config.queue_len));
     }
 
-    fn read_data(&mut self) {
-        let mut buf = std::mem::take(&mut self.buf);
+    fn read_data(&mut self, batch: &mut sock::RecvBatch) {
         loop {
-            match sock::recv_from(self.data.as_raw_fd(), &mut buf) {
-                Ok((n, from)) => {
-                    let Some(&port) = self.by_addr.get(&from) else {
-                        self.counters.unknown_sender += 1;
-                        continue;
-                    };
-                    if self.frame_ok(n) {
-                        self.forward(port, &buf[..n]);
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            let count = match batch.recv(self.data.as_raw_fd()) {
+                Ok(count) => count,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     log::warn!("evum switch: reading the data socket: {e}");
-                    break;
+                    return;
+                }
+            };
+            for i in 0..count {
+                let (len, frame, from) = batch.get(i);
+                let Some(&port) = self.by_addr.get(&from) else {
+                    self.counters.unknown_sender += 1;
+                    continue;
+                };
+                if self.frame_ok(len) {
+                    self.forward(port, frame);
                 }
             }
+            if count < sock::RecvBatch::SIZE {
+                return;
+            }
         }
-        self.buf = buf;
     }
 
     // ---- the bess transport

@@ -93,31 +93,15 @@ pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     })
 }
 
-/// Receives one datagram and the key of its sender's address (all zero
-/// for an unbound sender).
-pub fn recv_from(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, RawUnixAddr)> {
-    // SAFETY: sockaddr_un is plain old data; all zeroes is a valid value.
-    let mut sa: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
-    // SAFETY: `buf` is valid for writes of its length; `sa` and `len`
-    // describe a writable sockaddr_un of the size given.
-    let n = check_len(unsafe {
-        libc::recvfrom(
-            fd,
-            buf.as_mut_ptr() as *mut libc::c_void,
-            buf.len(),
-            libc::MSG_DONTWAIT | libc::MSG_TRUNC,
-            &mut sa as *mut libc::sockaddr_un as *mut libc::sockaddr,
-            &mut len,
-        )
-    })?;
+/// The key of a received sender address (all zero for an unbound sender):
+/// the first `len` bytes of `sa`, as the kernel reported them.
+fn sender_key(sa: &libc::sockaddr_un, len: libc::socklen_t) -> RawUnixAddr {
     let mut raw = [0u8; SOCKADDR_UN_LEN];
     raw[0..2].copy_from_slice(&sa.sun_family.to_ne_bytes());
     for (dst, src) in raw[2..].iter_mut().zip(sa.sun_path.iter()) {
         *dst = *src as u8;
     }
-    let len = (len as usize).min(SOCKADDR_UN_LEN);
-    Ok((n, daemon::received_key(&raw[..len])))
+    daemon::received_key(&raw[..(len as usize).min(SOCKADDR_UN_LEN)])
 }
 
 /// Sends one message without blocking and without SIGPIPE.
@@ -149,4 +133,84 @@ pub fn connected_datagram(addr: &RawUnixAddr) -> io::Result<OwnedFd> {
         )
     })?;
     Ok(fd)
+}
+
+/// Datagrams received many at a time (recvmmsg): one system call for up to
+/// [`RecvBatch::SIZE`] frames, where recvfrom takes one each.
+pub struct RecvBatch {
+    bufs: Box<[[u8; RecvBatch::BUF]]>,
+    addrs: Box<[libc::sockaddr_un]>,
+    iovs: Box<[libc::iovec]>,
+    msgs: Box<[libc::mmsghdr]>,
+}
+
+impl Default for RecvBatch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RecvBatch {
+    pub const SIZE: usize = 32;
+    /// Room per datagram: more than any frame the switch forwards, so that
+    /// an oversized one shows by its length (MSG_TRUNC reports the whole).
+    pub const BUF: usize = 2048;
+
+    pub fn new() -> RecvBatch {
+        let mut bufs = vec![[0u8; Self::BUF]; Self::SIZE].into_boxed_slice();
+        // SAFETY: sockaddr_un and mmsghdr are plain old data; zeroes are valid.
+        let mut addrs = vec![unsafe { std::mem::zeroed::<libc::sockaddr_un>() }; Self::SIZE].into_boxed_slice();
+        let iovs: Box<[libc::iovec]> = bufs
+            .iter_mut()
+            .map(|b| libc::iovec {
+                iov_base: b.as_mut_ptr() as *mut libc::c_void,
+                iov_len: Self::BUF,
+            })
+            .collect();
+        let mut batch = RecvBatch {
+            bufs,
+            // SAFETY: as above, all zeroes is a valid mmsghdr.
+            msgs: (0..Self::SIZE)
+                .map(|_| unsafe { std::mem::zeroed::<libc::mmsghdr>() })
+                .collect(),
+            iovs,
+            addrs: Box::new([]),
+        };
+        for (i, msg) in batch.msgs.iter_mut().enumerate() {
+            msg.msg_hdr.msg_name = &mut addrs[i] as *mut libc::sockaddr_un as *mut libc::c_void;
+            msg.msg_hdr.msg_iov = &mut batch.iovs[i] as *mut libc::iovec;
+            msg.msg_hdr.msg_iovlen = 1;
+        }
+        batch.addrs = addrs;
+        batch
+    }
+
+    /// Receives what is waiting, up to SIZE datagrams; returns how many.
+    pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        for msg in self.msgs.iter_mut() {
+            msg.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+            msg.msg_len = 0;
+        }
+        // SAFETY: every mmsghdr points at its own iovec, buffer and address,
+        // all heap allocations owned by `self` that do not move while it lives.
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                self.msgs.as_mut_ptr(),
+                Self::SIZE as libc::c_uint,
+                libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+                std::ptr::null_mut(),
+            )
+        };
+        check(n).map(|n| n as usize)
+    }
+
+    /// Datagram `i` of the last [`recv`](Self::recv): its full length (which
+    /// may exceed the bytes kept), its bytes, and its sender's address key.
+    pub fn get(&self, i: usize) -> (usize, &[u8], RawUnixAddr) {
+        let msg = &self.msgs[i];
+        let len = msg.msg_len as usize;
+        let from = sender_key(&self.addrs[i], msg.msg_hdr.msg_namelen);
+        (len, &self.bufs[i][..len.min(Self::BUF)], from)
+    }
 }
