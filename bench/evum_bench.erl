@@ -861,19 +861,7 @@ wait_socket(#{ctl := Ctl, port := Port, kind := Kind} = P, Ms) ->
     end.
 
 stop_peer_switch(#{port := Port, pgid := Pgid, dir := Dir}) ->
-    _ = os:cmd("/bin/kill -s KILL -- -" ++ integer_to_list(Pgid) ++ " 2>/dev/null"),
-    receive
-        {Port, {exit_status, _}} -> ok
-    after 5000 -> ok
-    end,
-    catch port_close(Port),
-    flush_port(Port),
-    Left = wait_gone([Pgid], 5000),
-    _ = file:del_dir_r(Dir),
-    case Left of
-        [] -> ok;
-        _ -> error({peer_switch_left, Left})
-    end.
+    kill_group(Port, Pgid, Dir, 5000, peer_switch_left).
 
 %% Two busybox guests on evum's switch and two on a fresh uml_switch, all
 %% four up at once; the ping and TCP runs alternate between the pairs.
@@ -997,6 +985,11 @@ fresh_identity(Template, Tmp, Tag) ->
 %% leader, so its pid is the group id), waits until it is gone and removes
 %% its uml_dir.
 kill_bare(Port, Pgid, UmlDir) ->
+    kill_group(Port, Pgid, UmlDir, 10000, bare_uml_left).
+
+%% Kills the process group a port started, waits up to `Wait' ms until it is
+%% gone, removes `Dir', and fails with `Why' if anything of it is left.
+kill_group(Port, Pgid, Dir, Wait, Why) ->
     _ = os:cmd("/bin/kill -s KILL -- -" ++ integer_to_list(Pgid) ++ " 2>/dev/null"),
     receive
         {Port, {exit_status, _}} -> ok
@@ -1004,11 +997,11 @@ kill_bare(Port, Pgid, UmlDir) ->
     end,
     catch port_close(Port),
     flush_port(Port),
-    Left = wait_gone([Pgid], 10000),
-    _ = file:del_dir_r(UmlDir),
+    Left = wait_gone([Pgid], Wait),
+    _ = file:del_dir_r(Dir),
     case Left of
         [] -> ok;
-        _ -> error({bare_uml_left, Left})
+        _ -> error({Why, Left})
     end.
 
 flush_port(Port) ->

@@ -41,6 +41,19 @@ fn switch_error<'a>(env: Env<'a>, e: impl ToString) -> Term<'a> {
     (atoms::error(), (atoms::switch(), e.to_string())).encode(env)
 }
 
+/// Like [`with_switch`], for answers that may fail to be built.
+fn try_with_switch<'a>(
+    env: Env<'a>,
+    res: &SwitchResource,
+    f: impl FnOnce(&Switch) -> NifResult<Term<'a>>,
+) -> NifResult<Term<'a>> {
+    match res.switch.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        Some(switch) => f(switch),
+        None => Ok((atoms::error(), atoms::not_running()).encode(env)),
+    }
+}
+
+/// Runs `f` on the switch, or answers `{error, not_running}` once stopped.
 fn with_switch<'a>(env: Env<'a>, res: &SwitchResource, f: impl FnOnce(&Switch) -> Term<'a>) -> Term<'a> {
     match res.switch.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
         Some(switch) => f(switch),
@@ -180,48 +193,42 @@ fn map<'a>(env: Env<'a>, pairs: &[(rustler::Atom, Term<'a>)]) -> NifResult<Term<
 /// The ports with their counters, as maps.
 #[rustler::nif(schedule = "DirtyIo")]
 fn switch_ports(env: Env, resource: ResourceArc<SwitchResource>) -> NifResult<Term> {
-    let guard = resource.switch.lock().unwrap_or_else(|p| p.into_inner());
-    let Some(switch) = guard.as_ref() else {
-        return Ok((atoms::error(), atoms::not_running()).encode(env));
-    };
-    let ports = match switch.ports() {
-        Ok(ports) => ports,
-        Err(e) => return Ok(switch_error(env, e)),
-    };
-    let mut out = Vec::with_capacity(ports.len());
-    for p in ports {
-        let kind = match p.kind {
-            PortKind::Daemon => atoms::daemon(),
-            PortKind::Bess => atoms::bess(),
-            PortKind::Attached => atoms::attached(),
+    try_with_switch(env, &resource, |switch| {
+        let ports = match switch.ports() {
+            Ok(ports) => ports,
+            Err(e) => return Ok(switch_error(env, e)),
         };
-        out.push(map(
-            env,
-            &[
-                (atoms::id(), p.id.0.encode(env)),
-                (atoms::kind(), kind.encode(env)),
-                (atoms::mac(), mac_term(env, p.mac)),
-                (atoms::frames_in(), p.counters.frames_in.encode(env)),
-                (atoms::frames_out(), p.counters.frames_out.encode(env)),
-                (atoms::bytes_in(), p.counters.bytes_in.encode(env)),
-                (atoms::bytes_out(), p.counters.bytes_out.encode(env)),
-                (atoms::drops_queue_full(), p.counters.drops_queue_full.encode(env)),
-                (atoms::drops_send_error(), p.counters.drops_send_error.encode(env)),
-                (atoms::queued(), p.queued.encode(env)),
-            ],
-        )?);
-    }
-    Ok((atoms::ok(), out).encode(env))
+        let mut out = Vec::with_capacity(ports.len());
+        for p in ports {
+            let kind = match p.kind {
+                PortKind::Daemon => atoms::daemon(),
+                PortKind::Bess => atoms::bess(),
+                PortKind::Attached => atoms::attached(),
+            };
+            out.push(map(
+                env,
+                &[
+                    (atoms::id(), p.id.0.encode(env)),
+                    (atoms::kind(), kind.encode(env)),
+                    (atoms::mac(), mac_term(env, p.mac)),
+                    (atoms::frames_in(), p.counters.frames_in.encode(env)),
+                    (atoms::frames_out(), p.counters.frames_out.encode(env)),
+                    (atoms::bytes_in(), p.counters.bytes_in.encode(env)),
+                    (atoms::bytes_out(), p.counters.bytes_out.encode(env)),
+                    (atoms::drops_queue_full(), p.counters.drops_queue_full.encode(env)),
+                    (atoms::drops_send_error(), p.counters.drops_send_error.encode(env)),
+                    (atoms::queued(), p.queued.encode(env)),
+                ],
+            )?);
+        }
+        Ok((atoms::ok(), out).encode(env))
+    })
 }
 
 /// The learned MACs: `[#{mac, port, age_ms}]`.
 #[rustler::nif(schedule = "DirtyIo")]
 fn switch_mac_table(env: Env, resource: ResourceArc<SwitchResource>) -> NifResult<Term> {
-    let guard = resource.switch.lock().unwrap_or_else(|p| p.into_inner());
-    let Some(switch) = guard.as_ref() else {
-        return Ok((atoms::error(), atoms::not_running()).encode(env));
-    };
-    match switch.mac_table() {
+    try_with_switch(env, &resource, |switch| match switch.mac_table() {
         Ok(entries) => {
             let mut out = Vec::with_capacity(entries.len());
             for (mac, port, age) in entries {
@@ -237,17 +244,13 @@ fn switch_mac_table(env: Env, resource: ResourceArc<SwitchResource>) -> NifResul
             Ok((atoms::ok(), out).encode(env))
         }
         Err(e) => Ok(switch_error(env, e)),
-    }
+    })
 }
 
 /// What the switch rejected, by reason.
 #[rustler::nif(schedule = "DirtyIo")]
 fn switch_counters(env: Env, resource: ResourceArc<SwitchResource>) -> NifResult<Term> {
-    let guard = resource.switch.lock().unwrap_or_else(|p| p.into_inner());
-    let Some(switch) = guard.as_ref() else {
-        return Ok((atoms::error(), atoms::not_running()).encode(env));
-    };
-    match switch.counters() {
+    try_with_switch(env, &resource, |switch| match switch.counters() {
         Ok(c) => Ok((
             atoms::ok(),
             map(
@@ -271,5 +274,5 @@ fn switch_counters(env: Env, resource: ResourceArc<SwitchResource>) -> NifResult
         )
             .encode(env)),
         Err(e) => Ok(switch_error(env, e)),
-    }
+    })
 }
