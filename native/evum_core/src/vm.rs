@@ -207,32 +207,42 @@ fn acquire_base(base: &Path, run_as: Option<(u32, u32)>) -> Result<(), StartErro
 
 /// A new private directory for a switch's sockets, under the runtime base
 /// of VMs that run as `run_as` (so that they may enter it) or of evum's own.
+/// [`remove_switch_dir`] takes it away again.
 pub fn switch_dir(run_as: Option<(u32, u32)>) -> Result<PathBuf, StartError> {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     let base = default_base(run_as);
+    acquire_base(&base, run_as)?;
     let dir = base.join(format!(
         "switch-{}-{}",
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     ));
-    let err = |source| StartError::RuntimeDir {
-        path: dir.clone(),
-        source,
+    let made = match run_as {
+        Some(ids) => private_dir(&dir, ids),
+        None => fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|source| StartError::RuntimeDir {
+                path: dir.clone(),
+                source,
+            }),
     };
-    match fs::DirBuilder::new().mode(0o700).create(&base) {
-        Ok(()) => {
-            if let Some((uid, gid)) = run_as {
-                nix::unistd::chown(&base, Some(uid.into()), Some(gid.into())).map_err(|e| err(e.into()))?;
-            }
+    match made {
+        Ok(()) => Ok(dir),
+        Err(e) => {
+            release_base(&base);
+            Err(e)
         }
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(err(e)),
     }
-    match run_as {
-        Some(ids) => private_dir(&dir, ids)?,
-        None => fs::DirBuilder::new().mode(0o700).create(&dir).map_err(err)?,
+}
+
+/// Removes a switch's directory once its sockets are gone, and with the
+/// last user evum's runtime base (a directory elsewhere is only removed).
+pub fn remove_switch_dir(dir: &Path) {
+    let _ = fs::remove_dir(dir);
+    if let Some(base) = dir.parent() {
+        release_base(base);
     }
-    Ok(dir)
 }
 
 fn private_dir(dir: &Path, (uid, gid): (u32, u32)) -> Result<(), StartError> {

@@ -81,7 +81,7 @@ fn switch_start<'a>(env: Env<'a>, hub: bool, run_as: Term<'a>) -> Term<'a> {
             (atoms::ok(), ResourceArc::new(resource)).encode(env)
         }
         Err(e) => {
-            let _ = std::fs::remove_dir(&dir);
+            evum_core::vm::remove_switch_dir(&dir);
             switch_error(env, e)
         }
     }

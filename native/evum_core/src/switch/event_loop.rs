@@ -278,9 +278,9 @@ impl SwitchLoop {
                 log::warn!("evum switch: cannot remove {}: {e}", path.display());
             }
         }
-        // The directory too, when nothing else of anyone's is in it.
+        // The directory too, and evum's runtime base with its last user.
         if let Some(dir) = self.paths.first().and_then(|p| p.parent()) {
-            let _ = std::fs::remove_dir(dir);
+            crate::vm::remove_switch_dir(dir);
         }
     }
 
