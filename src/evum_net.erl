@@ -105,7 +105,10 @@ ensure_switch(#net{switch = Pid} = Net) when is_pid(Pid) ->
     end;
 ensure_switch(Net) ->
     case evum_switch:start([anonymous]) of
-        {ok, Pid} -> {ok, Net#net{switch = Pid}};
+        {ok, Pid} ->
+            %% The network's switch lives as long as the address book does.
+            link(Pid),
+            {ok, Net#net{switch = Pid}};
         {error, _} = Error -> Error
     end.
 
