@@ -3,7 +3,7 @@
 %% process that started it (the shell that typed evum:sniff/1).
 -module(evum_sniff).
 
--export([start/1, describe/1]).
+-export([start/1, describe/1, format_mac/1]).
 
 %% @doc Starts printing every frame on `Switch'; stop it with exit(Pid, kill)
 %% or by stopping the switch.
@@ -40,7 +40,7 @@ print(Out, Ref) ->
 %% for the protocols a guest network mostly speaks.
 -spec describe(binary()) -> iolist().
 describe(<<Dst:6/binary, Src:6/binary, Type:16, Payload/binary>> = Frame) ->
-    [mac(Src), " > ", mac(Dst), ", ", payload(Type, Payload), io_lib:format(", ~b bytes", [byte_size(Frame)])];
+    [format_mac(Src), " > ", format_mac(Dst), ", ", payload(Type, Payload), io_lib:format(", ~b bytes", [byte_size(Frame)])];
 describe(Frame) ->
     io_lib:format("runt of ~b bytes", [byte_size(Frame)]).
 
@@ -70,8 +70,10 @@ transport(6, <<Sp:16, Dp:16, _/binary>>) -> io_lib:format("TCP ~b > ~b", [Sp, Dp
 transport(17, <<Sp:16, Dp:16, _/binary>>) -> io_lib:format("UDP ~b > ~b", [Sp, Dp]);
 transport(Proto, _) -> io_lib:format("protocol ~b", [Proto]).
 
-mac(Mac) ->
-    lists:join(":", [io_lib:format("~2.16.0b", [B]) || <<B>> <= Mac]).
+%% @doc A MAC address as text: `"02:ee:00:00:00:01"'.
+-spec format_mac(<<_:48>>) -> string().
+format_mac(Mac) ->
+    lists:flatten(lists:join(":", [io_lib:format("~2.16.0b", [B]) || <<B>> <= Mac])).
 
 ip(<<A, B, C, D>>) ->
     io_lib:format("~b.~b.~b.~b", [A, B, C, D]).

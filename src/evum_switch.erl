@@ -133,7 +133,7 @@ bess_socket(Switch) -> gen_server:call(Switch, bess_socket).
 %% @doc The boot option that puts a VM's eth0 on this switch, with `Mac'.
 -spec eth_option(switch(), mac()) -> evum_opts:boot_option().
 eth_option(Switch, Mac) ->
-    {eth, 0, "daemon," ++ mac_text(Mac) ++ ",unix," ++ binary_to_list(control_socket(Switch))}.
+    {eth, 0, "daemon," ++ evum_sniff:format_mac(Mac) ++ ",unix," ++ binary_to_list(control_socket(Switch))}.
 
 %% @doc The boot option that puts a VM's vec0 on this switch over the vector
 %% driver's bess mode (kernels after 6.15 have no daemon transport).
@@ -141,10 +141,7 @@ eth_option(Switch, Mac) ->
 bess_option(Switch, Mac) ->
     {append,
         "vec0:transport=bess,src={runtime_dir}/bess,dst=" ++ binary_to_list(bess_socket(Switch)) ++
-            ",mac=" ++ mac_text(Mac)}.
-
-mac_text(<<A, B, C, D, E, F>>) ->
-    lists:flatten(io_lib:format("~2.16.0b:~2.16.0b:~2.16.0b:~2.16.0b:~2.16.0b:~2.16.0b", [A, B, C, D, E, F])).
+            ",mac=" ++ evum_sniff:format_mac(Mac)}.
 
 %% @doc Tells the switch that VM `Vm' is on it with `Mac', so that ports/1
 %% can name it as the peer of its port (evm:create/1 does this).

@@ -97,8 +97,9 @@ pub fn kernel_args(id: &Identity, options: &[BootOption]) -> Result<Vec<String>,
     let mut write = false;
     let mut con_default = "null".to_string();
     let mut ssl_default = "null".to_string();
-    let runtime_dir = id.uml_dir.join(&id.umid).to_string_lossy().into_owned();
-    let mut hostfs = id.uml_dir.join(&id.umid).join("no-hostfs");
+    let runtime_dir = id.uml_dir.join(&id.umid);
+    let mut hostfs = runtime_dir.join("no-hostfs");
+    let runtime_dir = runtime_dir.to_string_lossy();
     let mut tail = Vec::new();
     for option in options {
         match option {
