@@ -357,6 +357,21 @@ collect_until(Last, Acc) ->
     end.
 
 long_schedule() ->
+    %% long_schedule is wall time: with six guests booting on two cores the
+    %% OS can preempt a scheduler thread mid-slice, which looks the same.
+    %% A NIF that blocks does so every time, so one clean round of three
+    %% shows that none does; the reports of every round are shown if none is.
+    Rounds = lists:foldl(
+        fun
+            (_, [[] | _] = Done) -> Done;
+            (_, Seen) -> [boot_six_reporting_long_schedules() | Seen]
+        end,
+        [],
+        lists:seq(1, 3)
+    ),
+    ?assertMatch([[] | _], Rounds, Rounds).
+
+boot_six_reporting_long_schedules() ->
     erlang:system_monitor(self(), [{long_schedule, 5}]),
     Self = self(),
     %% Each VM's owner is a process of its own, which lives until told.
@@ -373,11 +388,10 @@ long_schedule() ->
     [O ! done || O <- Owners],
     erlang:system_monitor(undefined),
     %% Say which process and function held its scheduler, if any did.
-    Reports = [
+    [
         {Pid, Info, erlang:process_info(Pid, [initial_call, current_function, registered_name])}
      || {monitor, Pid, long_schedule, Info} <- receive_all(), is_pid(Pid)
-    ],
-    ?assertEqual([], Reports).
+    ].
 
 containment() ->
     Marker = "/tmp/evum-escape-" ++ os:getpid(),
