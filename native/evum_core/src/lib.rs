@@ -2,8 +2,10 @@
 //! consoles, command channels and management consoles. Nothing here knows
 //! about the BEAM; `evum_nif` binds it to Erlang.
 
+pub mod config;
 pub mod console;
 pub mod control;
+pub mod fetch;
 pub mod image;
 pub mod io_loop;
 pub mod mconsole;

@@ -3,7 +3,9 @@
 //! trips, image building) runs on dirty I/O schedulers; everything else only
 //! queues work for evum_core's own threads and returns at once.
 
+mod config;
 mod events;
+mod fetch;
 mod switch;
 
 use std::path::PathBuf;

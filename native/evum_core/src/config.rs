@@ -1,0 +1,1 @@
+//! evum.toml and the original evm.cfg: networks and images.

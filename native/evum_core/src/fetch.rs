@@ -1,0 +1,1 @@
+//! Image downloads: verified, decompressed, resumable.
