@@ -8,7 +8,7 @@
 %% '''
 -module(evm).
 
--export([create/1, stop/1]).
+-export([create/1, stop/1, fetch/1, fetch/2, destroy/1]).
 
 -export_type([option/0, vm/0]).
 
@@ -27,14 +27,20 @@
     | {transport, daemon | bess}
     | {net, atom()}
     | {location, atom()}
+    | {init_cmd, string() | binary()}
+    | {progress, evum_image:progress_fun()}
     | evum_opts:boot_option().
 
 %% @doc Boots a VM and waits until its guest is up. The caller becomes the
 %% VM's owner: it receives the console lines and is told when the VM ends,
 %% and the VM stops when the owner exits.
 %%
-%% Options: `label' (registers the VM's pid under that name), `dist'
-%% (`busybox', the default, or `host'), `timeout' (ms to wait for the boot),
+%% Options: `label' (registers the VM's pid under that name, and names its
+%% copy-on-write disk), `dist' (`busybox', the default, `host', or an image
+%% of the configuration, see evum_config; made on first use), `timeout' (ms
+%% to wait for the boot), `init_cmd' (a shell command the console runs
+%% instead of a login shell; the VM halts when it exits), `progress' (a
+%% fun called with the progress of a download or build of the image),
 %% `tagged' (console lines as `{evum, Vm, {console, Line}}'), `hostname',
 %% `kernel' (the UML binary), `umid', `uml_dir', `switch' (eth0 on that
 %% evum_switch, its MAC derived from the label), `{transport, bess}' (vec0
@@ -67,9 +73,14 @@ create_vm(Options) ->
         fun(VM) -> with(label, label(Get(label, undefined)), VM) end,
         fun(VM) -> with(switch, switch_of(Net, Get(switch, undefined)), VM) end,
         fun(#{label := Label} = VM) -> {ok, VM#{mac => mac_for(Label)}} end,
-        fun(VM) ->
-            Hostname = unicode:characters_to_binary(Get(hostname, "evm")),
-            with(dist, evum_dist:boot_options(Get(dist, busybox), #{hostname => Hostname}), VM)
+        fun(#{label := Label} = VM) ->
+            Context = #{
+                hostname => unicode:characters_to_binary(Get(hostname, "evm")),
+                label => Label,
+                init => maybe_bin(Get(init_cmd, undefined)),
+                progress => Get(progress, fun(_) -> ok end)
+            },
+            with(dist, evum_dist:boot_options(Get(dist, busybox), Context), VM)
         end,
         fun(#{label := Label, switch := Switch, mac := Mac, dist := {DistBoot, RunAs}} = VM) ->
             Network = network(Switch, Get(transport, daemon), Mac),
@@ -85,7 +96,7 @@ create_vm(Options) ->
                     boot_timeout => Get(timeout, DefaultTimeout)
                 }
             end,
-            case evum_opts:normalize(DistBoot ++ Network ++ Boot) of
+            case evum_opts:normalize(overridden(DistBoot, Boot) ++ Network ++ Boot) of
                 {ok, NifBoot} -> {ok, VM#{config => Config(NifBoot)}};
                 Error -> Error
             end
@@ -184,7 +195,9 @@ start(Config) ->
     end.
 
 is_create_option({Key, _}) ->
-    lists:member(Key, [label, dist, timeout, tagged, hostname, kernel, umid, uml_dir, switch, transport, net, location]);
+    lists:member(Key, [
+        label, dist, timeout, tagged, hostname, kernel, umid, uml_dir, switch, transport, net, location, init_cmd, progress
+    ]);
 is_create_option(tagged) ->
     true;
 is_create_option(_) ->
@@ -196,9 +209,52 @@ label(Label) when is_list(Label) -> {ok, list_to_atom(Label)};
 label(Label) when is_binary(Label) -> {ok, binary_to_atom(Label)};
 label(Label) -> {error, {bad_option, {label, Label}}}.
 
+%% A dist's boot options but those the user gave (an image's mem).
+overridden(DistBoot, Boot) ->
+    Given = [element(1, O) || O <- Boot, is_tuple(O)],
+    [O || O <- DistBoot, not (element(1, O) =:= mem andalso lists:member(mem, Given))].
+
+maybe_bin(undefined) -> undefined;
+maybe_bin(Value) -> bin(Value).
+
 bin(Value) when is_binary(Value) -> Value;
 bin(Value) when is_atom(Value) -> atom_to_binary(Value);
 bin(Value) -> unicode:characters_to_binary(Value).
+
+%% @doc Makes a dist's base image ready ahead of its first boot: downloads
+%% or builds it into the cache (progress goes to the logger).
+-spec fetch(atom()) -> {ok, binary()} | {error, term()}.
+fetch(Dist) ->
+    fetch(Dist, fun(_) -> ok end).
+
+%% @doc As fetch/1, calling `Progress' with each step of the way.
+-spec fetch(atom(), evum_image:progress_fun()) -> {ok, binary()} | {error, term()}.
+fetch(busybox, _Progress) ->
+    with_app(fun evum_dist:busybox_image/0);
+fetch(Dist, Progress) when is_atom(Dist), is_function(Progress, 1) ->
+    with_app(fun() ->
+        case evum_config:image(Dist) of
+            {ok, Image} -> evum_image:base(Dist, Image, Progress);
+            {error, _} = Error -> Error
+        end
+    end);
+fetch(Dist, Progress) ->
+    {error, {badarg, [Dist, Progress]}}.
+
+%% @doc Removes a label's copy-on-write disks: its next boot starts from the
+%% base image again. `{error, {running, Label}}' while its VM runs.
+-spec destroy(atom() | string() | binary()) -> ok | {error, term()}.
+destroy(Label) ->
+    case label(Label) of
+        {ok, Name} when Name =/= undefined -> with_app(fun() -> evum_disk:destroy(Name) end);
+        _ -> {error, {bad_option, {label, Label}}}
+    end.
+
+with_app(Fun) ->
+    case application:ensure_all_started(evum) of
+        {ok, _} -> Fun();
+        {error, _} = Error -> Error
+    end.
 
 %% @doc Stops a VM: mconsole halt, then SIGTERM, then SIGKILL, waiting for
 %% the guest to be gone at each step. Returns when nothing of it is left.

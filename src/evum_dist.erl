@@ -6,38 +6,101 @@
 %%   in its own memory, so nothing it writes reaches the host or other VMs.</li>
 %% <li>`host': the host's own root, read-only over hostfs, as the original
 %%   `evum:start()' ran. When the BEAM runs as root, the VM runs as `nobody'.</li>
+%% <li>every image of the configuration (evum_config): its base image is
+%%   made on first use (evum_image) and each label gets a copy-on-write disk
+%%   over it (evum_disk); a `dir' image is a host directory, read-only over
+%%   hostfs, like `host'.</li>
 %% </ul>
+%% evum's initramfs stays PID 1 in every dist: it mounts the dist's root and
+%% runs the console and evum's command loop chrooted into it, so every
+%% guest has the same boot signal and command channel.
 -module(evum_dist).
 
 -export([boot_options/2, cache_dir/0, busybox_image/0, host_user/0]).
 
--type name() :: busybox | host.
+-type name() :: busybox | host | atom().
+-type context() :: #{
+    hostname := binary(),
+    label := atom() | undefined,
+    init := binary() | undefined,
+    progress := evum_image:progress_fun()
+}.
 -export_type([name/0]).
 
 %% @doc The boot options and the host user (`undefined' for evum's own) for
 %% a dist.
--spec boot_options(name(), #{hostname := binary()}) ->
+-spec boot_options(name(), context()) ->
     {ok, [evum_opts:boot_option()], undefined | {non_neg_integer(), non_neg_integer()}}
     | {error, term()}.
-boot_options(busybox, #{hostname := Hostname}) ->
+boot_options(busybox, Context) ->
     case busybox_image() of
-        {ok, Image} -> {ok, initramfs(Image, Hostname), undefined};
+        {ok, Image} -> {ok, initramfs(Image, Context), undefined};
         {error, _} = Error -> Error
     end;
-boot_options(host, #{hostname := Hostname}) ->
-    case {busybox_image(), host_user()} of
-        {{ok, Image}, {ok, RunAs}} ->
-            {ok, initramfs(Image, Hostname) ++ [{env, "EVUM_ROOT", "host"}, {hostfs, "/"}], RunAs};
-        {{error, _} = Error, _} ->
-            Error;
-        {_, {error, _} = Error} ->
-            Error
+boot_options(host, Context) ->
+    hostfs_root(<<"/">>, Context);
+boot_options(Dist, Context) when is_atom(Dist) ->
+    case evum_config:image(Dist) of
+        {ok, #{source := {dir, Dir}} = Image} -> hostfs_root(Dir, image_init(Image, Context));
+        {ok, Image} -> disk_root(Dist, Image, image_init(Image, Context));
+        {error, _} = Error -> Error
     end;
 boot_options(Dist, _) ->
     {error, {unknown_dist, Dist}}.
 
-initramfs(Image, Hostname) ->
-    [{initrd, Image}, {init, "/init"}, {env, "EVUM_HOSTNAME", Hostname}].
+%% The root is a host directory, read-only over hostfs, which the kernel
+%% confines to that directory.
+hostfs_root(Dir, Context) ->
+    case {busybox_image(), host_user()} of
+        {{ok, Image}, {ok, RunAs}} ->
+            {ok, initramfs(Image, Context) ++ [{env, "EVUM_ROOT", "hostfs"}, {hostfs, Dir}], RunAs};
+        {{error, _} = Error, _} ->
+            Error;
+        {_, {error, _} = Error} ->
+            Error
+    end.
+
+%% The root is the first disk: the label's copy-on-write disk over the
+%% dist's base image.
+disk_root(Dist, #{args := Args} = Image, #{label := Label, progress := Progress} = Context) ->
+    Steps = [
+        fun(_) -> busybox_image() end,
+        fun(_) -> evum_image:base(Dist, Image, Progress) end,
+        fun(Base) -> evum_disk:cow(Dist, Label, Base) end
+    ],
+    case chain(Steps, none, []) of
+        {ok, [Ubd, _Base, Initramfs]} ->
+            Disk = [{ubd, 0, Ubd}, {env, "EVUM_ROOT", "ubda"}],
+            {ok, initramfs(Initramfs, Context) ++ Disk ++ [kernel_arg(A) || A <- Args], undefined};
+        {error, _} = Error ->
+            Error
+    end.
+
+chain([], _, Results) ->
+    {ok, Results};
+chain([Step | Rest], Previous, Results) ->
+    case Step(Previous) of
+        {ok, Result} -> chain(Rest, Result, [Result | Results]);
+        {error, _} = Error -> Error
+    end.
+
+%% An image's own console program, unless the user named one.
+image_init(#{init := Init}, #{init := undefined} = Context) -> Context#{init := Init};
+image_init(_, Context) -> Context.
+
+%% An image's `mem=' is the mem option (which a user's own overrides);
+%% the rest go to the kernel as they are.
+kernel_arg(<<"mem=", Mem/binary>>) -> {mem, Mem};
+kernel_arg(Arg) -> {append, Arg}.
+
+initramfs(Image, #{hostname := Hostname} = Context) ->
+    Init =
+        case maps:get(init, Context, undefined) of
+            undefined -> [];
+            %% The kernel command line takes no spaces in a value.
+            Command -> [{env, "EVUM_INIT", base64:encode(Command)}]
+        end,
+    [{initrd, Image}, {init, "/init"}, {env, "EVUM_HOSTNAME", Hostname}] ++ Init.
 
 %% @doc The host user `host' VMs run as: `undefined' for evum's own.
 %% As root, a guest's root could remount the host's root read-write and

@@ -7,8 +7,8 @@
 %% '''
 %%
 %% A label keeps its address while evum runs; unlabelled VMs give theirs
-%% back when they end. The networks are the application's `networks'
-%% setting (see evum.app.src).
+%% back when they end. The networks are configured in evm.toml (see
+%% evum_config).
 -module(evum_net).
 -behaviour(gen_server).
 
@@ -17,9 +17,9 @@
 
 -type lease() :: #{
     switch := pid(),
-    address := string(),
-    netmask := string(),
-    gateway := string()
+    address := binary(),
+    netmask := binary(),
+    gateway := binary()
 }.
 -export_type([lease/0]).
 
@@ -85,18 +85,11 @@ network(Name, Nets) ->
         #{Name := Net} ->
             {ok, Net};
         _ ->
-            case lists:keyfind(Name, 1, application:get_env(evum, networks, [])) of
-                {Name, Props} -> check(Name, maps:from_list(Props));
-                false -> {error, {unknown_network, Name}}
+            case evum_config:network(Name) of
+                {ok, Config} -> {ok, #net{config = Config#{name => Name}}};
+                {error, _} = Error -> Error
             end
     end.
-
-check(Name, #{base_ip := Base, first_ip := First, netmask := Mask, gw := Gw} = Config) when
-    is_list(Base), is_integer(First), First > 0, First < 255, is_list(Mask), is_list(Gw)
-->
-    {ok, #net{config = Config#{name => Name}}};
-check(Name, Config) ->
-    {error, {bad_network, Name, Config}}.
 
 ensure_switch(#net{switch = Pid} = Net) when is_pid(Pid) ->
     case is_process_alive(Pid) of
@@ -134,7 +127,7 @@ lease_of(#net{switch = Switch, config = C}, Offset) ->
     #{base_ip := Base, first_ip := First, netmask := Mask, gw := Gw} = C,
     #{
         switch => Switch,
-        address => Base ++ integer_to_list(First + Offset),
+        address => <<Base/binary, (integer_to_binary(First + Offset))/binary>>,
         netmask => Mask,
         gateway => Gw
     }.

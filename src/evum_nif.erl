@@ -21,7 +21,10 @@
     switch_inject/3,
     switch_ports/1,
     switch_mac_table/1,
-    switch_counters/1
+    switch_counters/1,
+    config_load/1,
+    disk_user/1,
+    image_fetch/5
 ]).
 
 -on_load(load/0).
@@ -58,3 +61,6 @@ switch_inject(_Switch, _Port, _Frame) -> ?NOT_LOADED.
 switch_ports(_Switch) -> ?NOT_LOADED.
 switch_mac_table(_Switch) -> ?NOT_LOADED.
 switch_counters(_Switch) -> ?NOT_LOADED.
+config_load(_Layers) -> ?NOT_LOADED.
+image_fetch(_Uri, _Dest, _Checksum, _ReplyTo, _Ref) -> ?NOT_LOADED.
+disk_user(_Path) -> ?NOT_LOADED.

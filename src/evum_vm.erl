@@ -47,13 +47,18 @@
     commands = #{} :: #{non_neg_integer() => {gen_server:from(), reference()}},
     next_id = 1 :: pos_integer(),
     exit :: undefined | term(),
-    stop_requested = false :: boolean()
+    stop_requested = false :: boolean(),
+    %% The step of a stop under way: sync -> halt -> sigterm -> sigkill.
+    stop_step :: undefined | sync | halt | sigterm | sigkill
 }).
 
 %% How long each step of a stop may take before the next, harder one.
+-define(SYNC_GRACE, 5000).
 -define(HALT_GRACE, 2000).
 -define(TERM_GRACE, 2000).
 -define(KILL_GRACE, 5000).
+%% The command id of a stop's sync; users' commands count from 1.
+-define(SYNC_ID, 0).
 
 -spec start_link(pid(), config()) -> {ok, pid()} | {error, term()}.
 start_link(Owner, #{label := undefined} = Config) ->
@@ -126,6 +131,8 @@ handle_info({evum_ctl, ready}, #state{phase = booting, waiting_ready = W} = S) -
 handle_info({evum_ctl, ready}, S) ->
     %% After a reboot the command loop comes up again.
     {noreply, S};
+handle_info({evum_ctl, {result, ?SYNC_ID, _, _}}, S) ->
+    {noreply, stop_step(halt, S)};
 handle_info({evum_ctl, {result, Id, Status, Output}}, #state{commands = Commands} = S) ->
     case maps:take(Id, Commands) of
         {{From, Timer}, Rest} ->
@@ -152,36 +159,59 @@ handle_info(boot_timeout, S) ->
     {noreply, S};
 handle_info({evum_exit, How}, S) ->
     exited(How, S);
-handle_info({stop_step, Step}, #state{phase = stopping, vm = Vm} = S) ->
-    case Step of
-        sigterm ->
-            evum_nif:vm_signal(Vm, sigterm, false),
-            erlang:send_after(?TERM_GRACE, self(), {stop_step, sigkill});
-        sigkill ->
-            evum_nif:vm_signal(Vm, sigkill, true)
-    end,
-    {noreply, S};
-handle_info({stop_step, _}, S) ->
-    {noreply, S};
+handle_info({stop_step, Step}, S) ->
+    {noreply, stop_step(Step, S)};
 handle_info({'DOWN', _, process, Owner, _}, #state{owner = Owner} = S) ->
     {noreply, begin_stop(S#state{stop_requested = true})};
 handle_info(_Msg, S) ->
     {noreply, S}.
 
-%% Stops the guest as gently as it allows: mconsole halt, then SIGTERM to the
-%% UML process, then SIGKILL to all of it. Each step waits for the exit.
+%% Stops the guest as gently as it allows: a sync in the guest (so what it
+%% wrote to its disks is on them), mconsole halt, then SIGTERM to the UML
+%% process, then SIGKILL to all of it. Each step waits for the exit, or for
+%% the step's grace time before the next.
 begin_stop(#state{phase = Phase} = S) when Phase =:= stopping; Phase =:= exited ->
     S;
 begin_stop(#state{vm = undefined} = S) ->
     self() ! {evum_exit, never_started},
     S#state{phase = stopping};
-begin_stop(#state{vm = Vm} = S) ->
+begin_stop(#state{phase = ready} = S) ->
+    stop_step(sync, S#state{phase = stopping});
+begin_stop(S) ->
+    stop_step(halt, S#state{phase = stopping}).
+
+%% Takes a stop to `Step' unless it is there or past it already (a step is
+%% asked for by its predecessor's end and by its timer both).
+stop_step(Step, #state{phase = stopping, stop_step = Current, vm = Vm} = S) ->
+    Order = [undefined, sync, halt, sigterm, sigkill],
+    case index(Step, Order) > index(Current, Order) of
+        true ->
+            run_stop_step(Step, Vm),
+            S#state{stop_step = Step};
+        false ->
+            S
+    end;
+stop_step(_Step, S) ->
+    S.
+
+run_stop_step(sync, Vm) ->
+    case evum_nif:vm_run(Vm, ?SYNC_ID, <<"sync">>) of
+        ok -> erlang:send_after(?SYNC_GRACE, self(), {stop_step, halt});
+        _ -> self() ! {stop_step, halt}
+    end;
+run_stop_step(halt, Vm) ->
     #{mconsole_socket := Socket} = evum_nif:vm_info(Vm),
     case evum_nif:mconsole_request(Socket, <<"halt">>, 1000) of
         {ok, _} -> erlang:send_after(?HALT_GRACE, self(), {stop_step, sigterm});
         _ -> self() ! {stop_step, sigterm}
-    end,
-    S#state{phase = stopping}.
+    end;
+run_stop_step(sigterm, Vm) ->
+    evum_nif:vm_signal(Vm, sigterm, false),
+    erlang:send_after(?TERM_GRACE, self(), {stop_step, sigkill});
+run_stop_step(sigkill, Vm) ->
+    evum_nif:vm_signal(Vm, sigkill, true).
+
+index(X, List) -> length(lists:takewhile(fun(Y) -> Y =/= X end, List)).
 
 exited(How, S) ->
     #state{owner = Owner, waiting_ready = WR, waiting_exit = WE, commands = Commands} = S,

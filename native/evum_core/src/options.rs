@@ -53,7 +53,7 @@ pub enum OptionError {
     BadValue { name: String, why: String },
 }
 
-/// In an `append` option, stands for the VM's runtime directory
+/// In an `append` or `ubd` option, stands for the VM's runtime directory
 /// (`<uml_dir>/<umid>`), which UML creates at boot and evum removes when the
 /// VM is gone: the place for sockets a guest device binds, such as a bess
 /// interface's own end.
@@ -109,7 +109,7 @@ pub fn kernel_args(id: &Identity, options: &[BootOption]) -> Result<Vec<String>,
             BootOption::Ssl(Some(0), _) => return Err(OptionError::Reserved("ssl0".into())),
             BootOption::Con(Some(n), spec) => tail.push(format!("con{n}={spec}")),
             BootOption::Ssl(Some(n), spec) => tail.push(format!("ssl{n}={spec}")),
-            BootOption::Ubd(n, spec) => tail.push(format!("ubd{n}={spec}")),
+            BootOption::Ubd(n, spec) => tail.push(format!("ubd{n}={}", spec.replace(RUNTIME_DIR, &runtime_dir))),
             BootOption::Eth(n, spec) => tail.push(format!("eth{n}={spec}")),
             BootOption::Init(path) => tail.push(format!("init={path}")),
             BootOption::Initrd(path) => tail.push(format!("initrd={}", path.display())),

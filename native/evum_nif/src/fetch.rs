@@ -1,1 +1,194 @@
-//! The Erlang face of evum_core::fetch.
+//! The Erlang face of evum_core::fetch: one native thread per download
+//! (they take minutes, too long for any scheduler, dirty ones included),
+//! reporting to a pid. Every message is tagged with the caller's reference:
+//!
+//! ```erlang
+//! {evum_fetch, Ref, {progress, {started, Total | undefined, ResumedFrom}}}
+//! {evum_fetch, Ref, {progress, {bytes, Done, Total | undefined}}}  % at most ~10 a second
+//! {evum_fetch, Ref, {progress, verifying}}
+//! {evum_fetch, Ref, {progress, unpacking}}
+//! {evum_fetch, Ref, {ok, Path}}                                     % the last message
+//! {evum_fetch, Ref, {error, Message}}                               % or this one
+//! ```
+//!
+//! Should ReplyTo die, the download still runs to its end (and fills the
+//! cache for the next caller); nothing more is sent.
+
+use std::any::Any;
+use std::ffi::OsString;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::panic::{self, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use evum_core::fetch::{Checksum, FetchRequest, Progress};
+use rustler::env::SavedTerm;
+use rustler::{Binary, Encoder, Env, LocalPid, NewBinary, NifResult, OwnedEnv, Reference, Term};
+
+mod atoms {
+    rustler::atoms! {
+        ok, error, undefined, evum_fetch, progress, started, bytes, verifying, unpacking,
+        sha256, md5, bad_request, spawn,
+    }
+}
+
+/// Between two `bytes` events.
+const BYTES_INTERVAL: Duration = Duration::from_millis(100);
+
+fn binary_bytes(term: Term) -> NifResult<Vec<u8>> {
+    Ok(term.decode_as_binary()?.as_slice().to_vec())
+}
+
+/// `undefined`, `{sha256, Hex}` or `{md5, Hex}`.
+fn checksum(term: Term) -> NifResult<Option<Checksum>> {
+    if term.decode::<rustler::Atom>().ok() == Some(atoms::undefined()) {
+        return Ok(None);
+    }
+    let (kind, hex): (rustler::Atom, Term) = term.decode()?;
+    let hex = String::from_utf8(binary_bytes(hex)?).map_err(|_| rustler::Error::BadArg)?;
+    if kind == atoms::sha256() {
+        Ok(Some(Checksum::Sha256(hex)))
+    } else if kind == atoms::md5() {
+        Ok(Some(Checksum::Md5(hex)))
+    } else {
+        Err(rustler::Error::BadArg)
+    }
+}
+
+/// Starts fetching `uri` into `dest` on a new thread and returns `ok`; the
+/// outcome comes as messages to `reply_to` (see the module doc). Malformed
+/// terms raise badarg; an unsupported URI or a checksum of the wrong shape
+/// is `{error, {bad_request, Message}}`.
+#[rustler::nif]
+fn image_fetch<'a>(
+    env: Env<'a>,
+    uri: Term<'a>,
+    dest: Term<'a>,
+    checksum_term: Term<'a>,
+    reply_to: LocalPid,
+    reference: Reference<'a>,
+) -> NifResult<Term<'a>> {
+    let uri = String::from_utf8(binary_bytes(uri)?).map_err(|_| rustler::Error::BadArg)?;
+    let dest = binary_bytes(dest)?;
+    if dest.is_empty() || dest.contains(&0) {
+        return Err(rustler::Error::BadArg);
+    }
+    let request = FetchRequest {
+        uri,
+        dest: PathBuf::from(OsString::from_vec(dest)),
+        checksum: checksum(checksum_term)?,
+    };
+    if let Err(e) = request.check() {
+        return Ok((atoms::error(), (atoms::bad_request(), e.to_string())).encode(env));
+    }
+
+    let kept = OwnedEnv::new();
+    let reference = kept.save(reference);
+    let mut reporter = Reporter {
+        kept,
+        reference,
+        message: OwnedEnv::new(),
+        reply_to,
+        last_bytes: None,
+        owner_gone: false,
+    };
+    let spawned = thread::Builder::new()
+        .name("evum-fetch".into())
+        .spawn(move || run(request, &mut reporter));
+    Ok(match spawned {
+        Ok(_) => atoms::ok().encode(env),
+        Err(e) => (atoms::error(), (atoms::spawn(), e.to_string())).encode(env),
+    })
+}
+
+fn run(request: FetchRequest, reporter: &mut Reporter) {
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+        evum_core::fetch::fetch(&request, &mut |p| reporter.progress(p))
+    }));
+    match outcome {
+        Ok(Ok(path)) => reporter.send(|env| (atoms::ok(), path_binary(env, &path)).encode(env)),
+        Ok(Err(e)) => reporter.send(|env| (atoms::error(), e.to_string()).encode(env)),
+        Err(panic) => {
+            let why = format!("fetching {} failed unexpectedly: {}", request.uri, panic_text(&*panic));
+            reporter.send(|env| (atoms::error(), why).encode(env))
+        }
+    }
+}
+
+fn panic_text(panic: &(dyn Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("panic")
+}
+
+/// The path's bytes as they are, UTF-8 or not.
+fn path_binary<'a>(env: Env<'a>, path: &Path) -> Term<'a> {
+    let binary: Binary = NewBinary::from_slice(env, path.as_os_str().as_bytes()).into();
+    binary.encode(env)
+}
+
+fn size_or_undefined(env: Env, size: Option<u64>) -> Term {
+    match size {
+        Some(size) => size.encode(env),
+        None => atoms::undefined().encode(env),
+    }
+}
+
+/// Sends one download's messages from its thread.
+struct Reporter {
+    /// Holds `reference` across sends, which clear `message`.
+    kept: OwnedEnv,
+    reference: SavedTerm,
+    message: OwnedEnv,
+    reply_to: LocalPid,
+    last_bytes: Option<Instant>,
+    owner_gone: bool,
+}
+
+impl Reporter {
+    fn progress(&mut self, progress: &Progress) {
+        match *progress {
+            Progress::Started { total, resumed_from } => {
+                self.send_progress(|env| (atoms::started(), size_or_undefined(env, total), resumed_from).encode(env))
+            }
+            Progress::Bytes { done, total } => {
+                let now = Instant::now();
+                let due = self.last_bytes.is_none_or(|last| now - last >= BYTES_INTERVAL);
+                if due || Some(done) == total {
+                    self.last_bytes = Some(now);
+                    self.send_progress(|env| (atoms::bytes(), done, size_or_undefined(env, total)).encode(env))
+                }
+            }
+            Progress::Verifying => self.send_progress(|env| atoms::verifying().encode(env)),
+            Progress::Unpacking => self.send_progress(|env| atoms::unpacking().encode(env)),
+            // The final `{ok, Path}` says it.
+            Progress::Done { .. } => {}
+        }
+    }
+
+    fn send_progress(&mut self, event: impl for<'e> FnOnce(Env<'e>) -> Term<'e>) {
+        self.send(|env| (atoms::progress(), event(env)).encode(env))
+    }
+
+    /// Sends `{evum_fetch, Ref, Payload}`, until ReplyTo turns out dead.
+    fn send(&mut self, payload: impl for<'e> FnOnce(Env<'e>) -> Term<'e>) {
+        if self.owner_gone {
+            return;
+        }
+        let Reporter {
+            kept,
+            reference,
+            message,
+            reply_to,
+            ..
+        } = self;
+        let sent = message.send_and_clear(reply_to, |env| {
+            let reference = kept.run(|kept_env| reference.load(kept_env).in_env(env));
+            (atoms::evum_fetch(), reference, payload(env)).encode(env)
+        });
+        self.owner_gone = sent.is_err();
+    }
+}

@@ -20,7 +20,7 @@ mod atoms {
     rustler::atoms! {
         ok, error, undefined, true_ = "true",
         not_running, bad_option, spawn, runtime_dir, bad_umid, image, mconsole,
-        timeout, not_found, os_pid, umid, runtime_dir_key = "runtime_dir", mconsole_socket, running,
+        timeout, not_found, none, os_pid, umid, runtime_dir_key = "runtime_dir", mconsole_socket, running,
     }
 }
 
@@ -229,6 +229,29 @@ fn lookup_user<'a>(env: Env<'a>, name: Term<'a>) -> NifResult<Term<'a>> {
         Ok(Some(user)) => (atoms::ok(), (user.uid.as_raw(), user.gid.as_raw())).encode(env),
         _ => (atoms::error(), atoms::not_found()).encode(env),
     })
+}
+
+/// `{ok, OsPid}` of a process holding a lock on a disk file (UML locks the
+/// disks it writes), `{ok, none}` if none does, or `{error, Reason}`.
+#[rustler::nif(schedule = "DirtyIo")]
+fn disk_user<'a>(env: Env<'a>, path: Term<'a>) -> NifResult<Term<'a>> {
+    use nix::fcntl::{fcntl, FcntlArg};
+    let path = PathBuf::from(text(path)?);
+    let file = match std::fs::File::open(&path) {
+        Ok(file) => file,
+        Err(e) => return Ok((atoms::error(), e.to_string()).encode(env)),
+    };
+    // Would a write lock over the whole file conflict, and with whom?
+    let mut probe: libc::flock = unsafe { std::mem::zeroed() };
+    probe.l_type = libc::F_WRLCK as libc::c_short;
+    probe.l_whence = libc::SEEK_SET as libc::c_short;
+    Ok(
+        match fcntl(std::os::fd::AsRawFd::as_raw_fd(&file), FcntlArg::F_GETLK(&mut probe)) {
+            Ok(_) if probe.l_type == libc::F_UNLCK as libc::c_short => (atoms::ok(), atoms::none()).encode(env),
+            Ok(_) => (atoms::ok(), probe.l_pid).encode(env),
+            Err(e) => (atoms::error(), e.desc()).encode(env),
+        },
+    )
 }
 
 rustler::init!("evum_nif");

@@ -1,0 +1,66 @@
+%% @doc Copy-on-write disks: each label gets its own over a dist's base
+%% image (`ubda=COW,BASE' as in the original), kept across stops and boots
+%% of that label until evm:destroy/1 removes it. A VM without a label gets
+%% one in its runtime directory, which goes with the VM.
+-module(evum_disk).
+
+-export([cow/3, destroy/1, dir/0]).
+
+%% @doc Where labels' disks are kept: the `state_dir' application setting,
+%% or /var/lib/evum for root and the user's data directory otherwise.
+-spec dir() -> file:filename().
+dir() ->
+    case application:get_env(evum, state_dir, default) of
+        default ->
+            case evum_nif:effective_uid() of
+                0 -> "/var/lib/evum";
+                _ -> filename:basedir(user_data, "evum")
+            end;
+        Dir ->
+            Dir
+    end.
+
+%% @doc The ubd spec `COW,BASE' for a VM of `Dist' with `Label'. A COW a
+%% live VM writes (in this BEAM or another) is `{error, {disk_in_use, Path,
+%% OsPid}}': two guests writing one disk would corrupt it.
+-spec cow(atom(), atom() | undefined, binary()) -> {ok, binary()} | {error, term()}.
+cow(_Dist, undefined, Base) ->
+    {ok, <<"{runtime_dir}/disk.cow,", Base/binary>>};
+cow(Dist, Label, Base) ->
+    Path = unicode:characters_to_binary(path(Label, Dist)),
+    ok = filelib:ensure_dir(Path),
+    case filelib:is_regular(Path) andalso evum_nif:disk_user(Path) of
+        false -> {ok, <<Path/binary, ",", Base/binary>>};
+        {ok, none} -> {ok, <<Path/binary, ",", Base/binary>>};
+        {ok, OsPid} -> {error, {disk_in_use, Path, OsPid}};
+        {error, Why} -> {error, {disk, Path, Why}}
+    end.
+
+%% @doc Removes a label's disks (one per dist it booted). A label whose VM
+%% runs is `{error, {running, Label}}'.
+-spec destroy(atom()) -> ok | {error, {running, atom()} | {not_found, atom()}}.
+destroy(Label) when is_atom(Label) ->
+    case whereis(Label) of
+        Pid when is_pid(Pid) ->
+            {error, {running, Label}};
+        undefined ->
+            Dir = filename:dirname(path(Label, any)),
+            case filelib:is_dir(Dir) of
+                true -> file:del_dir_r(Dir);
+                false -> {error, {not_found, Label}}
+            end
+    end.
+
+path(Label, Dist) ->
+    filename:join([dir(), "disks", file_name(Label), file_name(Dist) ++ ".cow"]).
+
+%% A label as a file name: letters, digits, - and _ as they are, every other
+%% byte as %XX, so no label names a path outside the disks directory.
+file_name(Atom) ->
+    lists:append([
+        case C of
+            _ when C >= $a, C =< $z; C >= $A, C =< $Z; C >= $0, C =< $9; C =:= $-; C =:= $_ -> [C];
+            _ -> io_lib:format("%~2.16.0B", [C])
+        end
+     || <<C>> <= atom_to_binary(Atom)
+    ]).

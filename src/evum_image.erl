@@ -1,0 +1,231 @@
+%% @doc Base images in the cache: downloaded, built from a directory, or
+%% built with debootstrap, each once. VMs never write to a base image: each
+%% gets a copy-on-write disk over it (evum_disk).
+%%
+%% An image is made under a temporary name and renamed when complete, so a
+%% crash or an interrupted download never leaves a half image under the
+%% final name. Progress goes to the logger and to an optional function.
+-module(evum_image).
+
+-export([base/3, dir/0]).
+
+-type progress() ::
+    {started, Total :: non_neg_integer() | undefined, ResumedFrom :: non_neg_integer()}
+    | {bytes, Done :: non_neg_integer(), Total :: non_neg_integer() | undefined}
+    | verifying
+    | unpacking
+    | {building, Step :: binary()}.
+-type progress_fun() :: fun((progress()) -> any()).
+-export_type([progress/0, progress_fun/0]).
+
+%% Built images when the configuration gives no size (sparse: only what is
+%% written takes room).
+-define(DEFAULT_SIZE, "2G").
+
+%% @doc Where base images are kept: `images' in the cache directory.
+-spec dir() -> file:filename().
+dir() ->
+    filename:join(evum_dist:cache_dir(), "images").
+
+%% @doc The path of image `Name''s base, made first if need be.
+-spec base(atom(), evum_config:image(), progress_fun()) -> {ok, binary()} | {error, term()}.
+base(Name, #{source := Source} = Image, Progress) ->
+    Report = fun(P) ->
+        log(Name, P),
+        Progress(P)
+    end,
+    case Source of
+        {file, File} ->
+            existing(in_cache(File));
+        {download, File, Uri, Checksum} ->
+            case download(Uri, in_cache(unpacked_name(File)), Checksum, Report) of
+                {ok, Path} ->
+                    case filelib:is_dir(Path) of
+                        %% A tarball: its tree becomes an ext4 image.
+                        true -> built(<<Path/binary, ".ext4">>, Image, Report, fun(Tmp) -> mkfs(Path, Tmp, Image) end);
+                        false -> {ok, Path}
+                    end;
+                Error ->
+                    Error
+            end;
+        {from_dir, Dir} ->
+            built(ext4_name(Name), Image, Report, fun(Tmp) -> mkfs(Dir, Tmp, Image) end);
+        {debootstrap, Suite, Mirror, Include} ->
+            built(ext4_name(Name), Image, Report, fun(Tmp) ->
+                debootstrap(Suite, Mirror, Include, Tmp, Image, Report)
+            end);
+        {dir, Dir} ->
+            {ok, Dir}
+    end.
+
+in_cache(File) ->
+    case filename:pathtype(File) of
+        absolute -> bin(File);
+        _ -> bin(filename:join(dir(), File))
+    end.
+
+ext4_name(Name) ->
+    in_cache(atom_to_list(Name) ++ ".ext4").
+
+existing(Path) ->
+    case filelib:is_regular(Path) of
+        true -> {ok, Path};
+        false -> {error, {no_image, Path}}
+    end.
+
+%% The name a download is kept under once unpacked: without the
+%% compression suffix, and a tarball without .tar (it becomes a directory).
+unpacked_name(File) ->
+    Suffixes = [".gz", ".bz2", ".xz", ".tgz", ".tbz2", ".txz", ".tar"],
+    Name = lists:foldl(
+        fun(Suffix, Name) -> string:replace(Name, Suffix, "", trailing) end, binary_to_list(File), Suffixes
+    ),
+    unicode:characters_to_binary(Name).
+
+download(Uri, Dest, Checksum, Report) ->
+    Ref = make_ref(),
+    case evum_nif:image_fetch(Uri, Dest, Checksum, self(), Ref) of
+        ok -> wait_fetch(Ref, Uri, Report);
+        {error, Why} -> {error, {fetch, Uri, Why}}
+    end.
+
+wait_fetch(Ref, Uri, Report) ->
+    receive
+        {evum_fetch, Ref, {progress, Progress}} ->
+            Report(Progress),
+            wait_fetch(Ref, Uri, Report);
+        {evum_fetch, Ref, {ok, Path}} ->
+            {ok, Path};
+        {evum_fetch, Ref, {error, Why}} ->
+            {error, {fetch, Uri, Why}}
+    end.
+
+%% Builds an image at Path with Build(TmpPath), unless it is there already.
+%% Concurrent builders of one image take turns: the second finds it made.
+built(Path, _Image, Report, Build) ->
+    global:trans({{?MODULE, Path}, self()}, fun() ->
+        case filelib:is_regular(Path) of
+            true ->
+                {ok, Path};
+            false ->
+                ok = filelib:ensure_dir(Path),
+                Tmp = <<Path/binary, ".build">>,
+                file:delete(Tmp),
+                Report({building, filename:basename(Path)}),
+                case Build(Tmp) of
+                    ok ->
+                        ok = file:change_mode(Tmp, 8#644),
+                        ok = file:rename(Tmp, Path),
+                        {ok, Path};
+                    Error ->
+                        file:delete(Tmp),
+                        Error
+                end
+        end
+    end).
+
+%% An ext4 image of Dir's tree: mke2fs fills it itself, no root or loop
+%% device needed.
+mkfs(Dir, Image, Config) ->
+    Size = maps:get(size, Config, undefined),
+    run("mke2fs", ["-q", "-F", "-t", "ext4", "-d", Dir, Image, image_size(Size)]).
+
+image_size(undefined) -> ?DEFAULT_SIZE;
+image_size(Size) -> Size.
+
+debootstrap(Suite, Mirror, Include, Image, Config, Report) ->
+    case evum_nif:effective_uid() of
+        0 ->
+            Tree = <<Image/binary, ".tree">>,
+            Includes = [["--include=", lists:join(",", Include)] || Include =/= []],
+            Args = ["--variant=minbase"] ++ Includes ++ [Suite, Tree, mirror(Mirror)],
+            Report({building, <<"debootstrap ", Suite/binary>>}),
+            Result =
+                case run("debootstrap", Args) of
+                    ok ->
+                        Report({building, <<"mke2fs">>}),
+                        mkfs(Tree, Image, Config);
+                    Error ->
+                        Error
+                end,
+            run("rm", ["-rf", "--one-file-system", Tree]),
+            Result;
+        _ ->
+            {error, {needs_root, debootstrap}}
+    end.
+
+%% The host's own Debian mirror, as apt is configured.
+mirror(Mirror) when is_binary(Mirror) ->
+    Mirror;
+mirror(undefined) ->
+    Sources =
+        read_lines("/etc/apt/sources.list.d/debian.sources") ++ read_lines("/etc/apt/sources.list"),
+    Uris = lists:append([
+        case string:lexemes(Line, " \t") of
+            ["URIs:", Uri | _] -> [Uri];
+            ["deb", "[" ++ _ | Rest] -> [U || U <- Rest, lists:prefix("http", U)];
+            ["deb", Uri | _] -> [Uri];
+            _ -> []
+        end
+     || Line <- Sources
+    ]),
+    case [U || U <- Uris, string:find(U, "security") =:= nomatch] of
+        [Uri | _] -> Uri;
+        [] -> "http://deb.debian.org/debian"
+    end.
+
+read_lines(File) ->
+    case file:read_file(File) of
+        {ok, Text} -> string:lexemes(binary_to_list(Text), "\n");
+        {error, _} -> []
+    end.
+
+%% Runs a tool to completion; its output is kept for the error.
+run(Tool, Args) ->
+    case find(Tool) of
+        false ->
+            {error, {not_found, Tool}};
+        Exe ->
+            Port = open_port({spawn_executable, Exe}, [
+                {args, Args}, exit_status, stderr_to_stdout, binary, {env, [{"LC_ALL", "C"}]}
+            ]),
+            collect(Port, Tool, [])
+    end.
+
+collect(Port, Tool, Output) ->
+    receive
+        {Port, {data, Data}} ->
+            collect(Port, Tool, [Data | Output]);
+        {Port, {exit_status, 0}} ->
+            ok;
+        {Port, {exit_status, Status}} ->
+            {error, {Tool, Status, tail(iolist_to_binary(lists:reverse(Output)))}}
+    end.
+
+%% The last 2 KiB of a tool's output: where its error is.
+tail(Output) when byte_size(Output) =< 2048 -> Output;
+tail(Output) -> binary:part(Output, byte_size(Output), -2048).
+
+%% Tools like mke2fs live in sbin, which a user's PATH may lack.
+find(Tool) ->
+    case os:find_executable(Tool) of
+        false -> os:find_executable(Tool, "/usr/sbin:/sbin:/usr/bin:/bin");
+        Exe -> Exe
+    end.
+
+log(Name, {started, Total, From}) ->
+    logger:notice("evum: fetching image ~p (~s)~s", [Name, bytes(Total), resumed(From)]);
+log(Name, {bytes, Done, Total}) ->
+    logger:debug("evum: image ~p: ~b of ~s", [Name, Done, bytes(Total)]);
+log(Name, {building, What}) ->
+    logger:notice("evum: building image ~p: ~ts", [Name, What]);
+log(_Name, _) ->
+    ok.
+
+bytes(undefined) -> "size unknown";
+bytes(N) -> io_lib:format("~b bytes", [N]).
+
+resumed(0) -> "";
+resumed(From) -> io_lib:format(", resuming at ~b", [From]).
+
+bin(Path) -> unicode:characters_to_binary(Path).
