@@ -1,7 +1,7 @@
 # evum: the two commands a newcomer needs are `make demo` and `make test`.
 # Both install what is missing first (Debian packages, as root or via sudo).
 
-APT_PACKAGES = user-mode-linux busybox-static uml-utilities vde2 erlang erlang-dev elixir rebar3 cargo
+APT_PACKAGES = user-mode-linux busybox-static uml-utilities vde2 debootstrap e2fsprogs erlang erlang-dev elixir rebar3 cargo
 SUDO = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: all deps compile demo test test-rust test-erlang test-elixir test-consumers bench lint fmt clean

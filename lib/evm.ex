@@ -72,7 +72,9 @@ defmodule Evm do
   """
   @type option ::
           {:label, atom() | charlist()}
-          | {:dist, :busybox | :host}
+          | {:dist, atom()}
+          | {:init_cmd, String.t() | charlist()}
+          | {:progress, (term() -> any())}
           | {:timeout, timeout()}
           | :tagged
           | {:tagged, boolean()}
@@ -93,8 +95,15 @@ defmodule Evm do
       charlist made into one); a label already in use is
       `{:error, {:label_in_use, label}}`.
     * `:dist` - `:busybox` (the default: evum's own initramfs, built on first
-      use from the host's static busybox) or `:host` (the host's own root,
-      read-only over hostfs); any other is `{:error, {:unknown_dist, dist}}`.
+      use from the host's static busybox), `:host` (the host's own root,
+      read-only over hostfs), or an image of the configuration (`priv/evm.toml`
+      and the user's file, see `:evum_config`), downloaded or built on first
+      use; each label gets its own copy-on-write disk over the image, kept
+      until `destroy/1`. An unknown one is `{:error, {:unknown_dist, dist}}`.
+    * `:init_cmd` - a shell command the console runs instead of a login
+      shell; the VM halts when it exits.
+    * `:progress` - a function called with each step of a download or
+      build of the dist's image.
     * `:timeout` - milliseconds to wait for the boot (the application's
       `boot_timeout`, 30000, by default); `{:error, :boot_timeout}` when it
       passes.
@@ -117,7 +126,29 @@ defmodule Evm do
   defdelegate create(options), to: :evm
 
   @doc """
-  Stops a VM: mconsole halt, then SIGTERM, then SIGKILL, waiting for the
+  Makes a dist's base image ready ahead of its first boot: downloads or
+  builds it into the cache. `{:ok, path}` of the image.
+  """
+  @spec fetch(atom()) :: {:ok, binary()} | {:error, term()}
+  defdelegate fetch(dist), to: :evm
+
+  @doc """
+  As `fetch/1`, calling `progress` with each step of the way
+  (`{:started, total, resumed_from}`, `{:bytes, done, total}`, `:verifying`,
+  `:unpacking`, `{:building, step}`).
+  """
+  @spec fetch(atom(), (term() -> any())) :: {:ok, binary()} | {:error, term()}
+  defdelegate fetch(dist, progress), to: :evm
+
+  @doc """
+  Removes a label's copy-on-write disks, so its next boot starts from the
+  base image again. `{:error, {:running, label}}` while its VM runs.
+  """
+  @spec destroy(atom() | String.t() | charlist()) :: :ok | {:error, term()}
+  defdelegate destroy(label), to: :evm
+
+  @doc """
+  Stops a VM: a sync in the guest, mconsole halt, then SIGTERM, then SIGKILL, waiting for the
   guest to be gone at each step. Returns `:ok` when nothing of it is left
   (its process and runtime directory are gone), `{:error, :not_running}`
   for a VM that is not there (any more).
