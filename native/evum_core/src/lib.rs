@@ -6,6 +6,7 @@ pub mod config;
 pub mod console;
 pub mod control;
 pub mod fetch;
+pub mod gateway;
 pub mod image;
 pub mod io_loop;
 pub mod mconsole;

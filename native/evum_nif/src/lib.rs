@@ -6,6 +6,7 @@
 mod config;
 mod events;
 mod fetch;
+mod gateway;
 mod switch;
 
 use std::path::PathBuf;

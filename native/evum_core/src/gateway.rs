@@ -1,0 +1,1 @@
+//! The gateway: DHCP, DNS, NAT and port forwarding for a switch, on libslirp.

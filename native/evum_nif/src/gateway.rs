@@ -1,0 +1,1 @@
+//! The Erlang face of evum_core::gateway.
