@@ -140,6 +140,8 @@ debootstrap(Suite, Mirror, Include, Image, Config, Report) ->
             Includes = [["--include=", lists:join(",", Include)] || Include =/= []],
             Args = ["--variant=minbase"] ++ Includes ++ [Suite, Tree, mirror(Mirror)],
             Report({building, <<"debootstrap ", Suite/binary>>}),
+            %% What a build cut short (the BEAM killed) left behind.
+            run("rm", ["-rf", "--one-file-system", Tree]),
             Result =
                 case run("debootstrap", Args) of
                     ok ->

@@ -94,7 +94,7 @@ config_files(D) ->
     ?assertMatch(#{source := {debootstrap, <<"bookworm">>, undefined, []}}, maps:get(debian, Images)),
     %% The original evm.cfg.dist, as its README had users write it.
     use_config(D, "evm.cfg", [
-        "{network, [{home, [{base_ip, \"10.9.8.\"}, {first_ip, 5}, {netmask, \"255.255.255.0\"},\n"
+        "{network, [{office, [{base_ip, \"10.9.8.\"}, {first_ip, 5}, {netmask, \"255.255.255.0\"},\n"
         "    {gw, \"10.9.8.1\"}]}]}.\n"
         "{image, [{openwrt, [{file, \"openwrt-x86-ext2.fs\"},\n"
         "    {uri, \"http://downloads.openwrt.org/backfire/10.03/x86/openwrt-x86-ext2.fs\"},\n"
@@ -103,7 +103,7 @@ config_files(D) ->
         "        {init, \"/etc/preinit\"}, {mem, \"128M\"}]}]}]}.\n"
     ]),
     {ok, #{networks := Nets2, images := Images2}} = evum_config:read(),
-    ?assertMatch(#{base_ip := <<"10.9.8.">>, first_ip := 5}, maps:get(home, Nets2)),
+    ?assertMatch(#{base_ip := <<"10.9.8.">>, first_ip := 5}, maps:get(office, Nets2)),
     %% Entries the user's file does not name stay as shipped.
     ?assertEqual(maps:get(library, Nets), maps:get(library, Nets2)),
     ?assertEqual(
@@ -121,7 +121,7 @@ config_files(D) ->
         maps:get(openwrt, Images2)
     ),
     %% The networks of a user's file are what evm:create's {net, Name} uses.
-    {ok, Vm} = evm:create([{net, home}, {timeout, ?BOOT}]),
+    {ok, Vm} = evm:create([{net, office}, {timeout, ?BOOT}]),
     ?assertMatch(<<"inet addr:10.9.8.5", _/binary>>, string:trim(cmd(Vm, "ifconfig eth0 | grep -o 'inet addr:[0-9.]*'"))),
     ok = evm:stop(Vm).
 
