@@ -1,26 +1,25 @@
 # evum: the two commands a newcomer needs are `make demo` and `make test`.
 # Both install what is missing first (Debian packages, as root or via sudo).
 
-APT_PACKAGES = user-mode-linux busybox-static uml-utilities vde2 debootstrap e2fsprogs erlang erlang-dev elixir rebar3 cargo
+APT_PACKAGES = user-mode-linux busybox-static uml-utilities vde2 debootstrap debian-archive-keyring wget e2fsprogs gzip \
+	erlang erlang-dev elixir rebar3 cargo libslirp-dev libglib2.0-dev pkg-config procps ca-certificates
 SUDO = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: all deps compile demo test test-rust test-erlang test-elixir test-consumers bench lint fmt clean
 
 all: compile
 
-# Installs the Debian packages evum needs, unless every tool is already there.
+# Installs the Debian packages evum needs that are not installed yet (cargo
+# only if no cargo is on the PATH: a rustup toolchain will do).
 deps:
-	@missing=""; \
-	for tool in linux busybox uml_mconsole uml_switch vde_switch erl erlc elixir mix rebar3 cargo; do \
-		command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; \
-	done; \
-	[ -f /usr/lib/erlang/usr/include/erl_nif.h ] || missing="$$missing erl_nif.h"; \
+	@missing=$$(for p in $(APT_PACKAGES); do \
+		[ $$p = cargo ] && command -v cargo >/dev/null 2>&1 && continue; \
+		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; \
+	done); \
 	if [ -n "$$missing" ]; then \
-		echo "installing Debian packages (missing:$$missing)"; \
+		echo "installing Debian packages:" $$missing; \
 		$(SUDO) apt-get update -q && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends \
-			$$(for p in $(APT_PACKAGES); do \
-				[ $$p = cargo ] && command -v cargo >/dev/null 2>&1 && continue; echo $$p; done); \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 
 compile: deps

@@ -24,7 +24,13 @@
     switch_counters/1,
     config_load/1,
     disk_user/1,
-    image_fetch/5
+    image_fetch/5,
+    gateway_start/2,
+    gateway_stop/1,
+    gateway_add_forward/2,
+    gateway_remove_forward/2,
+    gateway_forwards/1,
+    gateway_counters/1
 ]).
 
 -on_load(load/0).
@@ -64,3 +70,9 @@ switch_counters(_Switch) -> ?NOT_LOADED.
 config_load(_Layers) -> ?NOT_LOADED.
 image_fetch(_Uri, _Dest, _Checksum, _ReplyTo, _Ref) -> ?NOT_LOADED.
 disk_user(_Path) -> ?NOT_LOADED.
+gateway_start(_BessSocket, _Config) -> ?NOT_LOADED.
+gateway_stop(_Gateway) -> ?NOT_LOADED.
+gateway_add_forward(_Gateway, _Forward) -> ?NOT_LOADED.
+gateway_remove_forward(_Gateway, _Forward) -> ?NOT_LOADED.
+gateway_forwards(_Gateway) -> ?NOT_LOADED.
+gateway_counters(_Gateway) -> ?NOT_LOADED.
