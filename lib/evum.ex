@@ -205,4 +205,26 @@ defmodule Evum do
   """
   @spec sniff(Evum.Switch.switch()) :: {:ok, pid()} | {:error, term()}
   defdelegate sniff(switch), to: :evum
+
+  @doc """
+  Forwards a host port to a port of the guest through the gateway of the
+  VM's switch (a network with `gateway = true`, such as `:user`, or a switch
+  started with `:gateway`). `{:tcp, host_port, guest_port}` listens on
+  127.0.0.1 (`0` picks a free port); `{:tcp, {host_address, host_port},
+  guest_port}` on another address. `{:ok, bound_port}`; the forward goes
+  when the VM does.
+
+      {:ok, vm} = Evm.create(net: :user)
+      {:ok, port} = Evum.forward(vm, {:tcp, 0, 7777})
+  """
+  @spec forward(Evm.vm(), tuple()) :: {:ok, :inet.port_number()} | {:error, term()}
+  defdelegate forward(vm, forward), to: :evum
+
+  @doc "Removes a forward: `{:tcp, host_port}` or `{:tcp, {host_address, host_port}}`."
+  @spec unforward(Evm.vm(), tuple()) :: :ok | {:error, term()}
+  defdelegate unforward(vm, forward), to: :evum
+
+  @doc "The forwards to the VM, with their connections and bytes each way."
+  @spec forwards(Evm.vm()) :: {:ok, [map()]} | {:error, term()}
+  defdelegate forwards(vm), to: :evum
 end

@@ -93,6 +93,7 @@ create_vm(Options) ->
                     uml_dir => bin(Get(uml_dir, "")),
                     run_as => RunAs,
                     tagged => proplists:get_bool(tagged, Own),
+                    switch => Switch,
                     boot_timeout => Get(timeout, DefaultTimeout)
                 }
             end,

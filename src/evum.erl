@@ -18,7 +18,10 @@
     info/1,
     ifconfig/2,
     ping/2,
-    sniff/1
+    sniff/1,
+    forward/2,
+    unforward/2,
+    forwards/1
 ]).
 
 -define(SEND_TIMEOUT, 5000).
@@ -61,6 +64,78 @@ ping(Vm, {_, _, _, _} = Address) ->
     ping(Vm, inet:ntoa(Address));
 ping(Vm, Address) ->
     puts(Vm, ["ping -c 1 -W 2 ", Address]).
+
+%% @doc Forwards a host port to a port of the guest, through the gateway of
+%% the VM's switch (a network with `gateway = true', or a switch started
+%% with `gateway'): `{tcp | udp, HostPort, GuestPort}' listens on
+%% 127.0.0.1:HostPort (0: a free port), `{Proto, {HostAddress, HostPort},
+%% GuestPort}' on another address. `{ok, BoundHostPort}'. The forward goes
+%% when the VM does.
+-spec forward(evm:vm(), {tcp | udp, inet:port_number() | {evum_switch:address(), inet:port_number()},
+    inet:port_number()}) -> {ok, inet:port_number()} | {error, term()}.
+forward(Vm, {Proto, HostPort, GuestPort}) when is_integer(HostPort) ->
+    forward(Vm, {Proto, {"127.0.0.1", HostPort}, GuestPort});
+forward(Vm, {Proto, {HostAddr, HostPort}, GuestPort} = Forward) ->
+    case guest_network(Vm) of
+        {ok, Switch, GuestAddr, Pid} ->
+            case evum_switch:forward(Switch, {Proto, HostAddr, HostPort, GuestAddr, GuestPort}, Pid) of
+                %% Named as the caller wrote it.
+                {error, {bad_forward, _}} when HostAddr =:= "127.0.0.1" -> {error, {bad_forward, {Proto, HostPort, GuestPort}}};
+                {error, {bad_forward, _}} -> {error, {bad_forward, Forward}};
+                Result -> Result
+            end;
+        {error, _} = Error ->
+            Error
+    end;
+forward(_Vm, Forward) ->
+    {error, {bad_forward, Forward}}.
+
+%% @doc Removes a forward: `{Proto, HostPort}' (on 127.0.0.1) or `{Proto,
+%% {HostAddress, HostPort}}'.
+-spec unforward(evm:vm(), {tcp | udp, inet:port_number() | {evum_switch:address(), inet:port_number()}}) ->
+    ok | {error, term()}.
+unforward(Vm, {Proto, HostPort}) when is_integer(HostPort) ->
+    unforward(Vm, {Proto, {"127.0.0.1", HostPort}});
+unforward(Vm, {Proto, {HostAddr, HostPort}}) ->
+    case info(Vm) of
+        #{switch := undefined} -> {error, no_switch};
+        #{switch := Switch} -> evum_switch:unforward(Switch, {Proto, HostAddr, HostPort});
+        Error -> Error
+    end;
+unforward(_Vm, Which) ->
+    {error, {bad_forward, Which}}.
+
+%% @doc The forwards to the VM, with their connections and bytes each way.
+-spec forwards(evm:vm()) -> {ok, [map()]} | {error, term()}.
+forwards(Vm) ->
+    case guest_network(Vm) of
+        {ok, Switch, GuestAddr, _Pid} ->
+            case evum_switch:forwards(Switch) of
+                {ok, All} -> {ok, [F || #{guest_addr := A} = F <- All, A =:= GuestAddr]};
+                Error -> Error
+            end;
+        {error, _} = Error ->
+            Error
+    end.
+
+%% The VM's switch and its interface's address, as the guest has it now.
+guest_network(Vm) ->
+    case info(Vm) of
+        #{switch := undefined} ->
+            {error, no_switch};
+        #{switch := Switch} ->
+            case cmd(Vm, "ifconfig eth0 2>/dev/null || ifconfig vec0") of
+                {ok, 0, Text} ->
+                    case re:run(Text, "inet (?:addr:)?([0-9.]+)", [{capture, all_but_first, binary}]) of
+                        {match, [Address]} -> {ok, Switch, Address, whereis_vm(Vm)};
+                        nomatch -> {error, no_address}
+                    end;
+                _ ->
+                    {error, no_address}
+            end;
+        Error ->
+            Error
+    end.
 
 %% @doc Stops the VM and waits until nothing of it is left.
 -spec stop(evm:vm()) -> ok | {error, not_running}.

@@ -8,7 +8,7 @@
 %%
 %% A label keeps its address while evum runs; unlabelled VMs give theirs
 %% back when they end. The networks are configured in evm.toml (see
-%% evum_config).
+%% evum_config); one with `gateway = true' has evum's gateway on its switch.
 -module(evum_net).
 -behaviour(gen_server).
 
@@ -22,6 +22,10 @@
     gateway := binary()
 }.
 -export_type([lease/0]).
+
+%% Addresses evm:create hands out on a network, from first_ip on (as
+%% evum_core::config::STATIC_ADDRESSES): a gateway's DHCP serves the next 16.
+-define(STATIC_ADDRESSES, 64).
 
 -record(net, {
     switch :: pid() | undefined,
@@ -96,14 +100,39 @@ ensure_switch(#net{switch = Pid} = Net) when is_pid(Pid) ->
         true -> {ok, Net};
         false -> ensure_switch(Net#net{switch = undefined})
     end;
-ensure_switch(Net) ->
-    case evum_switch:start([anonymous]) of
+ensure_switch(#net{config = Config} = Net) ->
+    case evum_switch:start([anonymous | gateway(Config)]) of
         {ok, Pid} ->
             %% The network's switch lives as long as the address book does.
             link(Pid),
             {ok, Net#net{switch = Pid}};
-        {error, _} = Error -> Error
+        {error, _} = Error ->
+            Error
     end.
+
+%% A network with `gateway = true' has evum's gateway at `gw': DNS at
+%% base_ip 3, DHCP for the 16 addresses after the ones evm:create hands out.
+gateway(#{gateway := true, base_ip := Base, first_ip := First, netmask := Mask, gw := Gw} = Config) ->
+    <<Bits:32>> = address(Mask),
+    <<Net:32>> = address(<<Base/binary, "0">>),
+    <<N1, N2, N3, N4>> = <<(Net band Bits):32>>,
+    Host = fun(Last) -> <<Base/binary, (integer_to_binary(Last))/binary>> end,
+    [
+        {gateway, #{
+            network => {N1, N2, N3, N4},
+            prefix_len => length([1 || <<1:1>> <= <<Bits:32>>]),
+            gateway => Gw,
+            dns => Host(3),
+            dhcp_start => Host(First + ?STATIC_ADDRESSES),
+            host_loopback => maps:get(host_loopback, Config)
+        }}
+    ];
+gateway(_) ->
+    [].
+
+address(Text) ->
+    {ok, {A, B, C, D}} = inet:parse_ipv4strict_address(binary_to_list(Text)),
+    <<A, B, C, D>>.
 
 take_offset(Key, #net{leases = Leases, config = #{first_ip := First}} = Net) ->
     case Leases of
@@ -111,7 +140,7 @@ take_offset(Key, #net{leases = Leases, config = #{first_ip := First}} = Net) ->
             {ok, Offset, Net};
         _ ->
             Used = maps:values(Leases),
-            case [N || N <- lists:seq(0, 254 - First), not lists:member(N, Used)] of
+            case [N || N <- lists:seq(0, min(254 - First, ?STATIC_ADDRESSES - 1)), not lists:member(N, Used)] of
                 [] ->
                     {error, {network_full, maps:get(name, Net#net.config)}};
                 [Offset | _] ->

@@ -30,14 +30,24 @@
     bess_socket/1,
     eth_option/2,
     bess_option/2,
-    joined/3
+    joined/3,
+    forward/3,
+    unforward/2,
+    forwards/1,
+    gateway_counters/1
 ]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
+
+-define(IS_PORT(P), (is_integer(P) andalso P >= 0 andalso P =< 65535)).
 
 -type switch() :: pid() | atom().
 -type port_id() :: non_neg_integer().
 -type mac() :: <<_:48>>.
--export_type([switch/0, port_id/0, mac/0]).
+-type address() :: inet:ip4_address() | string() | binary().
+%% `{tcp | udp, HostAddress, HostPort, GuestAddress, GuestPort}'; host port 0
+%% binds a free one.
+-type forward() :: {tcp | udp, address(), inet:port_number(), address(), inet:port_number()}.
+-export_type([switch/0, port_id/0, mac/0, address/0, forward/0]).
 
 -record(state, {
     switch :: term(),
@@ -46,7 +56,12 @@
     %% Attached ports: Port => {Pid, Monitor}.
     attached = #{} :: #{port_id() => {pid(), reference()}},
     %% VMs on the switch, by the MAC of their interface: Mac => {Vm, Monitor}.
-    vms = #{} :: #{mac() => {pid(), reference()}}
+    vms = #{} :: #{mac() => {pid(), reference()}},
+    %% The gateway (libslirp), when the switch has one.
+    gateway :: term() | undefined,
+    %% Forwards made for a process (a VM), removed when it ends:
+    %% Monitor => [{Proto, HostAddr, HostPort}].
+    forwards_of = #{} :: #{reference() => [{tcp | udp, binary(), inet:port_number()}]}
 }).
 
 %% @doc Starts a switch. The first one started without a name is registered
@@ -56,20 +71,37 @@ start() ->
     start([]).
 
 %% @doc Options: `{name, Atom}', `anonymous' (no registered name), `hub'
-%% (flood every frame to every port).
--spec start([{name, atom()} | anonymous | hub | {hub, boolean()}]) -> {ok, pid()} | {error, term()}.
+%% (flood every frame to every port), `gateway' or `{gateway, Settings}'
+%% (evum's gateway as a port of the switch, like QEMU's user networking:
+%% DHCP, DNS, NAT through host sockets, port forwards). Gateway settings, a
+%% map, all optional: `network' (10.0.2.0), `prefix_len' (24), `gateway'
+%% (10.0.2.2), `dns' (10.0.2.3), `dhcp_start' (10.0.2.15), `dns_forwarding'
+%% (true), `host_loopback' (false: guests do not reach the host's
+%% 127.0.0.1), `max_flows_per_guest' (256), `max_flows' (1024),
+%% `tcp_idle_timeout_ms', `udp_idle_timeout_ms', `mtu'.
+-spec start([{name, atom()} | anonymous | hub | {hub, boolean()} | gateway | {gateway, map()}]) ->
+    {ok, pid()} | {error, term()}.
 start(Options) ->
-    Hub = proplists:get_bool(hub, Options),
-    case {proplists:get_bool(anonymous, Options), proplists:get_value(name, Options)} of
-        {true, _} ->
-            gen_server:start(?MODULE, Hub, []);
-        {false, undefined} ->
+    Gateway =
+        case proplists:get_value(gateway, Options, false) of
+            false -> undefined;
+            true -> #{};
+            Settings when is_map(Settings) -> Settings;
+            Other -> {bad, Other}
+        end,
+    Init = {proplists:get_bool(hub, Options), Gateway},
+    case {Gateway, proplists:get_bool(anonymous, Options), proplists:get_value(name, Options)} of
+        {{bad, Bad}, _, _} ->
+            {error, {bad_option, {gateway, Bad}}};
+        {_, true, _} ->
+            gen_server:start(?MODULE, Init, []);
+        {_, false, undefined} ->
             case whereis(?MODULE) of
-                undefined -> gen_server:start({local, ?MODULE}, ?MODULE, Hub, []);
-                _ -> gen_server:start(?MODULE, Hub, [])
+                undefined -> gen_server:start({local, ?MODULE}, ?MODULE, Init, []);
+                _ -> gen_server:start(?MODULE, Init, [])
             end;
-        {false, Name} ->
-            gen_server:start({local, Name}, ?MODULE, Hub, [])
+        {_, false, Name} ->
+            gen_server:start({local, Name}, ?MODULE, Init, [])
     end.
 
 -spec stop(switch()) -> ok.
@@ -149,18 +181,82 @@ bess_option(Switch, Mac) ->
 joined(Switch, Vm, Mac) ->
     gen_server:cast(Switch, {joined, Vm, Mac}).
 
+%% @doc Forwards `HostAddress:HostPort' on the host to `GuestAddress:GuestPort'
+%% through the switch's gateway: `{ok, BoundHostPort}'. With a `For' process
+%% (a VM), the forward goes when that process ends.
+-spec forward(switch(), forward(), pid() | undefined) -> {ok, inet:port_number()} | {error, term()}.
+forward(Switch, {Proto, HostAddr, HostPort, GuestAddr, GuestPort} = Forward, For) ->
+    case {addr(HostAddr), addr(GuestAddr)} of
+        {{ok, H}, {ok, G}} when (Proto =:= tcp orelse Proto =:= udp), ?IS_PORT(HostPort), ?IS_PORT(GuestPort) ->
+            gen_server:call(Switch, {forward, {Proto, H, HostPort, G, GuestPort}, For});
+        _ ->
+            {error, {bad_forward, Forward}}
+    end.
+
+%% @doc Removes the forward of `{Proto, HostAddress, HostPort}'.
+-spec unforward(switch(), {tcp | udp, address(), inet:port_number()}) -> ok | {error, term()}.
+unforward(Switch, {Proto, HostAddr, HostPort} = Which) ->
+    case addr(HostAddr) of
+        {ok, H} when (Proto =:= tcp orelse Proto =:= udp), ?IS_PORT(HostPort) ->
+            gen_server:call(Switch, {unforward, {Proto, H, HostPort}});
+        _ ->
+            {error, {bad_forward, Which}}
+    end.
+
+%% @doc The gateway's forwards, with connections and bytes each way.
+-spec forwards(switch()) -> {ok, [map()]} | {error, term()}.
+forwards(Switch) ->
+    gateway_call(Switch, fun evum_nif:gateway_forwards/1).
+
+%% @doc The gateway's counters: frames, flows opened and active, drops by
+%% reason, and every NAT flow with its packets and bytes each way.
+-spec gateway_counters(switch()) -> {ok, map()} | {error, term()}.
+gateway_counters(Switch) ->
+    gateway_call(Switch, fun evum_nif:gateway_counters/1).
+
+gateway_call(Switch, Fun) ->
+    case gen_server:call(Switch, gateway) of
+        {ok, Gateway} -> Fun(Gateway);
+        Error -> Error
+    end.
+
+addr({_, _, _, _} = A) -> {ok, list_to_binary(inet:ntoa(A))};
+addr(A) when is_list(A) -> addr(list_to_binary(A));
+addr(A) when is_binary(A) ->
+    case inet:parse_ipv4strict_address(binary_to_list(A)) of
+        {ok, _} -> {ok, A};
+        {error, _} -> error
+    end;
+addr(_) -> error.
+
 %%% gen_server
 
-init(Hub) ->
+init({Hub, Gateway}) ->
     %% Its sockets go where VMs of the host dist, which may run as another
     %% user, can reach them too.
     {ok, RunAs} = evum_dist:host_user(),
     case evum_nif:switch_start(Hub, RunAs) of
         {ok, Switch} ->
             {ok, Ctl, Bess} = evum_nif:switch_sockets(Switch),
-            {ok, #state{switch = Switch, ctl = Ctl, bess = Bess}};
+            S = #state{switch = Switch, ctl = Ctl, bess = Bess},
+            case start_gateway(Gateway, Bess) of
+                {ok, G} ->
+                    {ok, S#state{gateway = G}};
+                {error, Reason} ->
+                    evum_nif:switch_stop(Switch),
+                    {stop, {gateway, Reason}}
+            end;
         {error, Reason} ->
             {stop, Reason}
+    end.
+
+start_gateway(undefined, _Bess) ->
+    {ok, undefined};
+start_gateway(Settings, Bess) ->
+    try
+        evum_nif:gateway_start(Bess, Settings)
+    catch
+        error:badarg -> {error, {bad_option, {gateway, Settings}}}
     end.
 
 handle_call({attach, Pid, Mac, Promiscuous}, _From, #state{switch = Switch, attached = A} = S) ->
@@ -216,6 +312,26 @@ handle_call(control_socket, _From, #state{ctl = Ctl} = S) ->
     {reply, Ctl, S};
 handle_call(bess_socket, _From, #state{bess = Bess} = S) ->
     {reply, Bess, S};
+handle_call(gateway, _From, #state{gateway = undefined} = S) ->
+    {reply, {error, no_gateway}, S};
+handle_call(gateway, _From, #state{gateway = G} = S) ->
+    {reply, {ok, G}, S};
+handle_call({forward, _, _}, _From, #state{gateway = undefined} = S) ->
+    {reply, {error, no_gateway}, S};
+handle_call({forward, {Proto, H, _, _, _} = Forward, For}, _From, #state{gateway = G, forwards_of = F} = S) ->
+    case evum_nif:gateway_add_forward(G, Forward) of
+        {ok, Port} when is_pid(For) ->
+            Ref = monitor(process, For),
+            {reply, {ok, Port}, S#state{forwards_of = F#{Ref => [{Proto, H, Port}]}}};
+        Reply ->
+            {reply, Reply, S}
+    end;
+handle_call({unforward, _}, _From, #state{gateway = undefined} = S) ->
+    {reply, {error, no_gateway}, S};
+handle_call({unforward, Which}, _From, #state{gateway = G, forwards_of = F} = S) ->
+    %% Its process's monitor stays; when it fires there is nothing to drop.
+    Kept = maps:filter(fun(_, Forwards) -> Forwards =/= [Which] end, F),
+    {reply, evum_nif:gateway_remove_forward(G, Which), S#state{forwards_of = Kept}};
 handle_call(_Request, _From, S) ->
     {reply, {error, unknown_request}, S}.
 
@@ -231,10 +347,22 @@ handle_info({'DOWN', Ref, process, _Pid, _}, #state{switch = Switch, attached = 
             evum_nif:switch_detach(Switch, Port),
             {noreply, S#state{attached = maps:remove(Port, A)}};
         [] ->
-            {noreply, S#state{vms = maps:filter(fun(_, {_, R}) -> R =/= Ref end, Vms)}}
+            S1 = S#state{vms = maps:filter(fun(_, {_, R}) -> R =/= Ref end, Vms)},
+            {noreply, drop_forwards(Ref, S1)}
     end;
 handle_info(_Msg, S) ->
     {noreply, S}.
 
-terminate(_Reason, #state{switch = Switch}) ->
+%% A process a forward was made for has ended: the forward goes too.
+drop_forwards(Ref, #state{forwards_of = F, gateway = G} = S) ->
+    case maps:take(Ref, F) of
+        {Forwards, Rest} ->
+            [evum_nif:gateway_remove_forward(G, W) || W <- Forwards],
+            S#state{forwards_of = Rest};
+        error ->
+            S
+    end.
+
+terminate(_Reason, #state{switch = Switch, gateway = Gateway}) ->
+    Gateway =:= undefined orelse evum_nif:gateway_stop(Gateway),
     evum_nif:switch_stop(Switch).

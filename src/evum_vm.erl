@@ -27,6 +27,7 @@
     uml_dir := binary(),
     run_as := undefined | {non_neg_integer(), non_neg_integer()},
     tagged := boolean(),
+    switch => pid() | atom() | undefined,
     boot_timeout := timeout()
 }.
 
@@ -112,9 +113,9 @@ handle_call({cmd, _, _}, _From, #state{phase = booting} = S) ->
     {reply, {error, booting}, S};
 handle_call({cmd, _, _}, _From, S) ->
     {reply, {error, not_running}, S};
-handle_call(info, _From, #state{vm = Vm, owner = Owner, label = Label, phase = Phase} = S) ->
+handle_call(info, _From, #state{vm = Vm, owner = Owner, label = Label, phase = Phase, config = Config} = S) ->
     Info = evum_nif:vm_info(Vm),
-    {reply, Info#{owner => Owner, label => Label, phase => Phase}, S};
+    {reply, Info#{owner => Owner, label => Label, phase => Phase, switch => maps:get(switch, Config, undefined)}, S};
 handle_call(stop, _From, #state{phase = exited} = S) ->
     {reply, ok, S};
 handle_call(stop, From, #state{waiting_exit = W} = S) ->

@@ -20,7 +20,12 @@ defmodule Evum.Switch do
   @spec start() :: {:ok, pid()} | {:error, term()}
   defdelegate start(), to: :evum_switch
 
-  @doc "Options: `name: atom`, `:anonymous` (no registered name), `hub: true` (flood every frame to every port)."
+  @doc """
+  Options: `name: atom`, `:anonymous` (no registered name), `hub: true`
+  (flood every frame to every port), `:gateway` or `gateway: settings` (evum's
+  gateway as a port of the switch: DHCP, DNS, NAT through host sockets, port
+  forwards; see `:evum_switch.start/1` for the settings).
+  """
   @spec start(keyword()) :: {:ok, pid()} | {:error, term()}
   defdelegate start(options), to: :evum_switch
 
@@ -79,4 +84,25 @@ defmodule Evum.Switch do
   @doc "The boot option that puts a VM's eth0 on this switch with the given MAC."
   @spec eth_option(switch(), binary()) :: tuple()
   defdelegate eth_option(switch, mac), to: :evum_switch
+
+  @doc """
+  Forwards `{proto, host_address, host_port, guest_address, guest_port}`
+  through the switch's gateway; the forward goes when `for` (a pid, or
+  `:undefined`) ends. `{:ok, bound_port}`.
+  """
+  @spec forward(switch(), tuple(), pid() | :undefined) ::
+          {:ok, :inet.port_number()} | {:error, term()}
+  defdelegate forward(switch, forward, for), to: :evum_switch
+
+  @doc "Removes the forward of `{proto, host_address, host_port}`."
+  @spec unforward(switch(), tuple()) :: :ok | {:error, term()}
+  defdelegate unforward(switch, which), to: :evum_switch
+
+  @doc "The gateway's forwards, with connections and bytes each way."
+  @spec forwards(switch()) :: {:ok, [map()]} | {:error, term()}
+  defdelegate forwards(switch), to: :evum_switch
+
+  @doc "The gateway's counters: frames, flows, drops by reason, and every NAT flow."
+  @spec gateway_counters(switch()) :: {:ok, map()} | {:error, term()}
+  defdelegate gateway_counters(switch), to: :evum_switch
 end

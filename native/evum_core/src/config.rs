@@ -48,7 +48,18 @@ pub struct Network {
     pub gw: Ipv4Addr,
     /// An address guests can ping to check the network (evum:ping/2).
     pub ping: Option<Ipv4Addr>,
+    /// evum's gateway on the network's switch, at `gw`: DHCP, DNS at
+    /// `base_ip` 3, NAT to the outside through host sockets, port forwards.
+    #[serde(default)]
+    pub gateway: bool,
+    /// Whether guests reach the host's 127.0.0.1 at `gw` (gateway only).
+    #[serde(default)]
+    pub host_loopback: bool,
 }
+
+/// Addresses handed out by evm:create on a network, from `first_ip` on; a
+/// gateway's DHCP serves the 16 after them.
+pub const STATIC_ADDRESSES: u8 = 64;
 
 /// A guest system to boot, and where its root filesystem comes from.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -206,6 +217,33 @@ fn check_network(network: &Network) -> Result<(), Problem> {
     if network.first_ip == 0 || network.first_ip == 255 {
         return Err(("first_ip", format!("expected 1 to 254, got {}", network.first_ip)));
     }
+    if network.gateway {
+        // The gateway's own addresses (gw, DNS at .3) stay below the guests',
+        // and its DHCP range (16 addresses) fits above them.
+        let last = u16::from(network.first_ip) + u16::from(STATIC_ADDRESSES) + 16;
+        if network.first_ip <= 3 || last > 255 {
+            let expected = format!("4 to {} on a network with a gateway", 255 - STATIC_ADDRESSES - 16);
+            return Err(("first_ip", format!("expected {expected}, got {}", network.first_ip)));
+        }
+        let base: Ipv4Addr = format!("{}0", network.base_ip)
+            .parse()
+            .map_err(|_| ("base_ip", "not an address".into()))?;
+        let mask = u32::from(network.netmask);
+        if mask.leading_ones() + mask.trailing_zeros() != 32 || mask.leading_ones() > 30 {
+            return Err((
+                "netmask",
+                format!("expected a netmask of /8 to /30, got {}", network.netmask),
+            ));
+        }
+        if u32::from(network.gw) & mask != u32::from(base) & mask {
+            return Err((
+                "gw",
+                format!("expected an address in the network of base_ip, got {}", network.gw),
+            ));
+        }
+    } else if network.host_loopback {
+        return Err(("host_loopback", "only a network with a gateway reaches the host".into()));
+    }
     Ok(())
 }
 
@@ -349,6 +387,24 @@ mod tests {
 
         let (_, message) = error("[network.home");
         assert!(message.contains("line 1"), "{message}");
+    }
+
+    #[test]
+    fn gateway_networks_keep_their_addresses_apart() {
+        let user = "[network.user]\nbase_ip = \"10.0.2.\"\nfirst_ip = 15\nnetmask = \"255.255.255.0\"\ngw = \"10.0.2.2\"\ngateway = true";
+        let config = load(user).unwrap();
+        assert!(config.networks["user"].gateway);
+        assert!(!config.networks["user"].host_loopback);
+        assert_eq!(error(&user.replace("= 15", "= 3")).0, "network.user.first_ip");
+        assert_eq!(error(&user.replace("= 15", "= 200")).0, "network.user.first_ip");
+        assert_eq!(error(&user.replace("10.0.2.2\"", "10.0.3.2\"")).0, "network.user.gw");
+        assert_eq!(
+            error(&user.replace("255.255.255.0", "255.0.255.0")).0,
+            "network.user.netmask"
+        );
+        let (key, message) = error(&HOME.replace("gw =", "host_loopback = true\ngw ="));
+        assert_eq!(key, "network.home.host_loopback");
+        assert!(message.contains("gateway"), "{message}");
     }
 
     #[test]

@@ -15,13 +15,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 const INIT: &str = include_str!("../../../priv/guest/busybox-init");
 const CONTROL_LOOP: &str = include_str!("../../../priv/guest/evum-ctl");
+const UDHCPC_SCRIPT: &str = include_str!("../../../priv/guest/udhcpc-script");
 const PROFILE: &str = "export PS1='\\u@\\h:\\w\\$ '\n";
 const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\n";
 const GROUP: &str = "root:x:0:\n";
 const FSTAB: &str =
     "proc /proc proc defaults 0 0\nsysfs /sys sysfs defaults 0 0\ndevtmpfs /dev devtmpfs defaults 0 0\n";
 /// Bumped whenever the archive layout changes, so old cached archives are not reused.
-const LAYOUT_VERSION: u32 = 1;
+const LAYOUT_VERSION: u32 = 2;
 
 const S_IFDIR: u32 = 0o040000;
 const S_IFREG: u32 = 0o100000;
@@ -57,6 +58,7 @@ pub fn busybox_initramfs(busybox: &Path, cache_dir: &Path) -> Result<PathBuf, Im
         meta.ino(),
         INIT,
         CONTROL_LOOP,
+        UDHCPC_SCRIPT,
         PROFILE,
         FSTAB,
     )
@@ -141,7 +143,21 @@ fn write_archive(path: &Path, busybox: &[u8], applets: &[String]) -> io::Result<
             Ok(())
         };
     let dirs = [
-        "bin", "sbin", "usr", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "root", "mnt", "run", "var", "tmp",
+        "bin",
+        "sbin",
+        "usr",
+        "usr/bin",
+        "usr/sbin",
+        "etc",
+        "etc/udhcpc",
+        "proc",
+        "sys",
+        "dev",
+        "root",
+        "mnt",
+        "run",
+        "var",
+        "tmp",
     ];
     for dir in dirs {
         let mode = if dir == "tmp" { 0o1777 } else { 0o755 };
@@ -158,6 +174,14 @@ fn write_archive(path: &Path, busybox: &[u8], applets: &[String]) -> io::Result<
         "sbin/evum-ctl",
         S_IFREG | 0o755,
         CONTROL_LOOP.as_bytes(),
+        None,
+        &mut out,
+    )?;
+    entry(
+        // Where Debian's busybox looks for it.
+        "etc/udhcpc/default.script",
+        S_IFREG | 0o755,
+        UDHCPC_SCRIPT.as_bytes(),
         None,
         &mut out,
     )?;
@@ -193,7 +217,14 @@ mod tests {
             .output()
             .unwrap();
         let listing = String::from_utf8_lossy(&listing.stdout);
-        for want in ["init", "bin/sh", "sbin/evum-ctl", "dev/console"] {
+        for want in [
+            "init",
+            "bin/sh",
+            "sbin/evum-ctl",
+            "dev/console",
+            // Where Debian's busybox looks for it.
+        "etc/udhcpc/default.script",
+        ] {
             assert!(listing.lines().any(|l| l == want), "{want} not in archive");
         }
         fs::remove_dir_all(&dir).unwrap();

@@ -12,7 +12,7 @@ use toml::{Table, Value};
 mod atoms {
     rustler::atoms! {
         ok, error, config, toml, terms, undefined, networks, images,
-        base_ip, first_ip, netmask, gw, ping,
+        base_ip, first_ip, netmask, gw, ping, gateway, host_loopback,
         source, file, download, dir, from_dir, debootstrap, sha256, md5,
         size, args, net, init,
     }
@@ -220,6 +220,8 @@ fn encode_network<'a>(env: Env<'a>, net: &Network) -> Term<'a> {
         (atoms::netmask(), net.netmask.to_string().encode(env)),
         (atoms::gw(), net.gw.to_string().encode(env)),
         (atoms::ping(), optional(env, net.ping.map(|p| p.to_string()))),
+        (atoms::gateway(), net.gateway.encode(env)),
+        (atoms::host_loopback(), net.host_loopback.encode(env)),
     ];
     let pairs: Vec<_> = pairs.into_iter().map(|(k, v)| (k.encode(env), v)).collect();
     Term::map_from_pairs(env, &pairs).expect("distinct keys")
