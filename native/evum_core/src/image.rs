@@ -223,7 +223,7 @@ mod tests {
             "sbin/evum-ctl",
             "dev/console",
             // Where Debian's busybox looks for it.
-        "etc/udhcpc/default.script",
+            "etc/udhcpc/default.script",
         ] {
             assert!(listing.lines().any(|l| l == want), "{want} not in archive");
         }
