@@ -616,8 +616,14 @@ switch(Tmp) ->
     filelib:is_regular(Load) orelse error({no_load_generator, Load}),
     header(io_lib:format("switch: daemon-transport forwarding, ~b rounds of ~.1f s per switch and frame size; "
                          "bess; attached Erlang process; guest ping and TCP", [Rounds, Secs])),
-    io:format("host net.unix.max_dgram_qlen = ~s (left as it is: it limits every switch alike)~n",
-              [string:trim(os:cmd("cat /proc/sys/net/unix/max_dgram_qlen"))]),
+    Qlen = string:trim(os:cmd("cat /proc/sys/net/unix/max_dgram_qlen")),
+    case netns() of
+        "" ->
+            io:format("host net.unix.max_dgram_qlen = ~s (left as it is: it limits every switch alike)~n", [Qlen]);
+        _ ->
+            io:format("private network namespace (bench/run: unshare --net), its net.unix.max_dgram_qlen = ~s "
+                      "(the host's is untouched); every switch, client and guest of this run is in it~n", [Qlen])
+    end,
     {ok, _} = application:ensure_all_started(evum),
     {ok, S} = evum_switch:start([{name, evum_bench_switch}]),
     try
@@ -626,8 +632,22 @@ switch(Tmp) ->
         catch evum_switch:stop(S)
     end.
 
+%% Set by bench/run when this node runs in a private network namespace with
+%% its own net.unix.max_dgram_qlen: the figures' names say so.
+netns() ->
+    case os:getenv("EVUM_BENCH_SWITCH_NETNS") of
+        false -> "";
+        Q -> Q
+    end.
+
 switch_bench(S, Load, Secs, Rounds, Tmp) ->
     Sizes = [64, 1514],
+    Tag = case netns() of
+        "" -> "";
+        Q -> " [netns qlen " ++ Q ++ "]"
+    end,
+    Figure = fun(What, V, Unit, Op, Target) -> figure(What ++ Tag, V, Unit, Op, Target) end,
+    Ratio = fun(What, R, Op, Target) -> ratio(What ++ Tag, R, Op, Target) end,
     Ctl = binary_to_list(evum_switch:control_socket(S)),
     Bess = binary_to_list(evum_switch:bess_socket(S)),
     io:format("evum: evum_switch:start/1 in this node, control socket ~s~n", [Ctl]),
@@ -698,33 +718,38 @@ switch_bench(S, Load, Secs, Rounds, Tmp) ->
     AttFps = median([F || #{fps := F} <- Attached]),
     io:format("  ~-10s   64-byte: ~8b frames/s delivered as {evum_frame, ...} messages (offered ~b frames/s)~n",
               [attached, round(AttFps), round(median([O || #{offered_fps := O} <- Attached]))]),
-    #{rtt := {{ERtt, ERttMed}, {URtt, URttMed}}, tcp := {ETcp, UTcp}} = Guests,
-    io:format("  guests: ping RTT (mean of 2 busybox averages) evum ~.3f ms, uml_switch ~.3f ms; median of 40 replies "
-              "evum ~.3f ms, uml_switch ~.3f ms; TCP evum ~.1f Mbit/s, uml_switch ~.1f Mbit/s~n",
-              [ERtt, URtt, ERttMed, URttMed, ETcp, UTcp]),
+    #{rtt := {{ERtt, ERttMed}, {URtt, URttMed}}, tcp := {ETcp, UTcp}, pings := NPings,
+      bess_rtt := {BRtt, BRttMed}, bess_tcp := BTcp} = Guests,
+    io:format("  guests: ping RTT (mean of ~b busybox averages) evum ~.3f ms, uml_switch ~.3f ms; median of ~b replies "
+              "evum ~.3f ms, uml_switch ~.3f ms; TCP evum ~.1f Mbit/s, uml_switch ~.1f Mbit/s~n"
+              "  guests over evum's bess transport: ping avg ~.3f ms, median ~.3f ms; TCP ~.1f Mbit/s~n",
+              [NPings, ERtt, URtt, NPings * 25, ERttMed, URttMed, ETcp, UTcp, BRtt, BRttMed, BTcp]),
     io:format("~n"),
     E64 = Fps(evum, 64),
     E1514 = Fps(evum, 1514),
-    figure("switch daemon 64-byte evum frames forwarded/s (2x uml_switch's)", round(E64), "", '>=',
+    Figure("switch daemon 64-byte evum frames forwarded/s (2x uml_switch's)", round(E64), "", '>=',
            round(2 * Fps(uml_switch, 64))),
-    figure("switch daemon 1514-byte evum Mbit/s forwarded (uml_switch's)",
+    Figure("switch daemon 1514-byte evum Mbit/s forwarded (uml_switch's)",
            Med(mbps, maps:get({evum, 1514}, Daemon)), "Mbit/s", '>=',
            round(Med(mbps, maps:get({uml_switch, 1514}, Daemon)))),
-    ratio("switch daemon 64-byte frames/s evum/uml_switch", E64 / Fps(uml_switch, 64), '>=', 2.0),
-    ratio("switch daemon 1514-byte frames/s evum/uml_switch", E1514 / Fps(uml_switch, 1514), '>=', 1.0),
-    ratio("switch daemon 64-byte frames/s evum/vde_switch", E64 / Fps(vde_switch, 64), '>=', 1.0),
-    ratio("switch daemon 1514-byte frames/s evum/vde_switch", E1514 / Fps(vde_switch, 1514), '>=', 1.0),
-    figure("switch bess 64-byte frames forwarded/s (evum daemon's)", round(Med(fps, maps:get(64, BessR))), "", '>=',
+    Ratio("switch daemon 64-byte frames/s evum/uml_switch", E64 / Fps(uml_switch, 64), '>=', 2.0),
+    Ratio("switch daemon 1514-byte frames/s evum/uml_switch", E1514 / Fps(uml_switch, 1514), '>=', 1.0),
+    Ratio("switch daemon 64-byte frames/s evum/vde_switch", E64 / Fps(vde_switch, 64), '>=', 1.0),
+    Ratio("switch daemon 1514-byte frames/s evum/vde_switch", E1514 / Fps(vde_switch, 1514), '>=', 1.0),
+    Figure("switch bess 64-byte frames forwarded/s (evum daemon's)", round(Med(fps, maps:get(64, BessR))), "", '>=',
            round(E64)),
-    ratio("switch 64-byte frames/s evum bess/evum daemon", Med(fps, maps:get(64, BessR)) / E64, '>=', 1.0),
-    ratio("switch 1514-byte frames/s evum bess/evum daemon", Med(fps, maps:get(1514, BessR)) / E1514, '>=', 1.0),
-    figure("switch attached-process 64-byte frames/s (half evum daemon's)", round(AttFps), "", '>=', round(E64 / 2)),
-    ratio("switch 64-byte frames/s attached Erlang process/evum daemon", AttFps / E64, '>=', 0.5),
-    figure("switch guest ping avg RTT over evum (uml_switch's)", ERtt, "ms", '=<', round(URtt * 1000) / 1000),
-    ratio("switch guest ping RTT evum/uml_switch (busybox avg)", ERtt / URtt, '=<', 1.0),
-    ratio("switch guest ping RTT evum/uml_switch (median reply)", ERttMed / URttMed, '=<', 1.0),
-    figure("switch guest TCP over evum", ETcp, "Mbit/s", '>=', round(UTcp)),
-    ratio("switch guest TCP Mbit/s evum/uml_switch", ETcp / UTcp, '>=', 1.0),
+    Ratio("switch 64-byte frames/s evum bess/evum daemon", Med(fps, maps:get(64, BessR)) / E64, '>=', 1.0),
+    Ratio("switch 1514-byte frames/s evum bess/evum daemon", Med(fps, maps:get(1514, BessR)) / E1514, '>=', 1.0),
+    Figure("switch attached-process 64-byte frames/s (half evum daemon's)", round(AttFps), "", '>=', round(E64 / 2)),
+    Ratio("switch 64-byte frames/s attached Erlang process/evum daemon", AttFps / E64, '>=', 0.5),
+    Figure("switch guest ping avg RTT over evum (uml_switch's)", ERtt, "ms", '=<', round(URtt * 1000) / 1000),
+    Ratio("switch guest ping RTT evum/uml_switch (busybox avg)", ERtt / URtt, '=<', 1.0),
+    Ratio("switch guest ping RTT evum/uml_switch (median reply)", ERttMed / URttMed, '=<', 1.0),
+    Figure("switch guest TCP over evum", ETcp, "Mbit/s", '>=', round(UTcp)),
+    Ratio("switch guest TCP Mbit/s evum/uml_switch", ETcp / UTcp, '>=', 1.0),
+    %% 878 Mbit/s: guest TCP over uml_switch at qlen 1000 (UML-NOTES); the
+    %% bess transport is under no datagram queue limit.
+    Figure("switch guest TCP over evum bess", BTcp, "Mbit/s", '>=', 878),
     ok.
 
 %% Runs the load generator and returns its RESULT line as a map of numbers.
@@ -863,22 +888,25 @@ wait_socket(#{ctl := Ctl, port := Port, kind := Kind} = P, Ms) ->
 stop_peer_switch(#{port := Port, pgid := Pgid, dir := Dir}) ->
     kill_group(Port, Pgid, Dir, 5000, peer_switch_left).
 
-%% Two busybox guests on evum's switch and two on a fresh uml_switch, all
-%% four up at once; the ping and TCP runs alternate between the pairs.
+%% Two busybox guests on evum's switch over the daemon transport, two on a
+%% fresh uml_switch, and two on evum's switch over the bess transport (vec0),
+%% all six up at once; the ping and TCP runs alternate between the pairs.
 guests(S, Tmp) ->
     Runs = env_int("EVUM_BENCH_SWITCH_TCP_RUNS", 3),
     MB = env_int("EVUM_BENCH_SWITCH_TCP_MB", 48),
     with_peer_switch(uml_switch, Tmp, "uml-guests", fun(Uml) ->
         UCtl = peer_ctl(Uml),
         Pairs = [
-            {evum, [guest(evum_bench_sw_e1, [{switch, S}]), guest(evum_bench_sw_e2, [{switch, S}])]},
-            {uml_switch, [guest(evum_bench_sw_u1, [{eth, 0, "daemon,02:ee:00:00:00:01,unix," ++ UCtl}]),
-                          guest(evum_bench_sw_u2, [{eth, 0, "daemon,02:ee:00:00:00:02,unix," ++ UCtl}])]}
+            {evum, "eth0", [guest(evum_bench_sw_e1, [{switch, S}]), guest(evum_bench_sw_e2, [{switch, S}])]},
+            {uml_switch, "eth0", [guest(evum_bench_sw_u1, [{eth, 0, "daemon,02:ee:00:00:00:01,unix," ++ UCtl}]),
+                                  guest(evum_bench_sw_u2, [{eth, 0, "daemon,02:ee:00:00:00:02,unix," ++ UCtl}])]},
+            {evum_bess, "vec0", [guest(evum_bench_sw_b1, [{switch, S}, {transport, bess}]),
+                                 guest(evum_bench_sw_b2, [{switch, S}, {transport, bess}])]}
         ],
         try
             guest_runs(Pairs, Runs, MB)
         after
-            [catch evm:stop(Vm) || {_, Two} <- Pairs, Vm <- Two],
+            [catch evm:stop(Vm) || {_, _, Two} <- Pairs, Vm <- Two],
             flush()
         end
     end).
@@ -892,38 +920,53 @@ guest(Label, Net) ->
 guest_runs(Pairs, Runs, MB) ->
     [
         begin
-            {ok, 0, _} = evum:cmd(A, "ifconfig eth0 10.0.0.1 netmask 255.255.255.0 up"),
-            {ok, 0, _} = evum:cmd(B, "ifconfig eth0 10.0.0.2 netmask 255.255.255.0 up"),
+            {IpA, IpB} = addresses(Kind),
+            {ok, 0, _} = evum:cmd(A, ["ifconfig ", If, " ", IpA, " netmask 255.255.255.0 up"]),
+            {ok, 0, _} = evum:cmd(B, ["ifconfig ", If, " ", IpB, " netmask 255.255.255.0 up"]),
             %% ARP, and the switch learning both MACs.
-            {ok, 0, _} = evum:cmd(A, "ping -c 2 -W 3 10.0.0.2", 20000)
+            {ok, 0, _} = evum:cmd(A, ["ping -c 2 -W 3 ", IpB], 20000)
         end
-     || {_, [A, B]} <- Pairs
+     || {Kind, If, [A, B]} <- Pairs
     ],
-    %% Two ping runs per pair, in the order evum, uml_switch, uml_switch, evum.
-    Pings = [{Kind, ping_run(Kind, A)} || {Kind, [A, _]} <- Pairs ++ lists:reverse(Pairs)],
-    Rtt = maps:from_list([{Kind, {lists:sum([Avg || {K, {Avg, _}} <- Pings, K =:= Kind]) / 2,
+    %% Ping runs alternate between the daemon pairs (evum, uml_switch,
+    %% uml_switch, evum, ...); the bess pair's is printed too.
+    PingRuns = env_int("EVUM_BENCH_SWITCH_PING_RUNS", 4),
+    Daemons = [{Kind, A} || {Kind, _, [A, _]} <- Pairs, Kind =/= evum_bess],
+    Order = lists:append([case I rem 2 of 1 -> Daemons; 0 -> lists:reverse(Daemons) end
+                          || I <- lists:seq(1, PingRuns)]),
+    Pings = [{Kind, ping_run(Kind, A)} || {Kind, A} <- Order ++ [{K, A} || {K, _, [A, _]} <- Pairs, K =:= evum_bess]],
+    Rtt = maps:from_list([{Kind, {lists:sum([Avg || {K, {Avg, _}} <- Pings, K =:= Kind]) /
+                                      length([K || {K, _} <- Pings, K =:= Kind]),
                                   median(lists:append([Ts || {K, {_, Ts}} <- Pings, K =:= Kind]))}}
-                          || {Kind, _} <- Pairs]),
+                          || {Kind, _, _} <- Pairs]),
     Tcp = lists:foldl(
         fun(I, Acc) ->
             lists:foldl(
-                fun({Kind, [A, B]}, Acc1) ->
+                fun({Kind, _, [A, B]}, Acc1) ->
                     Mbps = tcp_run(Kind, A, B, 5000 + I, MB, I),
                     maps:update_with(Kind, fun(L) -> [Mbps | L] end, [Mbps], Acc1)
                 end,
                 Acc,
-                rotate(Pairs, (I - 1) rem 2)
+                rotate(Pairs, (I - 1) rem length(Pairs))
             )
         end,
         #{},
         lists:seq(1, Runs)
     ),
     #{rtt => {maps:get(evum, Rtt), maps:get(uml_switch, Rtt)},
-      tcp => {median(maps:get(evum, Tcp)), median(maps:get(uml_switch, Tcp))}}.
+      bess_rtt => maps:get(evum_bess, Rtt),
+      pings => length([K || {K, _} <- Pings, K =:= evum]),
+      tcp => {median(maps:get(evum, Tcp)), median(maps:get(uml_switch, Tcp))},
+      bess_tcp => median(maps:get(evum_bess, Tcp))}.
+
+%% A pair's two guest addresses: the two pairs on evum's switch share it.
+addresses(evum_bess) -> {"10.0.0.3", "10.0.0.4"};
+addresses(_) -> {"10.0.0.1", "10.0.0.2"}.
 
 %% busybox ping's average, and every reply's time (for a median).
 ping_run(Kind, Vm) ->
-    {ok, 0, Out} = evum:cmd(Vm, "ping -c 20 -i 0.2 10.0.0.2", 30000),
+    {_, IpB} = addresses(Kind),
+    {ok, 0, Out} = evum:cmd(Vm, ["ping -c 25 -i 0.1 ", IpB], 30000),
     {match, [Min, Avg, Max]} =
         re:run(Out, "min/avg/max = ([0-9.]+)/([0-9.]+)/([0-9.]+) ms", [{capture, all_but_first, list}]),
     {match, [Rx]} = re:run(Out, "(\\d+) packets received", [{capture, all_but_first, list}]),
@@ -931,7 +974,7 @@ ping_run(Kind, Vm) ->
         {match, Ts} -> [list_to_float(T) || [T] <- Ts];
         nomatch -> []
     end,
-    io:format("  ~-10s ping -c 20 -i 0.2: min/avg/max ~s/~s/~s ms, median ~.3f ms, ~s of 20 answered~n",
+    io:format("  ~-10s ping -c 25 -i 0.1: min/avg/max ~s/~s/~s ms, median ~.3f ms, ~s of 25 answered~n",
               [Kind, Min, Avg, Max, median(Times), Rx]),
     {list_to_float(Avg), Times}.
 
@@ -943,7 +986,8 @@ tcp_run(Kind, A, B, Port, MB, I) ->
     {ok, 0, _} = evum:cmd(B, ["nc -l -p ", P, " -e dd of=/dev/null bs=64k >/dev/null 2>&1 </dev/null &"]),
     ok = wait_listening(B, P, 50),
     T0 = now_us(),
-    {ok, 0, Out} = evum:cmd(A, ["time nc 10.0.0.2 ", P, " -e dd if=/dev/zero bs=64k count=", integer_to_list(16 * MB)],
+    {_, IpB} = addresses(Kind),
+    {ok, 0, Out} = evum:cmd(A, ["time nc ", IpB, " ", P, " -e dd if=/dev/zero bs=64k count=", integer_to_list(16 * MB)],
                             120000),
     Wall = (now_us() - T0) / 1.0e6,
     {match, [Min, Sec]} = re:run(Out, "real\\s+(\\d+)m\\s*([0-9.]+)s", [{capture, all_but_first, list}]),

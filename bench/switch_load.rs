@@ -8,9 +8,13 @@
 //!   0xfeedface, version 3, type 0, the 110-byte `sockaddr_un` of the
 //!   client's datagram socket, bound like UML to an abstract name of the full
 //!   110-byte length); the 110-byte reply is the switch's data socket; frames
-//!   go out with sendto to that address, one frame per datagram.
+//!   go out to that address, one frame per datagram.
 //! - bess transport (evum only): a SOCK_SEQPACKET connection, one frame per
 //!   message.
+//!
+//! Frames are sent and received in batches (sendmmsg, recvmmsg; up to 32 a
+//! call), as UML's vector driver does, so that the generator's own system
+//! calls do not cap the rate it measures; every switch gets the same load.
 //!
 //! Usage:
 //!   switch_load daemon CTL SIZE SECS     two clients A and B: B announces its
@@ -25,7 +29,7 @@
 //! `START` when it begins sending); errors go to stderr with exit status 1.
 
 use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram, UnixStream};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -43,9 +47,129 @@ const BROADCAST: [u8; 6] = [0xff; 6];
 /// How long the receiver waits for stragglers once the sender has stopped.
 const DRAIN: Duration = Duration::from_millis(200);
 
+/// Frames per sendmmsg/recvmmsg call: the generator moves frames in batches
+/// so that it is not the bottleneck of the switch it measures.
+const BATCH: usize = 32;
+/// recvmmsg: return once one message has arrived.
+const MSG_WAITFORONE: i32 = 0x10000;
+
+/// `struct iovec` and `struct mmsghdr` (x86_64 and other LP64 Linux).
+#[repr(C)]
+struct IoVec {
+    base: *mut u8,
+    len: usize,
+}
+
+#[repr(C)]
+struct MMsgHdr {
+    name: *mut u8,
+    namelen: u32,
+    iov: *mut IoVec,
+    iovlen: usize,
+    control: *mut u8,
+    controllen: usize,
+    flags: i32,
+    /// Where struct msghdr's padding ends and mmsghdr's msg_len begins.
+    _pad: i32,
+    len: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<MMsgHdr>() == 64);
+
 extern "C" {
     fn socket(domain: i32, kind: i32, protocol: i32) -> i32;
     fn connect(fd: i32, addr: *const u8, len: u32) -> i32;
+    fn sendmmsg(fd: i32, msgs: *mut MMsgHdr, n: u32, flags: i32) -> i32;
+    fn recvmmsg(fd: i32, msgs: *mut MMsgHdr, n: u32, flags: i32, timeout: *mut u8) -> i32;
+}
+
+
+/// Sends up to BATCH copies of `frame` in one sendmmsg, to `to` (a raw
+/// sockaddr_un) or, when it is empty, on a connected socket. Blocking: each
+/// message waits for room as a single send would. Returns how many went out.
+fn send_batch(fd: RawFd, to: &[u8], frame: &[u8], n: usize) -> std::io::Result<usize> {
+    let n = n.min(BATCH);
+    let mut iovs: Vec<IoVec> = (0..n)
+        .map(|_| IoVec {
+            base: frame.as_ptr() as *mut u8,
+            len: frame.len(),
+        })
+        .collect();
+    let mut msgs: Vec<MMsgHdr> = iovs
+        .iter_mut()
+        .map(|iov| MMsgHdr {
+            name: if to.is_empty() { std::ptr::null_mut() } else { to.as_ptr() as *mut u8 },
+            namelen: to.len() as u32,
+            iov,
+            iovlen: 1,
+            control: std::ptr::null_mut(),
+            controllen: 0,
+            flags: 0,
+            _pad: 0,
+            len: 0,
+        })
+        .collect();
+    // SAFETY: every header points at an iovec and address that outlive the
+    // call; the kernel only reads the frame and the address.
+    let r = unsafe { sendmmsg(fd, msgs.as_mut_ptr(), n as u32, 0) };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(r as usize)
+    }
+}
+
+/// Buffers for receiving up to BATCH messages in one recvmmsg.
+struct RecvBatch {
+    bufs: Vec<[u8; 2048]>,
+    iovs: Vec<IoVec>,
+    msgs: Vec<MMsgHdr>,
+}
+
+impl RecvBatch {
+    fn new() -> RecvBatch {
+        let mut bufs = vec![[0u8; 2048]; BATCH];
+        let mut iovs: Vec<IoVec> = bufs
+            .iter_mut()
+            .map(|b| IoVec {
+                base: b.as_mut_ptr(),
+                len: b.len(),
+            })
+            .collect();
+        let msgs = iovs
+            .iter_mut()
+            .map(|iov| MMsgHdr {
+                name: std::ptr::null_mut(),
+                namelen: 0,
+                iov,
+                iovlen: 1,
+                control: std::ptr::null_mut(),
+                controllen: 0,
+                flags: 0,
+                _pad: 0,
+                len: 0,
+            })
+            .collect();
+        RecvBatch { bufs, iovs, msgs }
+    }
+
+    /// Waits (up to the socket's receive timeout) for at least one message
+    /// and takes whatever else is already there; returns how many.
+    fn recv(&mut self, fd: RawFd) -> std::io::Result<usize> {
+        let _ = &self.iovs;
+        // SAFETY: the headers point at our own iovecs and buffers, which
+        // neither move nor are otherwise borrowed during the call.
+        let r = unsafe { recvmmsg(fd, self.msgs.as_mut_ptr(), BATCH as u32, MSG_WAITFORONE, std::ptr::null_mut()) };
+        if r < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(r as usize)
+        }
+    }
+
+    fn get(&self, i: usize) -> &[u8] {
+        &self.bufs[i][..(self.msgs[i].len as usize).min(2048)]
+    }
 }
 
 fn die(what: impl std::fmt::Display) -> ! {
@@ -85,6 +209,8 @@ struct Daemon {
     _control: UnixStream,
     data: UnixDatagram,
     switch: SocketAddr,
+    /// The switch's data address as it sent it, for sendmmsg.
+    switch_raw: [u8; SOCKADDR_UN_LEN],
 }
 
 impl Daemon {
@@ -118,6 +244,7 @@ impl Daemon {
             _control: control,
             data,
             switch: address(&reply),
+            switch_raw: reply,
         }
     }
 }
@@ -125,6 +252,9 @@ impl Daemon {
 /// One end of the load: sends or receives frames.
 trait End: Send + Sync {
     fn send(&self, frame: &[u8]) -> std::io::Result<usize>;
+    /// Up to `n` (at most BATCH) copies of `frame` in one system call.
+    fn send_many(&self, frame: &[u8], n: usize) -> std::io::Result<usize>;
+    fn fd(&self) -> RawFd;
     fn recv(&self, buf: &mut [u8]) -> std::io::Result<usize>;
     fn set_timeout(&self, t: Duration);
 }
@@ -132,6 +262,12 @@ trait End: Send + Sync {
 impl End for Daemon {
     fn send(&self, frame: &[u8]) -> std::io::Result<usize> {
         self.data.send_to_addr(frame, &self.switch)
+    }
+    fn send_many(&self, frame: &[u8], n: usize) -> std::io::Result<usize> {
+        send_batch(self.data.as_raw_fd(), &self.switch_raw, frame, n)
+    }
+    fn fd(&self) -> RawFd {
+        self.data.as_raw_fd()
     }
     fn recv(&self, buf: &mut [u8]) -> std::io::Result<usize> {
         self.data.recv(buf)
@@ -172,6 +308,12 @@ impl End for Bess {
     fn send(&self, frame: &[u8]) -> std::io::Result<usize> {
         (&self.0).write(frame)
     }
+    fn send_many(&self, frame: &[u8], n: usize) -> std::io::Result<usize> {
+        send_batch(self.0.as_raw_fd(), &[], frame, n)
+    }
+    fn fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
     fn recv(&self, buf: &mut [u8]) -> std::io::Result<usize> {
         (&self.0).read(buf)
     }
@@ -190,18 +332,25 @@ fn drain(end: &dyn End) -> u64 {
     n
 }
 
-/// Sends `f` for `secs` seconds as fast as the socket takes it (blocking
-/// sends: a full switch queue holds the sender back). Returns (sent, send
-/// errors, seconds).
+/// Sends `f` for `secs` seconds as fast as the socket takes it, BATCH
+/// frames per sendmmsg (blocking sends: a full switch queue holds the sender
+/// back). Returns (sent, send errors, seconds).
 fn blast(end: &dyn End, f: &[u8], secs: f64) -> (u64, u64, f64) {
     let t0 = Instant::now();
     let limit = Duration::from_secs_f64(secs);
     let (mut sent, mut errors) = (0u64, 0u64);
     loop {
-        for _ in 0..64 {
-            match end.send(f) {
-                Ok(n) if n == f.len() => sent += 1,
-                _ => errors += 1,
+        let mut left = 2 * BATCH;
+        while left > 0 {
+            match end.send_many(f, left) {
+                Ok(0) | Err(_) => {
+                    errors += 1;
+                    left -= 1;
+                }
+                Ok(n) => {
+                    sent += n as u64;
+                    left -= n;
+                }
             }
         }
         if t0.elapsed() >= limit {
@@ -228,20 +377,23 @@ fn pair(a: Arc<dyn End>, b: Arc<dyn End>, size: usize, secs: f64) {
         let (b, stop) = (b.clone(), stop.clone());
         b.set_timeout(Duration::from_millis(20));
         thread::spawn(move || {
-            let mut buf = [0u8; 2048];
+            let mut batch = RecvBatch::new();
             let (mut n, mut bytes, mut wrong) = (0u64, 0u64, 0u64);
             let mut last = t0;
             let mut stopped_at: Option<Instant> = None;
             loop {
-                match b.recv(&mut buf) {
-                    Ok(len) => {
-                        if len == size && buf[0..6] == MAC_B && buf[6..12] == MAC_A {
-                            n += 1;
-                            bytes += len as u64;
-                            last = Instant::now();
-                        } else {
-                            wrong += 1;
+                match batch.recv(b.fd()) {
+                    Ok(count) => {
+                        for i in 0..count {
+                            let buf = batch.get(i);
+                            if buf.len() == size && buf[0..6] == MAC_B && buf[6..12] == MAC_A {
+                                n += 1;
+                                bytes += buf.len() as u64;
+                            } else {
+                                wrong += 1;
+                            }
                         }
+                        last = Instant::now();
                     }
                     Err(_) => {
                         if stop.load(Ordering::Relaxed) {

@@ -37,6 +37,9 @@ const OUT: u64 = 1;
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Bytes a pending control connection may send before it is oversized.
 const PENDING_LIMIT: usize = 4096;
+/// The longest the switch holds its input back for a congested port before
+/// it gives up on that port (which then loses frames instead).
+const MAX_PAUSE: Duration = Duration::from_millis(5);
 
 fn token(id: u64, slot: u64) -> Token {
     Token((id * 2 + slot) as usize)
@@ -62,11 +65,28 @@ pub struct SwitchLoop {
     pending: HashMap<u64, Pending>,
     fdb: Fdb,
     counters: Counters,
-    buf: Vec<u8>,
     next_sweep: Instant,
     paths: Vec<PathBuf>,
-    /// Scratch space for the ports a frame goes to.
-    receivers: Vec<u64>,
+    /// The frames of the batch being forwarded, as (destination port, index
+    /// of the frame in its batch): filled as each frame is routed, then sent
+    /// port by port, several frames per system call. Kept between batches
+    /// so that forwarding does not allocate.
+    staged: Vec<(u64, usize)>,
+    /// How many attached ports are promiscuous: with none, a known unicast
+    /// destination is looked up alone, without going through every port.
+    promiscuous: usize,
+    /// Flow control. While a port's output queue is above its congestion
+    /// mark, the switch reads no input: senders' frames wait in their own
+    /// sockets (UML and the bess peers then hold back or drop at their end)
+    /// instead of being read only to be dropped here, and the receiver gets
+    /// the CPU to catch up. Paused until the queues drain, or until this
+    /// deadline: then the congested ports are marked stuck and input goes on.
+    paused_until: Option<Instant>,
+    /// The ports above their congestion mark.
+    congested: Vec<u64>,
+    /// Input left unread while paused: the data socket, and bess ports.
+    data_deferred: bool,
+    bess_deferred: Vec<u64>,
     /// The loop keeps the waker's eventfd open: were the [`Switch`] to close
     /// it on drop, epoll would forget the fd and with it the wake-up that
     /// carries the stop.
@@ -95,7 +115,12 @@ impl SwitchLoop {
         };
         Ok(SwitchLoop {
             _waker: waker,
-            receivers: Vec::new(),
+            staged: Vec::new(),
+            promiscuous: 0,
+            paused_until: None,
+            congested: Vec::new(),
+            data_deferred: false,
+            bess_deferred: Vec::new(),
             poll,
             rx,
             fdb: Fdb::new(config.mac_ageing),
@@ -108,7 +133,6 @@ impl SwitchLoop {
             by_addr: HashMap::new(),
             pending: HashMap::new(),
             counters: Counters::default(),
-            buf: vec![0; 64 * 1024],
             next_sweep: Instant::now() + SWEEP_EVERY,
             paths: bound,
         })
@@ -180,12 +204,13 @@ impl SwitchLoop {
                 match event.token() {
                     WAKER => {}
                     CONTROL_LISTENER => self.accept_control(),
+                    DATA if self.paused_until.is_some() => self.data_deferred = true,
                     DATA => self.read_data(&mut batch),
                     BESS_LISTENER => self.accept_bess(),
                     Token(raw) => {
                         let (id, slot) = (raw as u64 / 2, raw as u64 % 2);
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.readable(id, slot);
+                            self.readable(id, slot, &mut batch);
                         }
                         if event.is_writable() {
                             self.writable(id);
@@ -200,6 +225,7 @@ impl SwitchLoop {
                 }
             }
             self.run_deadlines();
+            self.resume_input(&mut batch);
         }
     }
 
@@ -208,8 +234,28 @@ impl SwitchLoop {
             .values()
             .map(|p| p.deadline)
             .chain([self.next_sweep])
+            .chain(self.paused_until)
             .min()
             .unwrap_or(self.next_sweep)
+    }
+
+    /// Reads the input left waiting once no port is congested any more.
+    fn resume_input(&mut self, batch: &mut sock::RecvBatch) {
+        if self.paused_until.is_none() || !self.congested.is_empty() {
+            return;
+        }
+        self.paused_until = None;
+        if std::mem::take(&mut self.data_deferred) {
+            self.read_data(batch);
+        }
+        // Each may pause input again, deferring those after it anew.
+        let mut deferred = std::mem::take(&mut self.bess_deferred);
+        for id in deferred.drain(..) {
+            self.readable(id, MAIN, batch);
+        }
+        if self.bess_deferred.is_empty() {
+            self.bess_deferred = deferred;
+        }
     }
 
     fn run_deadlines(&mut self) {
@@ -223,6 +269,14 @@ impl SwitchLoop {
         for id in expired {
             self.counters.request_timeout += 1;
             self.drop_pending(id);
+        }
+        if self.paused_until.is_some_and(|until| until <= now) {
+            // Their peers did not catch up in time: no more waiting for them.
+            for id in self.congested.drain(..) {
+                if let Some(port) = self.ports.get_mut(&id) {
+                    port.stuck = true;
+                }
+            }
         }
         if now >= self.next_sweep {
             self.fdb.expire(now);
@@ -240,12 +294,16 @@ impl SwitchLoop {
                 sink,
             } => {
                 let peer = Peer::Attached { sink, promiscuous };
-                self.ports.insert(id.0, Port::new(id, peer, mac, self.config.queue_len));
+                if let Some(old) = self.ports.insert(id.0, Port::new(id, peer, mac, self.config.queue_len)) {
+                    self.promiscuous -= usize::from(old.is_promiscuous());
+                }
+                self.promiscuous += usize::from(promiscuous);
             }
             Command::Detach(id) => self.remove_port(id),
             Command::Inject(id, frame) => {
                 if self.ports.contains_key(&id.0) && self.frame_ok(frame.len()) {
-                    self.forward(id, &frame);
+                    self.route(id, &frame, 0, Instant::now());
+                    self.deliver(|_| &frame[..]);
                 }
             }
             Command::Ports(reply) => {
@@ -450,15 +508,27 @@ impl SwitchLoop {
                     return;
                 }
             };
+            let now = Instant::now();
+            let mut sender = None;
             for i in 0..count {
-                let (len, frame, from) = batch.get(i);
-                let Some(&port) = self.by_addr.get(&from) else {
+                // A batch mostly comes from one sender: its port is looked
+                // up once.
+                if i == 0 || !batch.same_sender(i, i - 1) {
+                    sender = self.by_addr.get(&batch.sender(i)).copied();
+                }
+                let Some(port) = sender else {
                     self.counters.unknown_sender += 1;
                     continue;
                 };
+                let (len, frame) = batch.frame(i);
                 if self.frame_ok(len) {
-                    self.forward(port, frame);
+                    self.route(port, frame, i, now);
                 }
+            }
+            self.deliver(|i| batch.frame(i).1);
+            if self.paused_until.is_some() {
+                self.data_deferred = true;
+                return;
             }
             if count < sock::RecvBatch::SIZE {
                 return;
@@ -496,7 +566,7 @@ impl SwitchLoop {
 
     // ---- ports
 
-    fn readable(&mut self, id: u64, slot: u64) {
+    fn readable(&mut self, id: u64, slot: u64, batch: &mut sock::RecvBatch) {
         if slot != MAIN {
             return;
         }
@@ -521,23 +591,42 @@ impl SwitchLoop {
                     self.remove_port(PortId(id));
                 }
             }
+            Peer::Bess { .. } if self.paused_until.is_some() => {
+                if !self.bess_deferred.contains(&id) {
+                    self.bess_deferred.push(id);
+                }
+            }
             Peer::Bess { conn } => {
                 let fd = conn.as_raw_fd();
-                let mut buf = std::mem::take(&mut self.buf);
                 let gone = loop {
-                    match sock::recv(fd, &mut buf) {
-                        Ok(0) => break true,
-                        Ok(n) => {
-                            if self.frame_ok(n) {
-                                self.forward(PortId(id), &buf[..n]);
-                            }
-                        }
+                    let count = match batch.recv(fd) {
+                        Ok(count) => count,
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break false,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                         Err(_) => break true,
+                    };
+                    let now = Instant::now();
+                    // A message of no bytes is the end of the connection
+                    // (recvmmsg reports EOF as such messages).
+                    let frames = (0..count).take_while(|&i| batch.frame(i).0 > 0).count();
+                    for i in 0..frames {
+                        let (len, frame) = batch.frame(i);
+                        if self.frame_ok(len) {
+                            self.route(PortId(id), frame, i, now);
+                        }
+                    }
+                    self.deliver(|i| batch.frame(i).1);
+                    if frames < count {
+                        break true;
+                    }
+                    if self.paused_until.is_some() {
+                        self.bess_deferred.push(id);
+                        break false;
+                    }
+                    if count < sock::RecvBatch::SIZE {
+                        break false;
                     }
                 };
-                self.buf = buf;
                 if gone {
                     self.remove_port(PortId(id));
                 }
@@ -549,6 +638,12 @@ impl SwitchLoop {
     fn writable(&mut self, id: u64) {
         let Some(port) = self.ports.get_mut(&id) else { return };
         let more = port.flush();
+        if !more {
+            port.stuck = false;
+        }
+        if port.queue.len() < port.congestion_mark() / 2 {
+            self.congested.retain(|&c| c != id);
+        }
         self.set_writable_interest(id, more);
     }
 
@@ -588,6 +683,9 @@ impl SwitchLoop {
         let Some(mut port) = self.ports.remove(&id.0) else {
             return;
         };
+        self.promiscuous -= usize::from(port.is_promiscuous());
+        self.congested.retain(|&c| c != id.0);
+        self.bess_deferred.retain(|&c| c != id.0);
         let registry = self.poll.registry();
         match &mut port.peer {
             Peer::Daemon { control, out, addr } => {
@@ -619,9 +717,10 @@ impl SwitchLoop {
         }
     }
 
-    /// Forwards a frame of at least [`MIN_FRAME`] bytes that came in on `src`.
-    fn forward(&mut self, src: PortId, frame: &[u8]) {
-        let now = Instant::now();
+    /// Decides where a frame of at least [`MIN_FRAME`] bytes that came in
+    /// on `src` goes, learning its source; the frame is the `index`th of its
+    /// batch, which [`deliver`](Self::deliver) then sends.
+    fn route(&mut self, src: PortId, frame: &[u8], index: usize, now: Instant) {
         let mut dst: Mac = [0; 6];
         dst.copy_from_slice(&frame[0..6]);
         let mut from: Mac = [0; 6];
@@ -639,27 +738,57 @@ impl SwitchLoop {
         } else {
             self.fdb.lookup(&dst, now)
         };
-        // Reuse one buffer for the receivers: no allocation per frame.
-        let mut receivers = std::mem::take(&mut self.receivers);
-        receivers.clear();
-        receivers.extend(
-            self.ports
-                .values()
-                .filter(|p| p.id != src)
-                .filter(|p| match target {
-                    None => true,
-                    Some(t) => p.id == t || p.is_promiscuous(),
-                })
-                .map(|p| p.id.0),
-        );
-        for &id in &receivers {
+        match target {
+            // Known unicast: that port alone, unless someone listens to all.
+            Some(t) if self.promiscuous == 0 => {
+                if t != src && self.ports.contains_key(&t.0) {
+                    self.staged.push((t.0, index));
+                }
+            }
+            _ => {
+                let staged = &mut self.staged;
+                for p in self.ports.values() {
+                    let wanted = match target {
+                        None => true,
+                        Some(t) => p.id == t || p.is_promiscuous(),
+                    };
+                    if p.id != src && wanted {
+                        staged.push((p.id.0, index));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends the frames [`route`](Self::route) staged, port by port, as many
+    /// per system call as the port takes; `frame(i)` is the batch's `i`th.
+    fn deliver<'a>(&mut self, frame: impl Fn(usize) -> &'a [u8]) {
+        let mut staged = std::mem::take(&mut self.staged);
+        // Stable: each port gets its frames in the order they came.
+        staged.sort_by_key(|&(port, _)| port);
+        let mut rest = &staged[..];
+        while let Some(&(id, _)) = rest.first() {
+            let mut frames: [&[u8]; sock::SEND_BATCH] = [&[]; sock::SEND_BATCH];
+            let mut n = 0;
+            while n < sock::SEND_BATCH && rest.get(n).is_some_and(|&(p, _)| p == id) {
+                frames[n] = frame(rest[n].1);
+                n += 1;
+            }
+            rest = &rest[n..];
             let Some(port) = self.ports.get_mut(&id) else { continue };
-            match port.offer(frame) {
+            match port.offer_many(&frames[..n]) {
                 Offer::Sent | Offer::Dropped => {}
-                Offer::Queued => self.set_writable_interest(id, true),
+                Offer::Queued => {
+                    if !port.stuck && port.queue.len() >= port.congestion_mark() && !self.congested.contains(&id) {
+                        self.congested.push(id);
+                        self.paused_until.get_or_insert_with(|| Instant::now() + MAX_PAUSE);
+                    }
+                    self.set_writable_interest(id, true);
+                }
                 Offer::Gone => self.remove_port(PortId(id)),
             }
         }
-        self.receivers = receivers;
+        staged.clear();
+        self.staged = staged;
     }
 }

@@ -12,10 +12,16 @@ pub fn is_group(mac: &Mac) -> bool {
     mac[0] & 1 != 0
 }
 
+/// How stale a learned entry's time may be: a MAC that keeps sending from
+/// the same port is written to the table at most this often, not per frame.
+const REFRESH: Duration = Duration::from_millis(100);
+
 /// Learned MAC addresses, forgotten after `ageing` without a frame from them.
 pub struct Fdb {
     ageing: Duration,
     entries: HashMap<Mac, (PortId, Instant)>,
+    /// The entry written last, as written.
+    last: Option<(Mac, PortId, Instant)>,
 }
 
 impl Fdb {
@@ -23,15 +29,23 @@ impl Fdb {
         Fdb {
             ageing,
             entries: HashMap::new(),
+            last: None,
         }
     }
 
     /// Records that `mac` sent from `port` (a move if it was elsewhere).
     /// Group addresses are never learned.
     pub fn learn(&mut self, mac: Mac, port: PortId, now: Instant) {
-        if !is_group(&mac) {
-            self.entries.insert(mac, (port, now));
+        if is_group(&mac) {
+            return;
         }
+        if let Some((m, p, at)) = self.last {
+            if m == mac && p == port && now.saturating_duration_since(at) < REFRESH {
+                return;
+            }
+        }
+        self.entries.insert(mac, (port, now));
+        self.last = Some((mac, port, now));
     }
 
     /// The port `mac` lives on, if it was seen within the ageing time.
@@ -44,12 +58,14 @@ impl Fdb {
 
     /// Forgets every MAC of a port that has gone.
     pub fn forget_port(&mut self, port: PortId) {
+        self.last = None;
         self.entries.retain(|_, (p, _)| *p != port);
     }
 
     /// Drops aged entries.
     pub fn expire(&mut self, now: Instant) {
         let ageing = self.ageing;
+        self.last = None;
         self.entries
             .retain(|_, (_, seen)| now.saturating_duration_since(*seen) < ageing);
     }
@@ -82,6 +98,9 @@ mod tests {
         assert_eq!(fdb.lookup(&A, t0), Some(PortId(1)));
         fdb.learn(A, PortId(2), t0 + Duration::from_secs(1));
         assert_eq!(fdb.lookup(&A, t0), Some(PortId(2)));
+        // A repeat within the refresh time keeps the entry as it was.
+        fdb.learn(A, PortId(2), t0 + Duration::from_millis(1001));
+        assert_eq!(fdb.entries(t0 + Duration::from_secs(2))[0].2, Duration::from_secs(1));
         let late = t0 + Duration::from_secs(302);
         assert_eq!(fdb.lookup(&A, late), None);
         assert!(fdb.entries(late).is_empty());

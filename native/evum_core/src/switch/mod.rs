@@ -21,8 +21,17 @@
 //! unknown destinations are flooded, and no frame goes back to the port it
 //! came from. A hub floods everything; promiscuous attached ports see every
 //! frame. Each socket port has a bounded output queue: a slow receiver loses
-//! frames (counted), it never blocks the loop. Bad input of any kind is
-//! rejected and counted in [`Counters`], and forwarding goes on.
+//! frames (counted), it never blocks the loop. While a queue is more than
+//! half full the switch stops reading input for up to 5 ms, so that senders
+//! wait (in their sockets) rather than have their frames read only to be
+//! dropped; a port that does not catch up in that time is left to drop
+//! until its queue has emptied. Bad input of any kind is rejected and
+//! counted in [`Counters`], and forwarding goes on.
+//!
+//! Frames are received in batches (recvmmsg, on the data socket and on each
+//! bess connection) and sent in batches, one sendmmsg per destination port
+//! per batch received; a known unicast destination is found without looking
+//! at the other ports.
 
 pub mod daemon;
 mod event_loop;

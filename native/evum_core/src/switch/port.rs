@@ -59,6 +59,13 @@ pub struct Port {
     pub queue: VecDeque<Vec<u8>>,
     pub queue_limit: usize,
     pub wants_writable: bool,
+    /// The peer left its queue congested for longer than the switch holds
+    /// its input back: input no longer waits for this port until its queue
+    /// has emptied.
+    pub stuck: bool,
+    /// Buffers of frames already sent, kept for the next ones queued: a
+    /// busy port does not allocate per frame.
+    spare: Vec<Vec<u8>>,
 }
 
 impl Port {
@@ -71,6 +78,8 @@ impl Port {
             queue: VecDeque::new(),
             queue_limit,
             wants_writable: false,
+            stuck: false,
+            spare: Vec::new(),
         }
     }
 
@@ -80,6 +89,12 @@ impl Port {
             Peer::Bess { .. } => PortKind::Bess,
             Peer::Attached { .. } => PortKind::Attached,
         }
+    }
+
+    /// Whether the port's output queue is this full: the switch holds its
+    /// input back from here (unless the port is stuck).
+    pub fn congestion_mark(&self) -> usize {
+        (self.queue_limit / 2).max(1)
     }
 
     pub fn is_promiscuous(&self) -> bool {
@@ -103,67 +118,119 @@ impl Port {
 
     /// Sends a frame now, or queues it behind those waiting, or drops it.
     /// Never blocks.
+    #[cfg(test)]
     pub fn offer(&mut self, frame: &[u8]) -> Offer {
+        self.offer_many(&[frame])
+    }
+
+    /// Sends frames now, or queues them behind those waiting, or drops them;
+    /// never blocks. In order, with as few system calls as the socket
+    /// allows. The result is the most pressing outcome: Gone (an attached
+    /// receiver), then Queued (some frame waits), then Sent, then Dropped.
+    pub fn offer_many(&mut self, frames: &[&[u8]]) -> Offer {
         if let Peer::Attached { sink, .. } = &mut self.peer {
-            if !sink.frame(self.id, frame) {
-                return Offer::Gone;
+            for frame in frames {
+                if !sink.frame(self.id, frame) {
+                    return Offer::Gone;
+                }
+                self.counters.frames_out += 1;
+                self.counters.bytes_out += frame.len() as u64;
             }
-            self.counters.frames_out += 1;
-            self.counters.bytes_out += frame.len() as u64;
             return Offer::Sent;
         }
+        let mut done = 0;
+        let mut sent = false;
         if self.queue.is_empty() {
-            match self.try_send(frame) {
-                Ok(true) => return Offer::Sent,
-                Ok(false) => {}
-                Err(_) => {
-                    self.counters.drops_send_error += 1;
-                    return Offer::Dropped;
+            while done < frames.len() {
+                match self.try_send(&frames[done..]) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        done += n;
+                        sent = true;
+                    }
+                    Err(_) => {
+                        self.counters.drops_send_error += 1;
+                        done += 1;
+                    }
                 }
             }
         }
-        if self.queue.len() >= self.queue_limit {
-            self.counters.drops_queue_full += 1;
-            return Offer::Dropped;
+        let mut queued = false;
+        for frame in &frames[done..] {
+            if self.queue.len() >= self.queue_limit {
+                self.counters.drops_queue_full += 1;
+                continue;
+            }
+            let mut buf = self.spare.pop().unwrap_or_default();
+            buf.clear();
+            buf.extend_from_slice(frame);
+            self.queue.push_back(buf);
+            queued = true;
         }
-        self.queue.push_back(frame.to_vec());
-        Offer::Queued
+        if queued {
+            Offer::Queued
+        } else if sent {
+            Offer::Sent
+        } else {
+            Offer::Dropped
+        }
     }
 
     /// Sends what the queue holds until the socket would block. Returns
     /// whether frames remain.
     pub fn flush(&mut self) -> bool {
-        while let Some(frame) = self.queue.pop_front() {
-            match self.try_send(&frame) {
-                Ok(true) => {}
-                Ok(false) => {
-                    self.queue.push_front(frame);
-                    return true;
+        while !self.queue.is_empty() {
+            let mut batch: [&[u8]; sock::SEND_BATCH] = [&[]; sock::SEND_BATCH];
+            let mut n = 0;
+            for (slot, frame) in batch.iter_mut().zip(self.queue.iter()) {
+                *slot = frame;
+                n += 1;
+            }
+            let done = match send_counted(&self.peer, &mut self.counters, &batch[..n]) {
+                Ok(0) => return true,
+                Ok(done) => done,
+                Err(_) => {
+                    self.counters.drops_send_error += 1;
+                    1
                 }
-                Err(_) => self.counters.drops_send_error += 1,
+            };
+            for _ in 0..done {
+                if let Some(buf) = self.queue.pop_front() {
+                    if self.spare.len() < self.queue_limit.min(sock::SEND_BATCH * 4) {
+                        self.spare.push(buf);
+                    }
+                }
             }
         }
         false
     }
 
-    /// Ok(true) sent, Ok(false) would block, Err: the peer refused it.
-    fn try_send(&mut self, frame: &[u8]) -> io::Result<bool> {
-        let fd = match &self.peer {
-            Peer::Daemon { out, .. } => out.as_raw_fd(),
-            Peer::Bess { conn } => conn.as_raw_fd(),
-            Peer::Attached { .. } => return Ok(true),
-        };
-        loop {
-            match sock::send(fd, frame) {
-                Ok(_) => {
-                    self.counters.frames_out += 1;
-                    self.counters.bytes_out += frame.len() as u64;
-                    return Ok(true);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+    /// Sends the first frames of `frames` (up to [`sock::SEND_BATCH`]) in one
+    /// system call. Ok(n) sent n (0: would block), Err: the peer refused
+    /// the first one.
+    fn try_send(&mut self, frames: &[&[u8]]) -> io::Result<usize> {
+        send_counted(&self.peer, &mut self.counters, frames)
+    }
+}
+
+/// [`Port::try_send`] on the parts of a port it needs, so that the frames
+/// may be borrowed from the port's own queue.
+fn send_counted(peer: &Peer, counters: &mut PortCounters, frames: &[&[u8]]) -> io::Result<usize> {
+    let fd = match peer {
+        Peer::Daemon { out, .. } => out.as_raw_fd(),
+        Peer::Bess { conn } => conn.as_raw_fd(),
+        Peer::Attached { .. } => return Ok(frames.len()),
+    };
+    loop {
+        match sock::send_many(fd, frames) {
+            Ok(n) => {
+                counters.frames_out += n as u64;
+                counters.bytes_out += frames[..n].iter().map(|f| f.len() as u64).sum::<u64>();
+                return Ok(n);
             }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
 }

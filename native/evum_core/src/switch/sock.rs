@@ -16,14 +16,6 @@ fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-fn check_len(ret: libc::ssize_t) -> io::Result<usize> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret as usize)
-    }
-}
-
 fn new_socket(kind: libc::c_int) -> io::Result<OwnedFd> {
     // SAFETY: socket() takes no pointers; a non-negative result is a fresh
     // fd that nothing else owns, so OwnedFd may take it.
@@ -79,20 +71,6 @@ pub fn accept(listener: RawFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Receives one message. For datagram and seqpacket sockets the result is
-/// the message's real length even when `buf` was too small (MSG_TRUNC).
-pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: `buf` is valid for writes of its length.
-    check_len(unsafe {
-        libc::recv(
-            fd,
-            buf.as_mut_ptr() as *mut libc::c_void,
-            buf.len(),
-            libc::MSG_DONTWAIT | libc::MSG_TRUNC,
-        )
-    })
-}
-
 /// The key of a received sender address (all zero for an unbound sender):
 /// the first `len` bytes of `sa`, as the kernel reported them.
 fn sender_key(sa: &libc::sockaddr_un, len: libc::socklen_t) -> RawUnixAddr {
@@ -104,17 +82,39 @@ fn sender_key(sa: &libc::sockaddr_un, len: libc::socklen_t) -> RawUnixAddr {
     daemon::received_key(&raw[..(len as usize).min(SOCKADDR_UN_LEN)])
 }
 
-/// Sends one message without blocking and without SIGPIPE.
-pub fn send(fd: RawFd, frame: &[u8]) -> io::Result<usize> {
-    // SAFETY: `frame` is valid for reads of its length.
-    check_len(unsafe {
-        libc::send(
+/// Most frames one [`send_many`] call takes.
+pub const SEND_BATCH: usize = 32;
+
+/// Sends up to [`SEND_BATCH`] frames on a connected socket in one sendmmsg,
+/// without blocking and without SIGPIPE. Returns how many went out (at least
+/// one); `WouldBlock` when not even the first fitted. An error on a later
+/// frame ends the call early with the count so far: the next call reports it.
+pub fn send_many(fd: RawFd, frames: &[&[u8]]) -> io::Result<usize> {
+    let n = frames.len().min(SEND_BATCH);
+    // SAFETY: iovec and mmsghdr are plain old data; zeroes are valid.
+    let mut iovs: [libc::iovec; SEND_BATCH] = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut msgs: [libc::mmsghdr; SEND_BATCH] = unsafe { std::mem::zeroed() };
+    for (i, frame) in frames[..n].iter().enumerate() {
+        iovs[i] = libc::iovec {
+            iov_base: frame.as_ptr() as *mut libc::c_void,
+            iov_len: frame.len(),
+        };
+        msgs[i].msg_hdr.msg_iov = &mut iovs[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
+    }
+    // SAFETY: each of the first `n` headers points at its own iovec, which
+    // points at a frame borrowed for the whole call; the kernel only reads
+    // them (and writes msg_len in the headers, which are ours).
+    let sent = unsafe {
+        libc::sendmmsg(
             fd,
-            frame.as_ptr() as *const libc::c_void,
-            frame.len(),
+            msgs.as_mut_ptr(),
+            n as libc::c_uint,
             libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
         )
-    })
+    };
+    check(sent).map(|sent| sent as usize)
 }
 
 /// A datagram socket connected to a VM's address, with the full 110-byte
@@ -206,11 +206,29 @@ impl RecvBatch {
     }
 
     /// Datagram `i` of the last [`recv`](Self::recv): its full length (which
-    /// may exceed the bytes kept), its bytes, and its sender's address key.
-    pub fn get(&self, i: usize) -> (usize, &[u8], RawUnixAddr) {
-        let msg = &self.msgs[i];
-        let len = msg.msg_len as usize;
-        let from = sender_key(&self.addrs[i], msg.msg_hdr.msg_namelen);
-        (len, &self.bufs[i][..len.min(Self::BUF)], from)
+    /// may exceed the bytes kept) and its bytes.
+    pub fn frame(&self, i: usize) -> (usize, &[u8]) {
+        let len = self.msgs[i].msg_len as usize;
+        (len, &self.bufs[i][..len.min(Self::BUF)])
+    }
+
+    /// The sender's address key of datagram `i` of the last
+    /// [`recv`](Self::recv) (meaningless on a connected socket).
+    pub fn sender(&self, i: usize) -> RawUnixAddr {
+        sender_key(&self.addrs[i], self.msgs[i].msg_hdr.msg_namelen)
+    }
+
+    /// Whether datagrams `i` and `j` came from the same address, without
+    /// building either key.
+    pub fn same_sender(&self, i: usize, j: usize) -> bool {
+        let (a, b) = (&self.msgs[i].msg_hdr, &self.msgs[j].msg_hdr);
+        let len = (a.msg_namelen as usize).min(std::mem::size_of::<libc::sockaddr_un>());
+        // SAFETY: both names point at this batch's own sockaddr_un buffers,
+        // valid for reads of their size, which `len` does not exceed.
+        a.msg_namelen == b.msg_namelen
+            && unsafe {
+                std::slice::from_raw_parts(a.msg_name as *const u8, len)
+                    == std::slice::from_raw_parts(b.msg_name as *const u8, len)
+            }
     }
 }
