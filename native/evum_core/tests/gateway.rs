@@ -13,10 +13,14 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{unbounded, Receiver, Sender};
+mod common;
+
+use common::{boot, Guest};
+
+use crossbeam_channel::{unbounded, Receiver};
 use evum_core::gateway::{FlowOrigin, FlowProto, Forward, Gateway, GatewayConfig, GatewayError, Proto};
 use evum_core::switch::{Switch, SwitchConfig};
-use evum_core::{control, image, BootOption, ControlEvent, Exit, Vm, VmConfig, VmEvents};
+use evum_core::BootOption;
 
 // ---------------------------------------------------------------- fixtures
 
@@ -79,80 +83,16 @@ impl Net {
     }
 }
 
-struct Events(Sender<ControlEvent>);
-
-impl VmEvents for Events {
-    fn console_line(&mut self, _line: &[u8]) {}
-    fn control(&mut self, event: ControlEvent) {
-        let _ = self.0.send(event);
-    }
-    fn exited(&mut self, _exit: Exit) {}
+/// Guests of the gateway tests configure vec0 by DHCP.
+trait Dhcp {
+    fn dhcp(&mut self) -> String;
 }
 
-struct Guest {
-    vm: Vm,
-    rx: Receiver<ControlEvent>,
-    next: u64,
-}
-
-fn boot(net: BootOption) -> Guest {
-    let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("image-cache");
-    let initrd = image::busybox_initramfs(Path::new("/bin/busybox"), &cache).expect("image");
-    let (tx, rx) = unbounded();
-    let config = VmConfig {
-        kernel: "linux".into(),
-        options: vec![BootOption::Initrd(initrd), BootOption::Init("/init".into()), net],
-        umid: None,
-        uml_dir: None,
-        run_as: None,
-    };
-    let vm = evum_core::start(config, Box::new(Events(tx))).expect("start");
-    loop {
-        match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(ControlEvent::Ready) => break,
-            Ok(_) => {}
-            Err(_) => panic!("the guest did not come up"),
-        }
-    }
-    Guest { vm, rx, next: 1 }
-}
-
-impl Guest {
-    fn run(&mut self, cmd: &str) -> (i32, String) {
-        let id = self.next;
-        self.next += 1;
-        self.vm.handle.write_control(control::run_request(id, cmd)).unwrap();
-        loop {
-            match self.rx.recv_timeout(Duration::from_secs(30)) {
-                Ok(ControlEvent::Result { id: i, status, output }) if i == id => {
-                    return (status, String::from_utf8_lossy(&output).into_owned())
-                }
-                Ok(_) => {}
-                Err(_) => panic!("no result for {cmd}"),
-            }
-        }
-    }
-
-    fn ok(&mut self, cmd: &str) -> String {
-        let (status, out) = self.run(cmd);
-        assert_eq!(status, 0, "{cmd}: {out}");
-        out
-    }
-
-    /// Configures vec0 by DHCP through a script of our own (the image has
-    /// no udhcpc default script).
+impl Dhcp for Guest {
+    /// Configures vec0 by DHCP with the image's own udhcpc script.
     fn dhcp(&mut self) -> String {
-        self.ok("printf '%s\\n' '#!/bin/sh' 'case \"$1\" in bound|renew)' \
-             'ifconfig \"$interface\" \"$ip\" netmask \"$subnet\" up' \
-             'route add default gw \"$router\" ;; esac' >/tmp/dhcp.sh && chmod +x /tmp/dhcp.sh");
-        self.ok("ifconfig vec0 up && udhcpc -i vec0 -s /tmp/dhcp.sh -n -q -t 5 -T 1");
+        self.ok("ifconfig vec0 up && udhcpc -i vec0 -n -q -t 5 -T 1");
         self.ok("ifconfig vec0")
-    }
-}
-
-impl Drop for Guest {
-    fn drop(&mut self) {
-        let _ = self.vm.handle.signal(evum_core::io_loop::Signal::SIGKILL, true);
     }
 }
 

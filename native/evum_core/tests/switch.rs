@@ -10,6 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+mod common;
+
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use evum_core::switch::daemon::{encode_request, RawUnixAddr, SOCKADDR_UN_LEN};
 use evum_core::switch::{FrameSink, PortId, PortKind, Switch, SwitchConfig};
@@ -630,68 +632,8 @@ fn stopping_closes_ports_and_removes_the_sockets() {
 
 mod guests {
     use super::*;
-    use evum_core::{control, image, BootOption, ControlEvent, Exit, Vm, VmConfig, VmEvents};
-
-    struct Events(Sender<ControlEvent>);
-
-    impl VmEvents for Events {
-        fn console_line(&mut self, _line: &[u8]) {}
-        fn control(&mut self, event: ControlEvent) {
-            let _ = self.0.send(event);
-        }
-        fn exited(&mut self, _exit: Exit) {}
-    }
-
-    pub struct Guest {
-        vm: Vm,
-        rx: Receiver<ControlEvent>,
-        next: u64,
-    }
-
-    pub fn boot(net: BootOption) -> Guest {
-        let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("image-cache");
-        let initrd = image::busybox_initramfs(Path::new("/bin/busybox"), &cache).expect("image");
-        let (tx, rx) = unbounded();
-        let config = VmConfig {
-            kernel: "linux".into(),
-            options: vec![BootOption::Initrd(initrd), BootOption::Init("/init".into()), net],
-            umid: None,
-            uml_dir: None,
-            run_as: None,
-        };
-        let vm = evum_core::start(config, Box::new(Events(tx))).expect("start");
-        loop {
-            match rx.recv_timeout(Duration::from_secs(30)) {
-                Ok(ControlEvent::Ready) => break,
-                Ok(_) => {}
-                Err(_) => panic!("the guest did not come up"),
-            }
-        }
-        Guest { vm, rx, next: 1 }
-    }
-
-    impl Guest {
-        pub fn run(&mut self, cmd: &str) -> (i32, String) {
-            let id = self.next;
-            self.next += 1;
-            self.vm.handle.write_control(control::run_request(id, cmd)).unwrap();
-            loop {
-                match self.rx.recv_timeout(Duration::from_secs(20)) {
-                    Ok(ControlEvent::Result { id: i, status, output }) if i == id => {
-                        return (status, String::from_utf8_lossy(&output).into_owned())
-                    }
-                    Ok(_) => {}
-                    Err(_) => panic!("no result for {cmd}"),
-                }
-            }
-        }
-    }
-
-    impl Drop for Guest {
-        fn drop(&mut self) {
-            let _ = self.vm.handle.signal(evum_core::io_loop::Signal::SIGKILL, true);
-        }
-    }
+    use common::{boot, Guest};
+    use evum_core::BootOption;
 
     /// Configures `a` as 10.0.0.1 on `if_a` and `b` as 10.0.0.2 on `if_b`,
     /// checks their ports are of the kinds given, and pings b from a.

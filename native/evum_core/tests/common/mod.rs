@@ -1,0 +1,80 @@
+//! Real busybox guests for the integration tests: boot one with a network
+//! option, run commands through its command channel, kill it when dropped.
+
+#![allow(dead_code)] // each test crate uses what it needs
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crossbeam_channel::{unbounded, Receiver, Sender};
+use evum_core::{control, image, BootOption, ControlEvent, Exit, Vm, VmConfig, VmEvents};
+
+struct Events(Sender<ControlEvent>);
+
+impl VmEvents for Events {
+    fn console_line(&mut self, _line: &[u8]) {}
+    fn control(&mut self, event: ControlEvent) {
+        let _ = self.0.send(event);
+    }
+    fn exited(&mut self, _exit: Exit) {}
+}
+
+pub struct Guest {
+    vm: Vm,
+    rx: Receiver<ControlEvent>,
+    next: u64,
+}
+
+/// Boots evum's busybox image with `net` and waits until it is up.
+pub fn boot(net: BootOption) -> Guest {
+    let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("image-cache");
+    let initrd = image::busybox_initramfs(Path::new("/bin/busybox"), &cache).expect("image");
+    let (tx, rx) = unbounded();
+    let config = VmConfig {
+        kernel: "linux".into(),
+        options: vec![BootOption::Initrd(initrd), BootOption::Init("/init".into()), net],
+        umid: None,
+        uml_dir: None,
+        run_as: None,
+    };
+    let vm = evum_core::start(config, Box::new(Events(tx))).expect("start");
+    loop {
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(ControlEvent::Ready) => break,
+            Ok(_) => {}
+            Err(_) => panic!("the guest did not come up"),
+        }
+    }
+    Guest { vm, rx, next: 1 }
+}
+
+impl Guest {
+    /// Runs a shell command in the guest: its exit status and output.
+    pub fn run(&mut self, cmd: &str) -> (i32, String) {
+        let id = self.next;
+        self.next += 1;
+        self.vm.handle.write_control(control::run_request(id, cmd)).unwrap();
+        loop {
+            match self.rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(ControlEvent::Result { id: i, status, output }) if i == id => {
+                    return (status, String::from_utf8_lossy(&output).into_owned())
+                }
+                Ok(_) => {}
+                Err(_) => panic!("no result for {cmd}"),
+            }
+        }
+    }
+
+    /// Runs a command that must succeed; its output.
+    pub fn ok(&mut self, cmd: &str) -> String {
+        let (status, out) = self.run(cmd);
+        assert_eq!(status, 0, "{cmd}: {out}");
+        out
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        let _ = self.vm.handle.signal(evum_core::io_loop::Signal::SIGKILL, true);
+    }
+}
