@@ -5,38 +5,20 @@
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::{UnixDatagram, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 mod common;
 
+use common::TempDir;
+
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use evum_core::switch::daemon::{encode_request, RawUnixAddr, SOCKADDR_UN_LEN};
 use evum_core::switch::{FrameSink, PortId, PortKind, Switch, SwitchConfig};
 
 // ---------------------------------------------------------------- fixtures
-
-/// A fresh directory, removed at the end of the test.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("sw-{tag}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn start(dir: &TempDir, tune: impl FnOnce(&mut SwitchConfig)) -> Switch {
     let mut config = SwitchConfig::new(dir.0.join("switch"));

@@ -588,8 +588,26 @@ mod tests {
     }
 
     fn tcp(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, syn: bool, ack: bool, payload: &[u8]) -> Vec<u8> {
-        let mut b = PacketBuilder::ethernet2(GUEST_MAC, slirp_mac(GW.into()))
-            .ipv4(src, dst, 64)
+        tcp_frame(
+            (GUEST_MAC, slirp_mac(GW.into())),
+            (src, dst),
+            (sport, dport),
+            syn,
+            ack,
+            payload,
+        )
+    }
+
+    fn tcp_frame(
+        macs: ([u8; 6], [u8; 6]),
+        addrs: ([u8; 4], [u8; 4]),
+        (sport, dport): (u16, u16),
+        syn: bool,
+        ack: bool,
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let mut b = PacketBuilder::ethernet2(macs.0, macs.1)
+            .ipv4(addrs.0, addrs.1, 64)
             .tcp(sport, dport, 1, 1000);
         if syn {
             b = b.syn();
@@ -614,18 +632,14 @@ mod tests {
 
     /// The same frame as libslirp would send it back: addresses swapped.
     fn reply_tcp(dport: u16, sport: u16, syn: bool, ack: bool, payload: &[u8]) -> Vec<u8> {
-        let mut b = PacketBuilder::ethernet2(slirp_mac(GW.into()), GUEST_MAC)
-            .ipv4(GW, GUEST, 64)
-            .tcp(sport, dport, 1, 1000);
-        if syn {
-            b = b.syn();
-        }
-        if ack {
-            b = b.ack(1);
-        }
-        let mut out = Vec::new();
-        b.write(&mut out, payload).unwrap();
-        out
+        tcp_frame(
+            (slirp_mac(GW.into()), GUEST_MAC),
+            (GW, GUEST),
+            (sport, dport),
+            syn,
+            ack,
+            payload,
+        )
     }
 
     #[test]
