@@ -24,6 +24,7 @@ image_test_() ->
                 {"a disk in use by another BEAM is refused", disk_in_use},
                 {"a directory image is read-only; init_cmd is the main program", dir_image},
                 {"unknown dists and options are errors", errors},
+                {"an extra disk is the guest's second block device", extra_disk},
                 {"debian, built with debootstrap from the host's mirror, boots", debian}
             ]
         ]
@@ -273,6 +274,17 @@ errors(D) ->
     Cmdline = cmd(Vm2, "cat /proc/cmdline"),
     ?assertMatch({{_, _}, nomatch}, {binary:match(Cmdline, <<"mem=80M">>), binary:match(Cmdline, <<"mem=96M">>)}),
     ok = evm:stop(Vm2).
+
+extra_disk({Dir, _}) ->
+    Disk = filename:join(Dir, "extra.ext4"),
+    {ok, _} = file:copy(filename:join(Dir, "base.ext4"), Disk),
+    Vm = create([{disk, 1, Disk}, {hostname, "disks"}]),
+    ?assertEqual(
+        {ok, 0, <<"from the base image\n">>},
+        evum:cmd(Vm, "mkdir -p /mnt/x && mount /dev/ubdb /mnt/x && cat /mnt/x/root/base.txt && umount /mnt/x")
+    ),
+    ?assertEqual({ok, 0, <<"disks\n">>}, evum:cmd(Vm, "hostname")),
+    ok = evm:stop(Vm).
 
 debian(_D) ->
     application:unset_env(evum, config),
