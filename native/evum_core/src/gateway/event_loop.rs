@@ -3,14 +3,18 @@
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use nix::sys::socket::{self, setsockopt, socket, sockopt, AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr};
+use nix::unistd;
 
 use super::flows::Flows;
 use super::slirp::{Stack, StackConfig};
@@ -27,90 +31,47 @@ const READ_BATCH: usize = 256;
 const READ_BUFFER: usize = 16 * 1024;
 /// The send buffer asked for on the switch connection: bursts from libslirp
 /// wait there instead of being dropped.
-const SEND_BUFFER: libc::c_int = 1 << 20;
+const SEND_BUFFER: usize = 1 << 20;
 /// Tries at finding a free port for a forward asked on port 0.
 const PORT_TRIES: usize = 5;
 
 /// A SOCK_SEQPACKET connection to the switch's bess socket, non-blocking.
 pub(super) fn connect(path: &Path) -> Result<OwnedFd, GatewayError> {
-    let err = |source: io::Error| GatewayError::Connect {
+    let err = |errno: Errno| GatewayError::Connect {
         path: path.to_path_buf(),
-        source,
+        source: io::Error::from(errno),
     };
-    // SAFETY: plain old data; all zeroes is valid.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    let bytes = path.as_os_str().as_bytes();
-    if bytes.len() >= addr.sun_path.len() {
-        return Err(err(io::Error::from_raw_os_error(libc::ENAMETOOLONG)));
-    }
-    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
-        *d = *s as libc::c_char;
-    }
-    // SAFETY: no pointers.
-    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(err(io::Error::last_os_error()));
-    }
-    // SAFETY: `fd` is fresh and ours.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: `addr` is a valid sockaddr_un of the size given.
-    let rc = unsafe {
-        libc::connect(
-            fd.as_raw_fd(),
-            &addr as *const libc::sockaddr_un as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        return Err(err(io::Error::last_os_error()));
-    }
-    // SAFETY: `SEND_BUFFER` is a valid int of the size given. A smaller
-    // buffer than asked is fine.
-    unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUF,
-            &SEND_BUFFER as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
-    set_nonblocking(fd.as_raw_fd()).map_err(err)?;
+    let addr = UnixAddr::new(path).map_err(err)?;
+    let fd = socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None).map_err(err)?;
+    // Non-blocking only once connected: a switch with a full backlog makes
+    // connect wait rather than fail with EAGAIN.
+    socket::connect(fd.as_raw_fd(), &addr).map_err(err)?;
+    // A smaller buffer than asked is fine.
+    let _ = setsockopt(&fd, sockopt::SndBuf, &SEND_BUFFER);
+    set_nonblocking(&fd).map_err(err)?;
     Ok(fd)
 }
 
-fn set_nonblocking(fd: RawFd) -> io::Result<()> {
-    // SAFETY: fcntl on an fd we own, no pointers.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    // SAFETY: as above.
-    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+fn set_nonblocking(fd: &OwnedFd) -> nix::Result<()> {
+    let flags = OFlag::from_bits_retain(fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL)?);
+    fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
     Ok(())
 }
 
+/// The eventfd that wakes the gateway thread for commands.
 pub(super) fn eventfd() -> io::Result<OwnedFd> {
-    // SAFETY: no pointers.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is fresh and ours.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    let fd = EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)?;
+    Ok(fd.into())
 }
 
 pub(super) fn wake(fd: &OwnedFd) {
-    let one = 1u64;
-    // SAFETY: writes 8 bytes from a valid u64. A full counter (EAGAIN)
-    // means a wake-up is pending anyway.
-    unsafe { libc::write(fd.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
+    // A full counter (EAGAIN) means a wake-up is pending anyway.
+    let _ = unistd::write(fd, &1u64.to_ne_bytes());
 }
 
 fn drain_eventfd(fd: &OwnedFd) {
-    let mut n = 0u64;
-    // SAFETY: reads 8 bytes into a valid u64.
-    unsafe { libc::read(fd.as_raw_fd(), &mut n as *mut u64 as *mut libc::c_void, 8) };
+    let mut counter = [0u8; 8];
+    let _ = unistd::read(fd.as_raw_fd(), &mut counter);
 }
 
 /// The thread's body: sets up libslirp, says so on `ready`, and loops until
@@ -183,6 +144,8 @@ impl GatewayLoop {
             }
             let timeout = self.stack.fill(MAX_SLEEP_MS);
             let fds = self.stack.pollfds();
+            // Not nix's poll: it takes BorrowedFds, and libslirp's fds are raw
+            // ones that it owns and closes as it likes.
             // SAFETY: `fds` is a valid array of pollfd of the length given.
             let rc = unsafe {
                 libc::poll(
@@ -191,7 +154,7 @@ impl GatewayLoop {
                     libc::c_int::try_from(timeout).unwrap_or(libc::c_int::MAX),
                 )
             };
-            let failed = rc < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR);
+            let failed = rc < 0 && Errno::last() != Errno::EINTR;
             if rc < 0 {
                 for fd in fds.iter_mut() {
                     fd.revents = 0;
@@ -225,30 +188,21 @@ impl GatewayLoop {
     /// switch has closed the connection.
     fn read_link(&mut self) -> bool {
         for _ in 0..READ_BATCH {
-            // SAFETY: `buf` is valid for writes of its length. MSG_TRUNC makes
-            // recv return a message's real length even when cut.
-            let n = unsafe {
-                libc::recv(
-                    self.link.as_raw_fd(),
-                    self.buf.as_mut_ptr() as *mut libc::c_void,
-                    self.buf.len(),
-                    libc::MSG_DONTWAIT | libc::MSG_TRUNC,
-                )
+            // MSG_TRUNC makes recv return a message's real length even when
+            // cut.
+            let n = match socket::recv(
+                self.link.as_raw_fd(),
+                &mut self.buf,
+                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_TRUNC,
+            ) {
+                Ok(0) => return false,
+                Ok(n) => n,
+                Err(Errno::EAGAIN | Errno::EINTR) => return true,
+                Err(e) => {
+                    log::warn!("gateway: reading from the switch failed: {}", io::Error::from(e));
+                    return false;
+                }
             };
-            if n == 0 {
-                return false;
-            }
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                return match e.raw_os_error() {
-                    Some(libc::EAGAIN) | Some(libc::EINTR) => true,
-                    _ => {
-                        log::warn!("gateway: reading from the switch failed: {e}");
-                        false
-                    }
-                };
-            }
-            let n = n as usize;
             let now = Instant::now();
             let frame = &self.buf[..n.min(self.buf.len())];
             if n <= self.buf.len() && self.flows.guest_frame(frame, now) {
@@ -270,23 +224,13 @@ impl GatewayLoop {
         let now = Instant::now();
         for frame in out {
             self.flows.slirp_frame(&frame, now);
-            // SAFETY: `frame` is valid for its length.
-            let n = unsafe {
-                libc::send(
-                    self.link.as_raw_fd(),
-                    frame.as_ptr() as *const libc::c_void,
-                    frame.len(),
-                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-                )
-            };
-            if n >= 0 {
-                self.flows.sent(frame.len());
-            } else {
-                let full = matches!(
-                    io::Error::last_os_error().raw_os_error(),
-                    Some(libc::EAGAIN) | Some(libc::ENOBUFS)
-                );
-                self.flows.output_dropped(full);
+            match socket::send(
+                self.link.as_raw_fd(),
+                &frame,
+                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+            ) {
+                Ok(_) => self.flows.sent(frame.len()),
+                Err(e) => self.flows.output_dropped(matches!(e, Errno::EAGAIN | Errno::ENOBUFS)),
             }
         }
     }
