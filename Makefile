@@ -1,7 +1,8 @@
 # evum: the two commands a newcomer needs are `make demo` and `make test`.
 # Both install what is missing first (Debian packages, as root or via sudo).
 
-APT_PACKAGES = user-mode-linux busybox-static uml-utilities vde2 debootstrap debian-archive-keyring wget e2fsprogs gzip \
+APT_PACKAGES = user-mode-linux busybox-static uml-utilities vde2 libvdeplug-slirp \
+	debootstrap debian-archive-keyring wget e2fsprogs gzip \
 	erlang erlang-dev elixir rebar3 cargo libslirp-dev libglib2.0-dev pkg-config procps ca-certificates
 SUDO = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

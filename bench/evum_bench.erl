@@ -1,6 +1,7 @@
-%% @doc evum benchmarks: boot, console throughput, density and the switch, each against
-%% a peer measured in the same run. Run them with `sh bench/run' (which
-%% compiles this module into a temporary directory); see bench/README.md.
+%% @doc evum benchmarks: boot, console throughput, density, the switch, booting
+%% from a disk image and the gateway, each against a peer measured in the
+%% same run. Run them with `sh bench/run' (which compiles this module into a
+%% temporary directory); see bench/README.md.
 %%
 %% Every benchmark cleans up what it started: evum VMs are stopped with
 %% evm:stop/1, bare UML peers are killed by process group and their uml_dir
@@ -13,6 +14,12 @@
 -define(KERNEL, "/usr/bin/linux").
 -define(SETARCH, "/usr/bin/setarch").
 -define(READY_MARKER, <<1, "EVUM READY">>).
+%% The disk benchmark's image (an [image.NAME] of its configuration file).
+-define(DISK_DIST, evum_bench_disk).
+%% The gateway benchmark's peer: libslirp as a vde plug (libvdeplug-slirp).
+-define(VDE_PLUG, "/usr/bin/vde_plug").
+-define(VDE_SLIRP_PLUGIN, "/usr/lib/x86_64-linux-gnu/vdeplug/libvdeplug_slirp.so").
+-define(GW_GUEST_PORT, "7777").
 
 %%% Entry point ---------------------------------------------------------------
 
@@ -42,6 +49,8 @@ run(boot, Tmp) -> boot(Tmp);
 run(console, Tmp) -> console(Tmp);
 run(density, Tmp) -> density(Tmp);
 run(switch, Tmp) -> switch(Tmp);
+run(disk, Tmp) -> disk(Tmp);
+run(gateway, Tmp) -> gateway(Tmp);
 run(Other, _) -> error({unknown_benchmark, Other}).
 
 %%% 1. Boot -------------------------------------------------------------------
@@ -74,22 +83,7 @@ boot(Tmp) ->
     _ = Boot(fast, 0),
     _ = Boot(stock, 0),
     io:format("warm-up done (evum first boot, incl. application start: ~.3f s)~n", [WarmUp]),
-    Results = lists:foldl(
-        fun(I, Acc) ->
-            %% Rotate the order so no kind always follows the same other one.
-            Order = rotate(Kinds, I rem 3),
-            lists:foldl(
-                fun(Kind, Acc1) ->
-                    R = Boot(Kind, I),
-                    maps:update_with(Kind, fun(L) -> [R | L] end, [R], Acc1)
-                end,
-                Acc,
-                Order
-            )
-        end,
-        #{},
-        lists:seq(1, Runs)
-    ),
+    Results = rounds(Kinds, Runs, Boot),
     Evum = maps:get(evum, Results),
     Create = [C || #{create := C} <- Evum],
     CreateCmd = [C + T || #{create := C, cmd := T} <- Evum],
@@ -134,8 +128,13 @@ is_fast_arg(_) -> false.
 %% Boots one VM through evum and returns its command line (minus the kernel)
 %% and the time the whole first create took.
 evum_template() ->
+    evum_template([]).
+
+%% The same with more evm:create/1 options (a dist: the template's
+%% copy-on-write disk is destroyed with it).
+evum_template(Options) ->
     T0 = now_us(),
-    {ok, Vm} = evm:create([{label, evum_bench_template}]),
+    {ok, Vm} = evm:create([{label, evum_bench_template} | Options]),
     T1 = now_us(),
     #{os_pid := OsPid, umid := Umid} = evum:info(Vm),
     note_pgid(OsPid, Umid),
@@ -143,6 +142,7 @@ evum_template() ->
     [_Kernel | Args] = [binary_to_list(A) || A <- binary:split(Cmdline, <<0>>, [global, trim_all])],
     ok = evm:stop(Vm),
     flush(),
+    proplists:is_defined(dist, Options) andalso (ok = evm:destroy(evum_bench_template)),
     {Args, (T1 - T0) / 1.0e6}.
 
 evum_boot(I) ->
@@ -170,11 +170,24 @@ evum_boot(I) ->
 %% A bare UML peer: the given args with a fresh umid, uml_dir and hostfs, fds
 %% 3 and 4 (ssl0) on the port's stdin and stdout, stderr with the console.
 bare_boot(Kind, Template, Tmp, I) ->
-    {Umid, UmlDir, Args} = fresh_identity(Template, Tmp, io_lib:format("~s~b", [Kind, I])),
+    bare_boot(Kind, Template, Tmp, I, #{}).
+
+%% Opts: `cow_over => Base': the ubd0 argument becomes a fresh copy-on-write
+%% disk over Base in the peer's uml_dir (removed with it); `prompt => true':
+%% the clock also runs until the console's shell prompt (see wait_usable/4).
+%% Every kind but `stock' runs with address randomization off, as evum's VMs.
+bare_boot(Kind, Template, Tmp, I, Opts) ->
+    {Umid, UmlDir, Args0} = fresh_identity(Template, Tmp, io_lib:format("~s~b", [Kind, I])),
+    Cow = filename:join(UmlDir, "disk.cow"),
+    Args =
+        case Opts of
+            #{cow_over := Base} -> [fresh_cow(A, Cow, Base) || A <- Args0];
+            _ -> Args0
+        end,
     Argv =
         case Kind of
-            fast -> [?SETARCH, "x86_64", "-R", ?KERNEL | Args];
-            stock -> [?KERNEL | Args]
+            stock -> [?KERNEL | Args];
+            _ -> [?SETARCH, "x86_64", "-R", ?KERNEL | Args]
         end,
     C0 = cpu_busy_s(),
     T0 = now_us(),
@@ -185,28 +198,56 @@ bare_boot(Kind, Template, Tmp, I) ->
     {os_pid, OsPid} = erlang:port_info(Port, os_pid),
     note_pgid(OsPid, Umid),
     try
-        wait_marker(Port, ?READY_MARKER, <<>>, 60000),
-        T1 = now_us(),
-        #{ready => (T1 - T0) / 1.0e6, cpu => cpu_busy_s() - C0}
+        Times = wait_usable(Port, maps:get(prompt, Opts, false), T0, 60000),
+        Times#{cpu => cpu_busy_s() - C0, cow => filelib:is_regular(Cow)}
     after
         kill_bare(Port, OsPid, UmlDir)
     end.
 
-wait_marker(Port, Marker, Buf, Timeout) ->
+fresh_cow("ubd0=" ++ _, Cow, Base) -> "ubd0=" ++ Cow ++ "," ++ Base;
+fresh_cow(Arg, _, _) -> Arg.
+
+%% Reads a bare UML's output (console and ssl0 on one stream) until the
+%% guest's READY marker and, if Prompt, the console's shell prompt have
+%% arrived: seconds from T0 to each, as `#{ready := S, prompt => S}'. The
+%% prompt is what evum delivers as a console message ending in "# ": the
+%% text after the stream's last newline (the marker line and escape
+%% sequences taken out), when a read ends with it.
+wait_usable(Port, Prompt, T0, Timeout) ->
+    wait_usable(Port, Prompt, T0, erlang:monotonic_time(millisecond) + Timeout, <<>>, #{}).
+
+wait_usable(_Port, false, _T0, _Deadline, _Line, #{ready := _} = Seen) ->
+    Seen;
+wait_usable(_Port, true, _T0, _Deadline, _Line, #{ready := _, prompt := _} = Seen) ->
+    Seen;
+wait_usable(Port, Prompt, T0, Deadline, Line, Seen) ->
     receive
         {Port, {data, Data}} ->
-            New = <<Buf/binary, Data/binary>>,
-            case binary:match(New, Marker) of
-                nomatch ->
-                    Keep = min(byte_size(New), byte_size(Marker)),
-                    wait_marker(Port, Marker, binary:part(New, byte_size(New), -Keep), Timeout);
-                _ ->
-                    ok
-            end;
+            At = (now_us() - T0) / 1.0e6,
+            New = <<Line/binary, Data/binary>>,
+            %% Values already in Seen win: each is the first time it was seen.
+            Seen1 =
+                case binary:match(New, ?READY_MARKER) of
+                    nomatch -> Seen;
+                    _ -> maps:merge(#{ready => At}, Seen)
+                end,
+            Console = binary:replace(New, <<?READY_MARKER/binary, "\n">>, <<>>, [global]),
+            Last = lists:last(binary:split(Console, <<"\n">>, [global])),
+            %% As evum's console does: escape sequences out (busybox asks
+            %% for the cursor position, ESC [6n, after its prompt).
+            Text = re:replace(Last, "\e\\[[0-9;?]*[@-~]", "", [global, {return, binary}]),
+            Seen2 =
+                case Prompt andalso binary:longest_common_suffix([Text, <<"# ">>]) =:= 2 of
+                    true -> maps:merge(#{prompt => At}, Seen1);
+                    false -> Seen1
+                end,
+            %% A line that long is no prompt; its end may still hold a marker.
+            Keep = min(byte_size(Last), 256),
+            wait_usable(Port, Prompt, T0, Deadline, binary:part(Last, byte_size(Last), -Keep), Seen2);
         {Port, {exit_status, Status}} ->
             error({bare_uml_exited, Status})
-    after Timeout ->
-        error({bare_uml_timeout, Marker})
+    after max(0, Deadline - erlang:monotonic_time(millisecond)) ->
+        error({bare_uml_timeout, Prompt, Seen})
     end.
 
 %%% 2. Console ----------------------------------------------------------------
@@ -635,17 +676,21 @@ switch(Tmp) ->
 %% Set by bench/run when this node runs in a private network namespace with
 %% its own net.unix.max_dgram_qlen: the figures' names say so.
 netns() ->
-    case os:getenv("EVUM_BENCH_SWITCH_NETNS") of
+    case os:getenv("EVUM_BENCH_NETNS") of
         false -> "";
         Q -> Q
     end.
 
-switch_bench(S, Load, Secs, Rounds, Tmp) ->
-    Sizes = [64, 1514],
-    Tag = case netns() of
+%% What the figures' names get in such a namespace.
+netns_tag() ->
+    case netns() of
         "" -> "";
         Q -> " [netns qlen " ++ Q ++ "]"
-    end,
+    end.
+
+switch_bench(S, Load, Secs, Rounds, Tmp) ->
+    Sizes = [64, 1514],
+    Tag = netns_tag(),
     Figure = fun(What, V, Unit, Op, Target) -> figure(What ++ Tag, V, Unit, Op, Target) end,
     Ratio = fun(What, R, Op, Target) -> ratio(What ++ Tag, R, Op, Target) end,
     Ctl = binary_to_list(evum_switch:control_socket(S)),
@@ -842,9 +887,7 @@ sample_queue(Pid, Max) ->
         end
     end.
 
-%% A peer switch (uml_switch or vde_switch) in its own process group, as an
-%% Erlang port so that its stdin stays open (both exit on EOF); recorded in
-%% $EVUM_BENCH_TMP/switch-pgids for bench/run's sweep.
+%% A peer switch (uml_switch or vde_switch), started with start_peer/4.
 start_peer_switch(Kind, Tmp, Tag) ->
     Dir = filename:join(Tmp, "sw-" ++ Tag),
     Ctl = filename:join(Dir, "ctl"),
@@ -855,14 +898,22 @@ start_peer_switch(Kind, Tmp, Tag) ->
             %% vde_switch makes the directory itself (ctl is in it).
             vde_switch -> "exec /usr/bin/vde_switch -s \"$1\" 2>/dev/null"
         end,
-    Port = open_port({spawn_executable, "/bin/sh"}, [{args, ["-c", Cmd, "sh", Dir]}, binary, stream, exit_status]),
+    P = (start_peer(Kind, Cmd, [Dir], Dir))#{ctl => Ctl},
+    wait_socket(P, 5000),
+    io:format("~s: pid ~b, control socket ~s~n", [Kind, maps:get(pgid, P), Ctl]),
+    P.
+
+%% A peer process (`sh -c Cmd sh Args...') in its own process group, as an
+%% Erlang port so that its stdin stays open (the peer switches exit on EOF);
+%% recorded in $EVUM_BENCH_TMP/switch-pgids with Dir, which its command line
+%% must name, for bench/run's sweep. stop_peer_switch/1 kills it and removes
+%% Dir.
+start_peer(Kind, Cmd, Args, Dir) ->
+    Port = open_port({spawn_executable, "/bin/sh"}, [{args, ["-c", Cmd, "sh" | Args]}, binary, stream, exit_status]),
     {os_pid, OsPid} = erlang:port_info(Port, os_pid),
     ok = file:write_file(filename:join(tmp_base(), "switch-pgids"), [integer_to_list(OsPid), " ", Dir, "\n"],
                          [append]),
-    P = #{kind => Kind, port => Port, pgid => OsPid, dir => Dir, ctl => Ctl},
-    wait_socket(P, 5000),
-    io:format("~s: pid ~b, control socket ~s~n", [Kind, OsPid, Ctl]),
-    P.
+    #{kind => Kind, port => Port, pgid => OsPid, dir => Dir}.
 
 peer_ctl(#{ctl := Ctl}) -> Ctl.
 
@@ -1006,6 +1057,263 @@ wait_listening(Vm, P, N) ->
         _ ->
             timer:sleep(50),
             wait_listening(Vm, P, N - 1)
+    end.
+
+%%% 5. Disk -----------------------------------------------------------------
+
+%% Boot to the console prompt from a cached ext4 image (built from the host's
+%% busybox) with a fresh copy-on-write disk each time: evm:create/1 with a
+%% fresh label versus a bare `linux' with evum's own command line and a
+%% fresh COW over the same image. The image, the cache and the labels' disks
+%% are all in $EVUM_BENCH_TMP.
+disk(Tmp) ->
+    Runs = env_int("EVUM_BENCH_DISK_BOOTS", 10),
+    header(io_lib:format("disk: ~b boots each from an ext4 image with a fresh copy-on-write disk, interleaved",
+                         [Runs])),
+    Dir = filename:join(Tmp, "disk"),
+    disk_setup(Dir),
+    {ok, _} = application:ensure_all_started(evum),
+    T0 = now_us(),
+    {ok, Base} = evm:fetch(?DISK_DIST),
+    io:format("image ~s built with mke2fs in ~.3f s (from_dir, 64M)~n", [Base, (now_us() - T0) / 1.0e6]),
+    {Template, WarmUp} = evum_template([{dist, ?DISK_DIST}]),
+    io:format("evum's command line (from /proc/<os_pid>/cmdline of a VM it started):~n  ~s~n",
+              [lists:join(" ", [?KERNEL | Template])]),
+    io:format("bare = setarch x86_64 -R " ?KERNEL " <the same args, fresh umid/uml_dir/hostfs, "
+              "ubd0=<fresh COW>,~s>~n", [Base]),
+    io:format("READY = the guest's \"\\x01EVUM READY\" line on ssl0; prompt = a console message ending in \"# \" "
+              "(usable = both seen)~n"),
+    Boot = fun
+        (evum, I) -> disk_evum_boot(I);
+        (bare, I) -> bare_boot(disk, Template, Tmp, I, #{cow_over => binary_to_list(Base), prompt => true})
+    end,
+    _ = Boot(bare, 0),
+    io:format("warm-up done (evum first boot from the image: ~.3f s)~n", [WarmUp]),
+    Results = rounds([evum, bare], Runs, fun(Kind, I) ->
+        R = Boot(Kind, I),
+        maps:get(cow, R) orelse error({no_cow_disk, Kind, I}),
+        R
+    end),
+    Evum = maps:get(evum, Results),
+    Bare = maps:get(bare, Results),
+    %% Usable: both the command channel (READY) and the console's prompt.
+    Usable = fun(#{ready := R, prompt := P}) -> max(R, P) end,
+    io:format("~n"),
+    stat_line("evum: evm:create/1 returns (guest READY)", [R || #{ready := R} <- Evum]),
+    stat_line("evum: READY and console prompt", [Usable(R) || R <- Evum]),
+    stat_line("evum: evm:stop/1 + evm:destroy/1", [S || #{stop := S} <- Evum]),
+    stat_line("bare: spawn to READY", [R || #{ready := R} <- Bare]),
+    stat_line("bare: READY and console prompt", [Usable(R) || R <- Bare]),
+    cpu_stat_line("evum: host CPU busy until usable", [C || #{cpu := C} <- Evum]),
+    cpu_stat_line("bare: host CPU busy until usable", [C || #{cpu := C} <- Bare]),
+    Paired = fun(F) -> median([F(E) / F(B) || {E, B} <- lists:zip(Evum, Bare)]) end,
+    Ready = fun(#{ready := R}) -> R end,
+    io:format("evum/bare within each round: READY median ~.3f, usable median ~.3f~n",
+              [Paired(Ready), Paired(Usable)]),
+    Med = fun(F, L) -> median([F(R) || R <- L]) end,
+    io:format("~n"),
+    ratio("disk evum/bare boot to READY (median)", Med(Ready, Evum) / Med(Ready, Bare), '=<', 1.05),
+    ratio("disk evum/bare boot to READY and prompt (median)", Med(Usable, Evum) / Med(Usable, Bare), '=<', 1.05),
+    figure("disk evum median, READY and prompt (bare's x 1.05)", Med(Usable, Evum), "s", '=<',
+           round(1050 * Med(Usable, Bare)) / 1000),
+    ok.
+
+%% The image's tree (busybox and a link per applet, the directories the
+%% guest's init mounts on), a configuration naming it, and evum's cache and
+%% state directories, all under Dir.
+disk_setup(Dir) ->
+    Tree = filename:join(Dir, "tree"),
+    [ok = filelib:ensure_path(filename:join(Tree, D)) || D <- ["bin", "root", "tmp", "run", "proc", "sys", "dev"]],
+    {ok, _} = file:copy("/bin/busybox", filename:join(Tree, "bin/busybox")),
+    ok = file:change_mode(filename:join(Tree, "bin/busybox"), 8#755),
+    Applets = string:lexemes(os:cmd("/bin/busybox --list"), "\n"),
+    [ok = file:make_symlink("busybox", filename:join([Tree, "bin", A])) || A <- Applets, A =/= "busybox"],
+    Config = filename:join(Dir, "evm.toml"),
+    ok = file:write_file(Config, io_lib:format("[image.~s]~nfrom_dir = \"~s\"~nsize = \"64M\"~n", [?DISK_DIST, Tree])),
+    ok = application:load(evum),
+    ok = application:set_env(evum, config, Config),
+    ok = application:set_env(evum, cache_dir, filename:join(Dir, "cache")),
+    ok = application:set_env(evum, state_dir, filename:join(Dir, "state")).
+
+%% One evum boot with a fresh label, so a fresh copy-on-write disk: create
+%% until it returns (READY), and until the console's prompt has arrived too
+%% (if it came before create returned, that is when it counts); then stop
+%% and destroy the label's disk.
+disk_evum_boot(I) ->
+    flush(),
+    Label = list_to_atom("evum_bench_disk_" ++ integer_to_list(I)),
+    C0 = cpu_busy_s(),
+    T0 = now_us(),
+    {ok, Vm} = evm:create([{label, Label}, {dist, ?DISK_DIST}]),
+    T1 = now_us(),
+    T2 =
+        try
+            ok = wait_prompt(10000),
+            now_us()
+        catch
+            Class:Reason:Stack ->
+                catch evm:stop(Vm),
+                catch evm:destroy(Label),
+                erlang:raise(Class, Reason, Stack)
+        end,
+    C1 = cpu_busy_s(),
+    #{os_pid := OsPid, umid := Umid} = evum:info(Vm),
+    note_pgid(OsPid, Umid),
+    Cow = filename:join([evum_disk:dir(), "disks", atom_to_list(Label), atom_to_list(?DISK_DIST) ++ ".cow"]),
+    IsCow = filelib:is_regular(Cow),
+    ok = evm:stop(Vm),
+    ok = evm:destroy(Label),
+    T3 = now_us(),
+    [] = wait_gone([OsPid], 5000),
+    false = filelib:is_file(Cow),
+    flush(),
+    #{ready => (T1 - T0) / 1.0e6, prompt => (T2 - T0) / 1.0e6, stop => (T3 - T2) / 1.0e6, cpu => C1 - C0,
+      cow => IsCow}.
+
+wait_prompt(Timeout) ->
+    receive
+        Line when is_binary(Line) ->
+            case binary:longest_common_suffix([Line, <<"# ">>]) of
+                2 -> ok;
+                _ -> wait_prompt(Timeout)
+            end
+    after Timeout -> error(no_console_prompt)
+    end.
+
+%%% 6. Gateway --------------------------------------------------------------
+
+%% TCP throughput from the host into a guest through a port forward: evum's
+%% gateway (libslirp on a thread of evum's, a port of evum's switch) versus
+%% libslirp in Debian's vde_plug (libvdeplug_slirp) on a vde_switch. The
+%% guests are alike (evum's busybox, eth0 over the daemon transport,
+%% 10.0.2.15); the sender is this node (gen_tcp to 127.0.0.1); the clock runs
+%% until the guest's receiver has read everything and closed. No uplink is
+%% used: traffic is 127.0.0.1 to our own guests only.
+gateway(Tmp) ->
+    Runs = env_int("EVUM_BENCH_GATEWAY_RUNS", 5),
+    MB = env_int("EVUM_BENCH_GATEWAY_MB", 64),
+    header(io_lib:format("gateway: ~b MiB from 127.0.0.1 into a guest through a port forward, ~b runs each, "
+                         "alternating~s", [MB, Runs, netns_tag()])),
+    Qlen = string:trim(os:cmd("cat /proc/sys/net/unix/max_dgram_qlen")),
+    case netns() of
+        "" ->
+            io:format("host net.unix.max_dgram_qlen = ~s (left as it is: it limits every daemon-transport hop)~n",
+                      [Qlen]);
+        _ ->
+            io:format("private network namespace (bench/run: unshare --net, only lo, up), its "
+                      "net.unix.max_dgram_qlen = ~s (the host's is untouched)~n", [Qlen])
+    end,
+    [filelib:is_regular(F) orelse error({missing, F, "apt-get install vdeplug libvdeplug-slirp"})
+     || F <- [?VDE_PLUG, ?VDE_SLIRP_PLUGIN]],
+    {ok, _} = application:ensure_all_started(evum),
+    Evum = guest(evum_bench_gw_evum, [{net, user}]),
+    try
+        {ok, EPort} = evum:forward(Evum, {tcp, 0, list_to_integer(?GW_GUEST_PORT)}),
+        io:format("evum: evm:create([{net, user}]), evum:forward(Vm, {tcp, 0, ~s}) -> 127.0.0.1:~b~n",
+                  [?GW_GUEST_PORT, EPort]),
+        with_peer_switch(vde_switch, Tmp, "vde-gw", fun(Vde) ->
+            Peer = guest(evum_bench_gw_peer, [{eth, 0, "daemon,02:ee:00:00:00:0f,unix," ++ peer_ctl(Vde)}]),
+            try
+                {ok, 0, _} = evum:cmd(Peer, "ifconfig eth0 10.0.2.15 netmask 255.255.255.0 up"),
+                with_slirp_plug(Vde, fun(PPort) ->
+                    gateway_runs(#{evum => {Evum, EPort}, vde_slirp => {Peer, PPort}}, Runs, MB)
+                end)
+            after
+                catch evm:stop(Peer)
+            end
+        end)
+    after
+        catch evm:stop(Evum),
+        flush()
+    end.
+
+%% Targets: #{Kind => {Vm, HostPort}}.
+gateway_runs(Targets, Runs, MB) ->
+    Run = fun(Kind, I, Mb) ->
+        {Vm, Port} = maps:get(Kind, Targets),
+        gateway_run(Kind, Vm, Port, Mb, I)
+    end,
+    %% Unmeasured: ARP, the first connection through each forward.
+    [Run(Kind, 0, 1) || Kind <- [evum, vde_slirp]],
+    Results = rounds([evum, vde_slirp], Runs, fun(Kind, I) -> Run(Kind, I, MB) end),
+    E = maps:get(evum, Results),
+    P = maps:get(vde_slirp, Results),
+    io:format("~n"),
+    rate_line("evum gateway: Mbit/s host to guest", E),
+    rate_line("vde_plug slirp: Mbit/s host to guest", P),
+    io:format("~n"),
+    Tag = netns_tag(),
+    figure("gateway evum host-to-guest TCP (vde_plug slirp's)" ++ Tag, median(E), "Mbit/s", '>=', round(median(P))),
+    ratio("gateway TCP Mbit/s evum/vde_plug slirp (median)" ++ Tag, median(E) / median(P), '>=', 1.0),
+    ok.
+
+%% One transfer: the guest listens (`nc -e dd', detached), this node connects
+%% to the forward, sends MB MiB in 64 KiB writes and shuts its side down; the
+%% time runs from the connect until the guest's dd has read everything and
+%% exited (its close reaches us as the end of the connection). dd's count of
+%% full 64 KiB blocks checks that everything arrived.
+gateway_run(Kind, Vm, HostPort, MB, I) ->
+    {ok, 0, _} = evum:cmd(Vm, ["setsid nc -l -p ", ?GW_GUEST_PORT, " -e sh -c "
+                               "'dd of=/dev/null bs=64k iflag=fullblock 2>/tmp/dd.log' </dev/null >/dev/null 2>&1 &"]),
+    ok = wait_listening(Vm, ?GW_GUEST_PORT, 50),
+    Chunk = binary:copy(<<0>>, 65536),
+    T0 = now_us(),
+    {ok, S} = gen_tcp:connect({127, 0, 0, 1}, HostPort, [binary, {active, false}], 10000),
+    End =
+        try
+            [ok = gen_tcp:send(S, Chunk) || _ <- lists:seq(1, 16 * MB)],
+            ok = gen_tcp:shutdown(S, write),
+            %% The peer at the host's qlen has taken 30 s for 64 MiB.
+            gen_tcp:recv(S, 0, max(120000, 5000 * MB))
+        after
+            gen_tcp:close(S)
+        end,
+    Secs = (now_us() - T0) / 1.0e6,
+    {ok, 0, Log} = evum:cmd(Vm, "cat /tmp/dd.log"),
+    Blocks = integer_to_binary(16 * MB),
+    case {End, binary:match(Log, <<Blocks/binary, "+0 records in">>)} of
+        {{error, Closed}, {_, _}} when Closed =:= closed; Closed =:= econnreset -> ok;
+        _ -> error({gateway_transfer_incomplete, Kind, End, Log})
+    end,
+    Mbps = MB * 8 * 1.048576 / Secs,
+    I > 0 andalso io:format("  run ~b ~-10s ~b MiB in ~.3f s = ~.1f Mbit/s~n", [I, Kind, MB, Secs, Mbps]),
+    Mbps.
+
+%% libslirp as a port of the vde_switch: `vde_plug vde://DIR slirp://...'
+%% with a forward 127.0.0.1:HostPort -> 10.0.2.15:7777 (IPv4 only), in its
+%% own process group, listed in switch-pgids under the switch's directory
+%% (its command line names it) for bench/run's sweep.
+with_slirp_plug(#{dir := Dir}, Fun) ->
+    HostPort = free_port(),
+    Slirp = lists:flatten(io_lib:format("slirp:///v4/tcpfwd=127.0.0.1:~b:10.0.2.15:~s", [HostPort, ?GW_GUEST_PORT])),
+    Plug = start_peer(vde_slirp, "exec " ?VDE_PLUG " \"vde://$1\" \"$2\" </dev/null 2>/dev/null", [Dir, Slirp], Dir),
+    try
+        wait_host_listening(Plug, HostPort, 5000),
+        io:format("vde_slirp: pid ~b, ~s ~s on ~s~n", [maps:get(pgid, Plug), ?VDE_PLUG, "vde://" ++ Dir, Slirp]),
+        Fun(HostPort)
+    after
+        stop_peer_switch(Plug)
+    end.
+
+%% A port of 127.0.0.1 that was free a moment ago.
+free_port() ->
+    {ok, L} = gen_tcp:listen(0, [{ip, {127, 0, 0, 1}}]),
+    {ok, Port} = inet:port(L),
+    ok = gen_tcp:close(L),
+    Port.
+
+%% Waits until something listens on 127.0.0.1:Port (/proc/net/tcp, state 0A).
+wait_host_listening(#{port := P, kind := Kind} = Peer, Port, Ms) ->
+    {ok, Tcp} = file:read_file("/proc/net/tcp"),
+    Local = list_to_binary(io_lib:format("0100007F:~4.16.0B 00000000:0000 0A", [Port])),
+    case binary:match(Tcp, Local) of
+        {_, _} -> ok;
+        nomatch when Ms =< 0 -> error({not_listening, Kind, Port});
+        nomatch ->
+            receive
+                {P, {exit_status, St}} -> error({peer_exited, Kind, St})
+            after 20 -> wait_host_listening(Peer, Port, Ms - 20)
+            end
     end.
 
 %%% Bare UML processes and their process groups --------------------------------
@@ -1216,6 +1524,25 @@ median0(L) -> median(L).
 
 max0([]) -> 0.0;
 max0(L) -> lists:max(L).
+
+%% Fun(Kind, I) for every kind in each of rounds 1..Runs, the order rotating
+%% from round to round so no kind always follows the same other one; the
+%% results as #{Kind => [Result]}, the last round's first.
+rounds(Kinds, Runs, Fun) ->
+    lists:foldl(
+        fun(I, Acc) ->
+            lists:foldl(
+                fun(Kind, Acc1) ->
+                    R = Fun(Kind, I),
+                    maps:update_with(Kind, fun(L) -> [R | L] end, [R], Acc1)
+                end,
+                Acc,
+                rotate(Kinds, I rem length(Kinds))
+            )
+        end,
+        #{},
+        lists:seq(1, Runs)
+    ).
 
 rotate(L, 0) -> L;
 rotate([H | T], N) -> rotate(T ++ [H], N - 1).
