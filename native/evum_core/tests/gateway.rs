@@ -7,15 +7,13 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{boot, Guest, TempDir};
+use common::{boot, BessClient, Guest, TempDir};
 
 use crossbeam_channel::{unbounded, Receiver};
 use evum_core::gateway::{FlowOrigin, FlowProto, Forward, Gateway, GatewayConfig, GatewayError, Proto};
@@ -339,46 +337,6 @@ fn a_flooding_guest_hits_the_limit_while_others_keep_talking() {
     );
 }
 
-/// A raw port on the switch, to send crafted frames.
-struct RawPort(OwnedFd);
-
-impl RawPort {
-    fn connect(path: &Path) -> RawPort {
-        use std::os::unix::ffi::OsStrExt;
-        // SAFETY: plain old data; all zeroes is valid.
-        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-        for (d, s) in addr.sun_path.iter_mut().zip(path.as_os_str().as_bytes()) {
-            *d = *s as libc::c_char;
-        }
-        // SAFETY: no pointers; the fd is fresh and ours.
-        let fd = unsafe { OwnedFd::from_raw_fd(libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET, 0)) };
-        // SAFETY: `addr` is a valid sockaddr_un of the size given.
-        let rc = unsafe {
-            libc::connect(
-                fd.as_raw_fd(),
-                &addr as *const _ as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_un>() as u32,
-            )
-        };
-        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
-        RawPort(fd)
-    }
-
-    fn send(&self, frame: &[u8]) {
-        // SAFETY: `frame` is valid for its length.
-        let n = unsafe {
-            libc::send(
-                self.0.as_raw_fd(),
-                frame.as_ptr() as *const libc::c_void,
-                frame.len(),
-                0,
-            )
-        };
-        assert_eq!(n, frame.len() as isize);
-    }
-}
-
 const RAW_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x99];
 const GW_MAC: [u8; 6] = [0x52, 0x55, 10, 0, 2, 2];
 
@@ -400,7 +358,7 @@ fn garbage_and_a_syn_flood_from_a_raw_port_are_counted_and_survived() {
         c.max_flows_per_guest = LIMIT;
     });
     let server = HostServer::start(true);
-    let raw = RawPort::connect(&net.switch.bess_socket());
+    let raw = BessClient::connect(&net.switch.bess_socket());
     let mut b = net.guest(2);
     let mut c = net.guest(3);
     b.ok("ifconfig vec0 10.0.2.30 netmask 255.255.255.0 up");

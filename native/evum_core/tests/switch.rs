@@ -3,7 +3,7 @@
 //! ports, and real UML guests pinging each other through it.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::TempDir;
+use common::{BessClient, TempDir};
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use evum_core::switch::daemon::{encode_request, RawUnixAddr, SOCKADDR_UN_LEN};
@@ -127,69 +127,6 @@ fn send_raw(sock: &UnixDatagram, to: &RawUnixAddr, frame: &[u8]) {
         )
     };
     assert_eq!(n, frame.len() as isize, "sendto: {}", std::io::Error::last_os_error());
-}
-
-/// A bess peer: a SOCK_SEQPACKET connection to the switch.
-struct BessClient(OwnedFd);
-
-impl BessClient {
-    fn connect(path: &Path) -> BessClient {
-        use std::os::unix::ffi::OsStrExt;
-        let mut addr = [0u8; SOCKADDR_UN_LEN];
-        addr[0..2].copy_from_slice(&(libc::AF_UNIX as u16).to_ne_bytes());
-        let p = path.as_os_str().as_bytes();
-        addr[2..2 + p.len()].copy_from_slice(p);
-        // SAFETY: no pointers; the fd is fresh and ours.
-        let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
-        assert!(fd >= 0);
-        // SAFETY: see above.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let sa = sockaddr(&addr);
-        // SAFETY: `sa` is a valid sockaddr_un of the length given.
-        let rc = unsafe {
-            libc::connect(
-                fd.as_raw_fd(),
-                &sa as *const _ as *const libc::sockaddr,
-                SOCKADDR_UN_LEN as u32,
-            )
-        };
-        assert_eq!(rc, 0, "connect: {}", std::io::Error::last_os_error());
-        let tv = libc::timeval {
-            tv_sec: 0,
-            tv_usec: 300_000,
-        };
-        // SAFETY: `tv` is a valid timeval of the size given.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                &tv as *const _ as *const libc::c_void,
-                std::mem::size_of::<libc::timeval>() as u32,
-            )
-        };
-        BessClient(fd)
-    }
-
-    fn send(&self, frame: &[u8]) {
-        // SAFETY: `frame` is valid for its length.
-        let n = unsafe {
-            libc::send(
-                self.0.as_raw_fd(),
-                frame.as_ptr() as *const libc::c_void,
-                frame.len(),
-                0,
-            )
-        };
-        assert_eq!(n, frame.len() as isize);
-    }
-
-    fn recv(&self) -> Option<Vec<u8>> {
-        let mut buf = [0u8; 2048];
-        // SAFETY: `buf` is valid for writes of its length.
-        let n = unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
-        (n > 0).then(|| buf[..n as usize].to_vec())
-    }
 }
 
 /// An attached port's sink that forwards frames to a channel.

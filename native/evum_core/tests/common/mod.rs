@@ -7,8 +7,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use std::os::fd::{AsRawFd, OwnedFd};
+
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use evum_core::{control, image, BootOption, ControlEvent, Exit, Vm, VmConfig, VmEvents};
+use nix::sys::socket::{
+    connect, recv, send, setsockopt, socket, sockopt, AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr,
+};
+use nix::sys::time::{TimeVal, TimeValLike};
 
 /// A fresh directory under cargo's test directory, removed when dropped.
 pub struct TempDir(pub PathBuf);
@@ -97,5 +103,33 @@ impl Guest {
 impl Drop for Guest {
     fn drop(&mut self) {
         let _ = self.vm.handle.signal(evum_core::io_loop::Signal::SIGKILL, true);
+    }
+}
+
+/// A raw client of a switch's bess socket, as UML's vector driver is one:
+/// a SOCK_SEQPACKET connection, one frame per message. Receives time out
+/// after 300 ms.
+pub struct BessClient(OwnedFd);
+
+impl BessClient {
+    pub fn connect(path: &Path) -> BessClient {
+        let fd = socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None).expect("socket");
+        connect(fd.as_raw_fd(), &UnixAddr::new(path).expect("path")).expect("connect");
+        setsockopt(&fd, sockopt::ReceiveTimeout, &TimeVal::milliseconds(300)).expect("SO_RCVTIMEO");
+        BessClient(fd)
+    }
+
+    pub fn send(&self, frame: &[u8]) {
+        let n = send(self.0.as_raw_fd(), frame, MsgFlags::empty()).expect("send");
+        assert_eq!(n, frame.len());
+    }
+
+    /// The next frame, or None after the timeout.
+    pub fn recv(&self) -> Option<Vec<u8>> {
+        let mut buf = [0u8; 2048];
+        match recv(self.0.as_raw_fd(), &mut buf, MsgFlags::empty()) {
+            Ok(n) if n > 0 => Some(buf[..n].to_vec()),
+            _ => None,
+        }
     }
 }
