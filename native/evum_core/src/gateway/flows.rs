@@ -59,6 +59,25 @@ struct Flow {
     closed_at: Option<Instant>,
 }
 
+impl Flow {
+    /// A flow just seen for the first time: no packets counted yet.
+    fn opened(origin: FlowOrigin, now: Instant) -> Flow {
+        Flow {
+            origin,
+            packets_from_guest: 0,
+            bytes_from_guest: 0,
+            packets_to_guest: 0,
+            bytes_to_guest: 0,
+            started: SystemTime::now(),
+            last_seen: now,
+            established: false,
+            fin_from_guest: false,
+            fin_to_guest: false,
+            closed_at: None,
+        }
+    }
+}
+
 struct ForwardEntry {
     info: ForwardInfo,
 }
@@ -295,17 +314,9 @@ impl Flows {
         self.flows.insert(
             s.key,
             Flow {
-                origin: FlowOrigin::Guest,
                 packets_from_guest: 1,
                 bytes_from_guest: s.payload.len() as u64,
-                packets_to_guest: 0,
-                bytes_to_guest: 0,
-                started: SystemTime::now(),
-                last_seen: now,
-                established: false,
-                fin_from_guest: false,
-                fin_to_guest: false,
-                closed_at: None,
+                ..Flow::opened(FlowOrigin::Guest, now)
             },
         );
         true
@@ -409,17 +420,9 @@ impl Flows {
         self.flows.insert(
             key,
             Flow {
-                origin: FlowOrigin::Forward(proto, host),
-                packets_from_guest: 0,
-                bytes_from_guest: 0,
                 packets_to_guest: 1,
                 bytes_to_guest: payload.len() as u64,
-                started: SystemTime::now(),
-                last_seen: now,
-                established: false,
-                fin_from_guest: false,
-                fin_to_guest: false,
-                closed_at: None,
+                ..Flow::opened(FlowOrigin::Forward(proto, host), now)
             },
         );
     }
