@@ -422,6 +422,32 @@ fn a_receiver_that_keeps_reading_holds_the_sender_back_instead_of_losing_frames(
 }
 
 #[test]
+fn ports_beyond_the_cap_are_refused_and_counted() {
+    let dir = TempDir::new("cap");
+    let switch = start(&dir, |c| c.max_ports = 2);
+    let a = BessClient::connect(&switch.bess_socket());
+    let _b = DaemonClient::connect(&switch.control_socket());
+    wait_until("two ports", || switch.ports().unwrap().len() == 2);
+    // A third bess connection is closed at once: its read sees the end.
+    let refused = BessClient::connect(&switch.bess_socket());
+    wait_until("the refusal", || switch.counters().unwrap().too_many_ports == 1);
+    assert_eq!(refused.recv(), None);
+    // A third daemon request gets no answer, only the end of the stream.
+    let (_data, addr) = uml_like_datagram();
+    let mut control = UnixStream::connect(switch.control_socket()).unwrap();
+    control.write_all(&encode_request(&addr)).unwrap();
+    control.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut reply = Vec::new();
+    assert_eq!(control.read_to_end(&mut reply).unwrap(), 0);
+    assert_eq!(switch.counters().unwrap().too_many_ports, 2);
+    // A port that goes makes room for another.
+    drop(a);
+    wait_until("one port", || switch.ports().unwrap().len() == 1);
+    let _c = BessClient::connect(&switch.bess_socket());
+    wait_until("two ports again", || switch.ports().unwrap().len() == 2);
+}
+
+#[test]
 fn bess_and_daemon_ports_share_a_switch() {
     let dir = TempDir::new("bess");
     let switch = start(&dir, |_| {});

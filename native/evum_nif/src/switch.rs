@@ -15,7 +15,7 @@ mod atoms {
         id, kind, mac, frames_in, frames_out, bytes_in, bytes_out, drops_queue_full,
         drops_send_error, queued, port, age_ms,
         bad_magic, bad_version, bad_type, bad_address, duplicate_address, short_request,
-        oversized_request, request_timeout, too_many_pending, control_garbage, runt,
+        oversized_request, request_timeout, too_many_pending, too_many_ports, control_garbage, runt,
         oversized_frame, unknown_sender,
     }
 }
@@ -265,6 +265,7 @@ fn switch_counters(env: Env, resource: ResourceArc<SwitchResource>) -> NifResult
                     (atoms::oversized_request(), c.oversized_request.encode(env)),
                     (atoms::request_timeout(), c.request_timeout.encode(env)),
                     (atoms::too_many_pending(), c.too_many_pending.encode(env)),
+                    (atoms::too_many_ports(), c.too_many_ports.encode(env)),
                     (atoms::control_garbage(), c.control_garbage.encode(env)),
                     (atoms::runt(), c.runt.encode(env)),
                     (atoms::oversized_frame(), c.oversized_frame.encode(env)),

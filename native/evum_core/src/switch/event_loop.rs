@@ -452,6 +452,14 @@ impl SwitchLoop {
             }
         };
         let key = daemon::address_key(&request.addr);
+        if self.ports.len() >= self.config.max_ports {
+            self.counters.too_many_ports += 1;
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&pending.stream.as_raw_fd()));
+            return;
+        }
         if self.by_addr.contains_key(&key) {
             self.counters.duplicate_address += 1;
             let _ = self
@@ -542,6 +550,11 @@ impl SwitchLoop {
         loop {
             match sock::accept(self.bess.as_raw_fd()) {
                 Ok(conn) => {
+                    if self.ports.len() >= self.config.max_ports {
+                        // Dropping the connection closes it.
+                        self.counters.too_many_ports += 1;
+                        continue;
+                    }
                     let id = self.new_id();
                     if let Err(e) = self.poll.registry().register(
                         &mut SourceFd(&conn.as_raw_fd()),

@@ -102,6 +102,9 @@ pub struct Counters {
     pub request_timeout: u64,
     /// Control connections refused because too many were pending.
     pub too_many_pending: u64,
+    /// Daemon requests and bess connections refused because the switch had
+    /// `max_ports` ports already.
+    pub too_many_ports: u64,
     /// Bytes received on a port's control stream after its request.
     pub control_garbage: u64,
     /// Frames shorter than an Ethernet header (14 bytes).
@@ -141,6 +144,9 @@ pub struct SwitchConfig {
     pub request_timeout: Duration,
     /// Control connections allowed to be waiting for their request (64).
     pub max_pending: usize,
+    /// Ports of every kind the switch takes (1024): each holds file
+    /// descriptors of the process the switch runs in.
+    pub max_ports: usize,
 }
 
 impl SwitchConfig {
@@ -152,6 +158,7 @@ impl SwitchConfig {
             mac_ageing: Duration::from_secs(300),
             request_timeout: Duration::from_secs(5),
             max_pending: 64,
+            max_ports: 1024,
         }
     }
 }
