@@ -11,7 +11,7 @@
 
 use std::ffi::{CString, OsString};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -164,6 +164,14 @@ fn spawn_here(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
         control_out_child,
         exec_error_child,
     ));
+    // The pipe closes when the child execs (or dies), or carries its errno.
+    // A child that does neither in time is stuck before exec: kill it rather
+    // than leave the spawner, and every VM after it, waiting.
+    if !exec_settled(&exec_error) {
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(pid, None);
+        return Err(SpawnError::Sys("exec", io::ErrorKind::TimedOut.into()));
+    }
     let mut errno = [0u8; 4];
     let mut exec_error = std::fs::File::from(exec_error);
     let read = std::io::Read::read(&mut exec_error, &mut errno).unwrap_or(0);
@@ -188,6 +196,28 @@ fn spawn_here(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
 }
 
 const CHILD_STACK: usize = 64 * 1024;
+
+/// How long a child may take from clone to exec.
+const EXEC_TIMEOUT_MS: u16 = 10_000;
+
+/// Waits until the exec error pipe is readable (closed by the exec, or
+/// holding an errno); false if that took longer than [`EXEC_TIMEOUT_MS`].
+fn exec_settled(pipe: &OwnedFd) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(EXEC_TIMEOUT_MS.into());
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let left_ms = u16::try_from(left.as_millis()).unwrap_or(EXEC_TIMEOUT_MS);
+        let mut fds = [PollFd::new(pipe.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(left_ms)) {
+            Ok(0) => return false,
+            Ok(_) => return true,
+            Err(nix::errno::Errno::EINTR) => continue,
+            // Cannot wait: let the read decide, as before.
+            Err(_) => return true,
+        }
+    }
+}
 
 /// The kernel binary as a path: as given if it has a slash, else found on PATH.
 fn resolve(kernel: &Path) -> Option<PathBuf> {

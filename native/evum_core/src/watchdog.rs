@@ -54,7 +54,17 @@ fn pipe() -> &'static Mutex<Option<ChildStdin>> {
             });
         }
         let stdin = match cmd.spawn() {
-            Ok(mut child) => child.stdin.take(),
+            Ok(mut child) => child.stdin.take().filter(|pipe| {
+                // Never block a caller on a watchdog that stopped reading:
+                // a full pipe means it is stuck, and is given up (see tell).
+                use nix::fcntl::{fcntl, FcntlArg, OFlag};
+                use std::os::fd::AsRawFd;
+                let fd = pipe.as_raw_fd();
+                let flags = fcntl(fd, FcntlArg::F_GETFL).map(OFlag::from_bits_truncate);
+                flags
+                    .and_then(|f| fcntl(fd, FcntlArg::F_SETFL(f | OFlag::O_NONBLOCK)))
+                    .is_ok()
+            }),
             Err(e) => {
                 log::error!("evum: cannot start the watchdog: {e}");
                 None
@@ -68,7 +78,7 @@ fn tell(line: String) {
     let mut pipe = pipe().lock().unwrap_or_else(|p| p.into_inner());
     if let Some(file) = pipe.as_mut() {
         if let Err(e) = file.write_all(line.as_bytes()) {
-            log::error!("evum: the watchdog is gone: {e}");
+            log::error!("evum: the watchdog is gone or stuck, VMs are no longer watched: {e}");
             *pipe = None;
         }
     }
