@@ -42,16 +42,16 @@ base(Name, #{source := Source} = Image, Progress) ->
                 {ok, Path} ->
                     case filelib:is_dir(Path) of
                         %% A tarball: its tree becomes an ext4 image.
-                        true -> built(<<Path/binary, ".ext4">>, Image, Report, fun(Tmp) -> mkfs(Path, Tmp, Image) end);
+                        true -> built(<<Path/binary, ".ext4">>, Report, fun(Tmp) -> mkfs(Path, Tmp, Image) end);
                         false -> {ok, Path}
                     end;
                 Error ->
                     Error
             end;
         {from_dir, Dir} ->
-            built(ext4_name(Name), Image, Report, fun(Tmp) -> mkfs(Dir, Tmp, Image) end);
+            built(ext4_name(Name), Report, fun(Tmp) -> mkfs(Dir, Tmp, Image) end);
         {debootstrap, Suite, Mirror, Include} ->
-            built(ext4_name(Name), Image, Report, fun(Tmp) ->
+            built(ext4_name(Name), Report, fun(Tmp) ->
                 debootstrap(Suite, Mirror, Include, Tmp, Image, Report)
             end);
         {dir, Dir} ->
@@ -102,7 +102,7 @@ wait_fetch(Ref, Uri, Report) ->
 
 %% Builds an image at Path with Build(TmpPath), unless it is there already.
 %% Concurrent builders of one image take turns: the second finds it made.
-built(Path, _Image, Report, Build) ->
+built(Path, Report, Build) ->
     global:trans({{?MODULE, Path}, self()}, fun() ->
         case filelib:is_regular(Path) of
             true ->
