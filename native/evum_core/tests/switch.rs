@@ -422,6 +422,57 @@ fn a_receiver_that_keeps_reading_holds_the_sender_back_instead_of_losing_frames(
 }
 
 #[test]
+fn a_port_flooding_its_own_address_does_not_starve_the_others() {
+    let dir = TempDir::new("flood");
+    let switch = start(&dir, |_| {});
+    let a = DaemonClient::connect(&switch.control_socket());
+    let b = DaemonClient::connect(&switch.control_socket());
+    let flooder = BessClient::connect(&switch.bess_socket());
+    wait_until("three ports", || switch.ports().unwrap().len() == 3);
+    // Frames to itself are learned and dropped: nothing ever queues up to
+    // pause the switch's input, so only its turns keep the others going.
+    let own = frame(mac(9), mac(9), 9);
+    flooder.send(&own);
+    a.send(&frame(BROADCAST, mac(1), 1));
+    b.send(&frame(BROADCAST, mac(2), 2));
+    while a.recv().is_some() || b.recv().is_some() {}
+    // Three writers on the one connection keep it full.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flooder = std::sync::Arc::new(flooder);
+    let floods: Vec<_> = (0..3)
+        .map(|_| {
+            let (stop, flooder, own) = (stop.clone(), flooder.clone(), own.clone());
+            std::thread::spawn(move || {
+                let mut sent = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    flooder.send(&own);
+                    sent += 1;
+                }
+                sent
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    for round in 0..50u8 {
+        let ping = frame(mac(2), mac(1), round);
+        a.send(&ping);
+        assert_eq!(b.recv().as_deref(), Some(&ping[..]), "round {round}");
+        let pong = frame(mac(1), mac(2), round);
+        b.send(&pong);
+        assert_eq!(a.recv().as_deref(), Some(&pong[..]), "round {round}");
+    }
+    let took = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let sent: u64 = floods.into_iter().map(|f| f.join().unwrap()).sum();
+    assert!(sent > 10_000, "the flood was real: {sent} frames");
+    assert!(
+        took < Duration::from_secs(5),
+        "50 exchanges took {took:?} under the flood"
+    );
+}
+
+#[test]
 fn ports_beyond_the_cap_are_refused_and_counted() {
     let dir = TempDir::new("cap");
     let switch = start(&dir, |c| c.max_ports = 2);

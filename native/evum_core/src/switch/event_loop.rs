@@ -40,6 +40,10 @@ const PENDING_LIMIT: usize = 4096;
 /// The longest the switch holds its input back for a congested port before
 /// it gives up on that port (which then loses frames instead).
 const MAX_PAUSE: Duration = Duration::from_millis(5);
+/// Batches one socket may read in a turn of the loop: a sender that keeps
+/// its socket full (a guest flooding its own MAC, say) still leaves the
+/// other sockets their turn.
+const TURN_BATCHES: usize = 8;
 
 fn token(id: u64, slot: u64) -> Token {
     Token((id * 2 + slot) as usize)
@@ -87,6 +91,10 @@ pub struct SwitchLoop {
     /// Input left unread while paused: the data socket, and bess ports.
     data_deferred: bool,
     bess_deferred: Vec<u64>,
+    /// Input left unread because a socket used up its turn (see
+    /// [`TURN_BATCHES`]): read again after the other sockets had theirs.
+    data_more: bool,
+    bess_more: Vec<u64>,
     /// The loop keeps the waker's eventfd open: were the [`Switch`] to close
     /// it on drop, epoll would forget the fd and with it the wake-up that
     /// carries the stop.
@@ -121,6 +129,8 @@ impl SwitchLoop {
             congested: Vec::new(),
             data_deferred: false,
             bess_deferred: Vec::new(),
+            data_more: false,
+            bess_more: Vec::new(),
             poll,
             rx,
             fdb: Fdb::new(config.mac_ageing),
@@ -192,7 +202,11 @@ impl SwitchLoop {
         // Made here: it holds pointers into itself and so stays on this thread.
         let mut batch = sock::RecvBatch::new();
         loop {
-            let timeout = self.next_deadline().saturating_duration_since(Instant::now());
+            let timeout = if self.data_more || !self.bess_more.is_empty() {
+                Duration::ZERO
+            } else {
+                self.next_deadline().saturating_duration_since(Instant::now())
+            };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     log::error!("evum switch: poll failed: {e}");
@@ -226,6 +240,21 @@ impl SwitchLoop {
             }
             self.run_deadlines();
             self.resume_input(&mut batch);
+            self.read_more(&mut batch);
+        }
+    }
+
+    /// Reads on from the sockets that used up their last turn.
+    fn read_more(&mut self, batch: &mut sock::RecvBatch) {
+        if std::mem::take(&mut self.data_more) {
+            if self.paused_until.is_some() {
+                self.data_deferred = true;
+            } else {
+                self.read_data(batch);
+            }
+        }
+        for id in std::mem::take(&mut self.bess_more) {
+            self.readable(id, MAIN, batch);
         }
     }
 
@@ -506,7 +535,7 @@ impl SwitchLoop {
     }
 
     fn read_data(&mut self, batch: &mut sock::RecvBatch) {
-        loop {
+        for _ in 0..TURN_BATCHES {
             let count = match batch.recv(self.data.as_raw_fd()) {
                 Ok(count) => count,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -542,6 +571,7 @@ impl SwitchLoop {
                 return;
             }
         }
+        self.data_more = true;
     }
 
     // ---- the bess transport
@@ -611,7 +641,15 @@ impl SwitchLoop {
             }
             Peer::Bess { conn } => {
                 let fd = conn.as_raw_fd();
+                let mut turn = 0;
                 let gone = loop {
+                    if turn == TURN_BATCHES {
+                        if !self.bess_more.contains(&id) {
+                            self.bess_more.push(id);
+                        }
+                        break false;
+                    }
+                    turn += 1;
                     let count = match batch.recv(fd) {
                         Ok(count) => count,
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break false,
@@ -699,6 +737,7 @@ impl SwitchLoop {
         self.promiscuous -= usize::from(port.is_promiscuous());
         self.congested.retain(|&c| c != id.0);
         self.bess_deferred.retain(|&c| c != id.0);
+        self.bess_more.retain(|&c| c != id.0);
         let registry = self.poll.registry();
         match &mut port.peer {
             Peer::Daemon { control, out, addr } => {
