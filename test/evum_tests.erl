@@ -239,12 +239,18 @@ stop_and_restart() ->
     ok = evm:stop(Vm2).
 
 exits() ->
-    %% The console shell exits: the VM powers off.
-    A = create([]),
-    InfoA = evum:info(A),
-    ok = evum:puts(A, "exit"),
-    ?assertEqual({exit_status, 0}, wait_exit(A)),
-    assert_gone(InfoA),
+    %% The console shell exits: the VM powers off. UML itself has been seen
+    %% to abort (SIGABRT) in its own power-off path once in many runs under
+    %% load; a wrong status from evum would come every time, so one retry.
+    PowerOff = fun() ->
+        A = create([]),
+        InfoA = evum:info(A),
+        ok = evum:puts(A, "exit"),
+        How = wait_exit(A),
+        assert_gone(InfoA),
+        How
+    end,
+    ?assertEqual({exit_status, 0}, case PowerOff() of {signal, sigabrt} -> PowerOff(); How -> How end),
     %% The UML process is killed from outside.
     B = create([]),
     #{os_pid := OsPid} = InfoB = evum:info(B),
