@@ -76,13 +76,29 @@ struct MMsgHdr {
 
 const _: () = assert!(std::mem::size_of::<MMsgHdr>() == 64);
 
+impl MMsgHdr {
+    /// A header for one buffer, with an address (`name`) or none (null).
+    fn new(iov: *mut IoVec, name: *mut u8, namelen: u32) -> MMsgHdr {
+        MMsgHdr {
+            name,
+            namelen,
+            iov,
+            iovlen: 1,
+            control: std::ptr::null_mut(),
+            controllen: 0,
+            flags: 0,
+            _pad: 0,
+            len: 0,
+        }
+    }
+}
+
 extern "C" {
     fn socket(domain: i32, kind: i32, protocol: i32) -> i32;
     fn connect(fd: i32, addr: *const u8, len: u32) -> i32;
     fn sendmmsg(fd: i32, msgs: *mut MMsgHdr, n: u32, flags: i32) -> i32;
     fn recvmmsg(fd: i32, msgs: *mut MMsgHdr, n: u32, flags: i32, timeout: *mut u8) -> i32;
 }
-
 
 /// Sends up to BATCH copies of `frame` in one sendmmsg, to `to` (a raw
 /// sockaddr_un) or, when it is empty, on a connected socket. Blocking: each
@@ -97,16 +113,13 @@ fn send_batch(fd: RawFd, to: &[u8], frame: &[u8], n: usize) -> std::io::Result<u
         .collect();
     let mut msgs: Vec<MMsgHdr> = iovs
         .iter_mut()
-        .map(|iov| MMsgHdr {
-            name: if to.is_empty() { std::ptr::null_mut() } else { to.as_ptr() as *mut u8 },
-            namelen: to.len() as u32,
-            iov,
-            iovlen: 1,
-            control: std::ptr::null_mut(),
-            controllen: 0,
-            flags: 0,
-            _pad: 0,
-            len: 0,
+        .map(|iov| {
+            let name = if to.is_empty() {
+                std::ptr::null_mut()
+            } else {
+                to.as_ptr() as *mut u8
+            };
+            MMsgHdr::new(iov, name, to.len() as u32)
         })
         .collect();
     // SAFETY: every header points at an iovec and address that outlive the
@@ -138,17 +151,7 @@ impl RecvBatch {
             .collect();
         let msgs = iovs
             .iter_mut()
-            .map(|iov| MMsgHdr {
-                name: std::ptr::null_mut(),
-                namelen: 0,
-                iov,
-                iovlen: 1,
-                control: std::ptr::null_mut(),
-                controllen: 0,
-                flags: 0,
-                _pad: 0,
-                len: 0,
-            })
+            .map(|iov| MMsgHdr::new(iov, std::ptr::null_mut(), 0))
             .collect();
         RecvBatch { bufs, iovs, msgs }
     }
@@ -159,7 +162,15 @@ impl RecvBatch {
         let _ = &self.iovs;
         // SAFETY: the headers point at our own iovecs and buffers, which
         // neither move nor are otherwise borrowed during the call.
-        let r = unsafe { recvmmsg(fd, self.msgs.as_mut_ptr(), BATCH as u32, MSG_WAITFORONE, std::ptr::null_mut()) };
+        let r = unsafe {
+            recvmmsg(
+                fd,
+                self.msgs.as_mut_ptr(),
+                BATCH as u32,
+                MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            )
+        };
         if r < 0 {
             Err(std::io::Error::last_os_error())
         } else {
@@ -232,9 +243,10 @@ impl Daemon {
         request.push(0);
         request.extend_from_slice(&name);
         request.resize(124, 0);
-        let mut control =
-            UnixStream::connect(ctl).unwrap_or_else(|e| die(format!("connect to {ctl}: {e}")));
-        control.write_all(&request).unwrap_or_else(|e| die(format!("request: {e}")));
+        let mut control = UnixStream::connect(ctl).unwrap_or_else(|e| die(format!("connect to {ctl}: {e}")));
+        control
+            .write_all(&request)
+            .unwrap_or_else(|e| die(format!("request: {e}")));
         control.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut reply = [0u8; SOCKADDR_UN_LEN];
         control
@@ -362,14 +374,18 @@ fn blast(end: &dyn End, f: &[u8], secs: f64) -> (u64, u64, f64) {
 
 fn pair(a: Arc<dyn End>, b: Arc<dyn End>, size: usize, secs: f64) {
     // Both announce themselves so the switch learns both MACs.
-    b.send(&frame(BROADCAST, MAC_B, 60, 0)).unwrap_or_else(|e| die(format!("send: {e}")));
-    a.send(&frame(BROADCAST, MAC_A, 60, 0)).unwrap_or_else(|e| die(format!("send: {e}")));
+    b.send(&frame(BROADCAST, MAC_B, 60, 0))
+        .unwrap_or_else(|e| die(format!("send: {e}")));
+    a.send(&frame(BROADCAST, MAC_A, 60, 0))
+        .unwrap_or_else(|e| die(format!("send: {e}")));
     a.set_timeout(Duration::from_millis(100));
     b.set_timeout(Duration::from_millis(100));
     let learned_a = drain(&*a);
     let learned_b = drain(&*b);
     if learned_a == 0 || learned_b == 0 {
-        die(format!("the announcements did not cross the switch (A got {learned_a}, B got {learned_b})"));
+        die(format!(
+            "the announcements did not cross the switch (A got {learned_a}, B got {learned_b})"
+        ));
     }
     let stop = Arc::new(AtomicBool::new(false));
     let t0 = Instant::now();
