@@ -88,13 +88,11 @@ pub struct SwitchLoop {
     paused_until: Option<Instant>,
     /// The ports above their congestion mark.
     congested: Vec<u64>,
-    /// Input left unread while paused: the data socket, and bess ports.
+    /// Input left unread, while paused or because a socket used up its
+    /// turn (see [`TURN_BATCHES`]): the data socket, and bess ports. Read
+    /// again once input is not paused, after the other sockets had theirs.
     data_deferred: bool,
     bess_deferred: Vec<u64>,
-    /// Input left unread because a socket used up its turn (see
-    /// [`TURN_BATCHES`]): read again after the other sockets had theirs.
-    data_more: bool,
-    bess_more: Vec<u64>,
     /// The loop keeps the waker's eventfd open: were the [`Switch`] to close
     /// it on drop, epoll would forget the fd and with it the wake-up that
     /// carries the stop.
@@ -129,8 +127,6 @@ impl SwitchLoop {
             congested: Vec::new(),
             data_deferred: false,
             bess_deferred: Vec::new(),
-            data_more: false,
-            bess_more: Vec::new(),
             poll,
             rx,
             fdb: Fdb::new(config.mac_ageing),
@@ -202,7 +198,8 @@ impl SwitchLoop {
         // Made here: it holds pointers into itself and so stays on this thread.
         let mut batch = sock::RecvBatch::new();
         loop {
-            let timeout = if self.data_more || !self.bess_more.is_empty() {
+            let deferred = self.data_deferred || !self.bess_deferred.is_empty();
+            let timeout = if deferred && self.paused_until.is_none() {
                 Duration::ZERO
             } else {
                 self.next_deadline().saturating_duration_since(Instant::now())
@@ -240,21 +237,6 @@ impl SwitchLoop {
             }
             self.run_deadlines();
             self.resume_input(&mut batch);
-            self.read_more(&mut batch);
-        }
-    }
-
-    /// Reads on from the sockets that used up their last turn.
-    fn read_more(&mut self, batch: &mut sock::RecvBatch) {
-        if std::mem::take(&mut self.data_more) {
-            if self.paused_until.is_some() {
-                self.data_deferred = true;
-            } else {
-                self.read_data(batch);
-            }
-        }
-        for id in std::mem::take(&mut self.bess_more) {
-            self.readable(id, MAIN, batch);
         }
     }
 
@@ -268,12 +250,14 @@ impl SwitchLoop {
             .unwrap_or(self.next_sweep)
     }
 
-    /// Reads the input left waiting once no port is congested any more.
+    /// Reads the input left waiting, once no port is congested any more.
     fn resume_input(&mut self, batch: &mut sock::RecvBatch) {
-        if self.paused_until.is_none() || !self.congested.is_empty() {
-            return;
+        if self.paused_until.is_some() {
+            if !self.congested.is_empty() {
+                return;
+            }
+            self.paused_until = None;
         }
-        self.paused_until = None;
         if std::mem::take(&mut self.data_deferred) {
             self.read_data(batch);
         }
@@ -571,7 +555,7 @@ impl SwitchLoop {
                 return;
             }
         }
-        self.data_more = true;
+        self.data_deferred = true;
     }
 
     // ---- the bess transport
@@ -644,8 +628,8 @@ impl SwitchLoop {
                 let mut turn = 0;
                 let gone = loop {
                     if turn == TURN_BATCHES {
-                        if !self.bess_more.contains(&id) {
-                            self.bess_more.push(id);
+                        if !self.bess_deferred.contains(&id) {
+                            self.bess_deferred.push(id);
                         }
                         break false;
                     }
@@ -737,7 +721,6 @@ impl SwitchLoop {
         self.promiscuous -= usize::from(port.is_promiscuous());
         self.congested.retain(|&c| c != id.0);
         self.bess_deferred.retain(|&c| c != id.0);
-        self.bess_more.retain(|&c| c != id.0);
         let registry = self.poll.registry();
         match &mut port.peer {
             Peer::Daemon { control, out, addr } => {
