@@ -63,24 +63,23 @@ hostfs_root(Dir, Context) ->
 %% The root is the first disk: the label's copy-on-write disk over the
 %% dist's base image.
 disk_root(Dist, #{args := Args} = Image, #{label := Label, progress := Progress} = Context) ->
-    Steps = [
-        fun(_) -> busybox_image() end,
-        fun(_) -> evum_image:base(Dist, Image, Progress) end,
-        fun(Base) -> evum_disk:cow(Dist, Label, Base) end
-    ],
-    case chain(Steps, none, []) of
-        {ok, [Ubd, _Base, Initramfs]} ->
-            Disk = [{ubd, 0, Ubd}, {env, "EVUM_ROOT", "ubda"}],
-            {ok, initramfs(Initramfs, Context) ++ Disk ++ [kernel_arg(A) || A <- Args], undefined};
+    case busybox_image() of
+        {ok, Initramfs} ->
+            case label_disk(Dist, Image, Label, Progress) of
+                {ok, Ubd} ->
+                    Disk = [{ubd, 0, Ubd}, {env, "EVUM_ROOT", "ubda"}],
+                    {ok, initramfs(Initramfs, Context) ++ Disk ++ [kernel_arg(A) || A <- Args], undefined};
+                {error, _} = Error ->
+                    Error
+            end;
         {error, _} = Error ->
             Error
     end.
 
-chain([], _, Results) ->
-    {ok, Results};
-chain([Step | Rest], Previous, Results) ->
-    case Step(Previous) of
-        {ok, Result} -> chain(Rest, Result, [Result | Results]);
+%% The ubd spec of the label's copy-on-write disk, its base made if need be.
+label_disk(Dist, Image, Label, Progress) ->
+    case evum_image:base(Dist, Image, Progress) of
+        {ok, Base} -> evum_disk:cow(Dist, Label, Base);
         {error, _} = Error -> Error
     end.
 
