@@ -51,7 +51,7 @@ fn config_load<'a>(env: Env<'a>, layers: Vec<Term<'a>>) -> NifResult<Term<'a>> {
             return Ok((atoms::error(), (atoms::config(), file, key, message)).encode(env));
         }
     }
-    Ok((atoms::ok(), encode_config(env, &config), warnings).encode(env))
+    Ok((atoms::ok(), encode_config(env, &config)?, warnings).encode(env))
 }
 
 /// Turns the original evm.cfg's terms into a toml value: proplists become
@@ -183,8 +183,8 @@ fn charlist(term: Term) -> Option<String> {
         .filter(|s| !s.chars().any(char::is_control))
 }
 
-fn encode_config<'a>(env: Env<'a>, config: &Config) -> Term<'a> {
-    let named = |pairs: Vec<(Term<'a>, Term<'a>)>| Term::map_from_pairs(env, &pairs).expect("distinct keys");
+fn encode_config<'a>(env: Env<'a>, config: &Config) -> NifResult<Term<'a>> {
+    let named = |pairs: Vec<(Term<'a>, Term<'a>)>| Term::map_from_pairs(env, &pairs);
     let name = |n: &str| {
         rustler::Atom::from_str(env, n)
             .map(|a| a.encode(env))
@@ -193,17 +193,17 @@ fn encode_config<'a>(env: Env<'a>, config: &Config) -> Term<'a> {
     let networks = config
         .networks
         .iter()
-        .map(|(n, net)| (name(n), encode_network(env, net)))
-        .collect();
+        .map(|(n, net)| Ok((name(n), encode_network(env, net)?)))
+        .collect::<NifResult<_>>()?;
     let images = config
         .images
         .iter()
-        .map(|(n, image)| (name(n), encode_image(env, image)))
-        .collect();
-    named(vec![
-        (atoms::networks().encode(env), named(networks)),
-        (atoms::images().encode(env), named(images)),
-    ])
+        .map(|(n, image)| Ok((name(n), encode_image(env, image)?)))
+        .collect::<NifResult<_>>()?;
+    crate::atom_map(
+        env,
+        &[(atoms::networks(), named(networks)?), (atoms::images(), named(images)?)],
+    )
 }
 
 fn optional<'a, T: Encoder>(env: Env<'a>, value: Option<T>) -> Term<'a> {
@@ -213,7 +213,7 @@ fn optional<'a, T: Encoder>(env: Env<'a>, value: Option<T>) -> Term<'a> {
     }
 }
 
-fn encode_network<'a>(env: Env<'a>, net: &Network) -> Term<'a> {
+fn encode_network<'a>(env: Env<'a>, net: &Network) -> NifResult<Term<'a>> {
     let pairs = [
         (atoms::base_ip(), net.base_ip.encode(env)),
         (atoms::first_ip(), net.first_ip.encode(env)),
@@ -223,11 +223,10 @@ fn encode_network<'a>(env: Env<'a>, net: &Network) -> Term<'a> {
         (atoms::gateway(), net.gateway.encode(env)),
         (atoms::host_loopback(), net.host_loopback.encode(env)),
     ];
-    let pairs: Vec<_> = pairs.into_iter().map(|(k, v)| (k.encode(env), v)).collect();
-    Term::map_from_pairs(env, &pairs).expect("distinct keys")
+    crate::atom_map(env, &pairs)
 }
 
-fn encode_image<'a>(env: Env<'a>, image: &Image) -> Term<'a> {
+fn encode_image<'a>(env: Env<'a>, image: &Image) -> NifResult<Term<'a>> {
     let path = |p: &Path| p.to_string_lossy().into_owned();
     let source = match image.source().expect("checked when merged") {
         Source::File(file) => (atoms::file(), file).encode(env),
@@ -253,6 +252,5 @@ fn encode_image<'a>(env: Env<'a>, image: &Image) -> Term<'a> {
         (atoms::net(), image.net.encode(env)),
         (atoms::init(), optional(env, image.init.as_deref())),
     ];
-    let pairs: Vec<_> = pairs.into_iter().map(|(k, v)| (k.encode(env), v)).collect();
-    Term::map_from_pairs(env, &pairs).expect("distinct keys")
+    crate::atom_map(env, &pairs)
 }

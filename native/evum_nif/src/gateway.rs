@@ -16,7 +16,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use evum_core::gateway::{FlowOrigin, FlowProto, Forward, Gateway, GatewayConfig, GatewayError, Proto};
 use rustler::{Atom, Encoder, Env, NifResult, ResourceArc, Term};
 
-use crate::text;
+use crate::{atom_map, text};
 
 mod atoms {
     rustler::atoms! {
@@ -204,11 +204,6 @@ fn gateway_remove_forward<'a>(
     })
 }
 
-fn map<'a>(env: Env<'a>, pairs: &[(Atom, Term<'a>)]) -> NifResult<Term<'a>> {
-    let pairs: Vec<(Term, Term)> = pairs.iter().map(|(k, v)| (k.encode(env), *v)).collect();
-    Term::map_from_pairs(env, &pairs)
-}
-
 /// `{ok, [#{proto, host_addr, host_port, guest_addr, guest_port,
 /// connections, bytes_to_guest, bytes_from_guest}]}`.
 #[rustler::nif(schedule = "DirtyIo")]
@@ -220,7 +215,7 @@ fn gateway_forwards(env: Env, resource: ResourceArc<GatewayResource>) -> NifResu
         };
         let mut out = Vec::with_capacity(forwards.len());
         for f in forwards {
-            out.push(map(
+            out.push(atom_map(
                 env,
                 &[
                     (atoms::proto(), proto_atom(f.forward.proto).encode(env)),
@@ -250,7 +245,7 @@ fn gateway_counters(env: Env, resource: ResourceArc<GatewayResource>) -> NifResu
             Err(e) => return Ok(gateway_error(env, e)),
         };
         let d = c.drops;
-        let drops = map(
+        let drops = atom_map(
             env,
             &[
                 (atoms::malformed(), d.malformed.encode(env)),
@@ -286,7 +281,7 @@ fn gateway_counters(env: Env, resource: ResourceArc<GatewayResource>) -> NifResu
                 .started
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-            flow_terms.push(map(
+            flow_terms.push(atom_map(
                 env,
                 &[
                     (atoms::proto(), proto.encode(env)),
@@ -308,7 +303,7 @@ fn gateway_counters(env: Env, resource: ResourceArc<GatewayResource>) -> NifResu
                 ],
             )?);
         }
-        let counters = map(
+        let counters = atom_map(
             env,
             &[
                 (atoms::frames_from_switch(), c.frames_from_switch.encode(env)),

@@ -47,6 +47,12 @@ fn error_tuple<'a>(env: Env<'a>, kind: Atom, message: impl ToString) -> Term<'a>
     (atoms::error(), (kind, message.to_string())).encode(env)
 }
 
+/// A map with atom keys.
+fn atom_map<'a>(env: Env<'a>, pairs: &[(Atom, Term<'a>)]) -> NifResult<Term<'a>> {
+    let pairs: Vec<(Term, Term)> = pairs.iter().map(|(k, v)| (k.encode(env), *v)).collect();
+    Term::map_from_pairs(env, &pairs)
+}
+
 fn text(term: Term) -> NifResult<String> {
     let bin = term.decode_as_binary()?;
     String::from_utf8(bin.as_slice().to_vec()).map_err(|_| rustler::Error::BadArg)

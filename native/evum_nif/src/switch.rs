@@ -6,6 +6,7 @@
 
 use std::sync::Mutex;
 
+use crate::atom_map;
 use evum_core::switch::{FrameSink, Mac, PortId, PortKind, Switch, SwitchConfig};
 use rustler::{Binary, Encoder, Env, LocalPid, NewBinary, NifResult, OwnedEnv, ResourceArc, Term};
 
@@ -185,11 +186,6 @@ fn mac_term<'a>(env: Env<'a>, mac: Option<Mac>) -> Term<'a> {
     }
 }
 
-fn map<'a>(env: Env<'a>, pairs: &[(rustler::Atom, Term<'a>)]) -> NifResult<Term<'a>> {
-    let pairs: Vec<(Term, Term)> = pairs.iter().map(|(k, v)| (k.encode(env), *v)).collect();
-    Term::map_from_pairs(env, &pairs)
-}
-
 /// The ports with their counters, as maps.
 #[rustler::nif(schedule = "DirtyIo")]
 fn switch_ports(env: Env, resource: ResourceArc<SwitchResource>) -> NifResult<Term> {
@@ -205,7 +201,7 @@ fn switch_ports(env: Env, resource: ResourceArc<SwitchResource>) -> NifResult<Te
                 PortKind::Bess => atoms::bess(),
                 PortKind::Attached => atoms::attached(),
             };
-            out.push(map(
+            out.push(atom_map(
                 env,
                 &[
                     (atoms::id(), p.id.0.encode(env)),
@@ -232,7 +228,7 @@ fn switch_mac_table(env: Env, resource: ResourceArc<SwitchResource>) -> NifResul
         Ok(entries) => {
             let mut out = Vec::with_capacity(entries.len());
             for (mac, port, age) in entries {
-                out.push(map(
+                out.push(atom_map(
                     env,
                     &[
                         (atoms::mac(), mac_term(env, Some(mac))),
@@ -253,7 +249,7 @@ fn switch_counters(env: Env, resource: ResourceArc<SwitchResource>) -> NifResult
     try_with_switch(env, &resource, |switch| match switch.counters() {
         Ok(c) => Ok((
             atoms::ok(),
-            map(
+            atom_map(
                 env,
                 &[
                     (atoms::bad_magic(), c.bad_magic.encode(env)),
