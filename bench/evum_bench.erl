@@ -943,8 +943,8 @@ stop_peer_switch(#{port := Port, pgid := Pgid, dir := Dir}) ->
 %% fresh uml_switch, and two on evum's switch over the bess transport (vec0),
 %% all six up at once; the ping and TCP runs alternate between the pairs.
 guests(S, Tmp) ->
-    Runs = env_int("EVUM_BENCH_SWITCH_TCP_RUNS", 3),
-    MB = env_int("EVUM_BENCH_SWITCH_TCP_MB", 48),
+    Runs = env_int("EVUM_BENCH_SWITCH_TCP_RUNS", 5),
+    MB = env_int("EVUM_BENCH_SWITCH_TCP_MB", 128),
     with_peer_switch(uml_switch, Tmp, "uml-guests", fun(Uml) ->
         UCtl = peer_ctl(Uml),
         Pairs = [

@@ -234,7 +234,10 @@ garbage() ->
     A = vm(S, sw_ga, "10.0.0.1"),
     _B = vm(S, sw_gb, "10.0.0.2"),
     Ctl = evum_switch:control_socket(S),
-    Data = filename:join(filename:dirname(Ctl), "data"),
+    %% The data socket is abstract, named after the switch's directory, and
+    %% bound with the whole 108 bytes of sun_path as UML addresses it.
+    Name = <<0, (filename:join(filename:dirname(Ctl), "data"))/binary>>,
+    Data = <<Name/binary, 0:((108 - byte_size(Name)) * 8)>>,
     Self = self(),
     spawn_link(fun() -> Self ! {pinged, evum:cmd(A, "ping -c 25 -i 0.2 -W 2 10.0.0.2", 60000)} end),
     timer:sleep(500),
@@ -254,7 +257,7 @@ garbage() ->
     Silent = [C || {ok, C} <- [gen_tcp:connect({local, Ctl}, 0, [binary, {active, false}]) || _ <- lists:seq(1, 100)]],
     {ok, D} = socket:open(local, dgram, default),
     Frames = [<<>>, <<1, 2, 3>>, binary:copy(<<0>>, 13), binary:copy(<<0>>, 3000), binary:copy(<<255>>, 60)],
-    [socket:sendto(D, F, #{family => local, path => Data}) || F <- Frames],
+    [ok = socket:sendto(D, F, #{family => local, path => Data}) || F <- Frames],
     socket:close(D),
     {ok, 0, Out} = receive {pinged, P} -> P after 60000 -> error(no_ping) end,
     ?assertMatch({_, _}, binary:match(Out, <<"25 packets received">>), Out),

@@ -123,6 +123,20 @@ pub fn path_address(path: &[u8]) -> Option<RawUnixAddr> {
     Some(addr)
 }
 
+/// The full 110-byte `sockaddr_un` of an abstract name (a NUL, then `name`,
+/// zero-padded to the end): the switch's data socket, bound with the whole
+/// length as UML binds its own, so that UML's fixed-length `sendto` finds it.
+/// `None` if the name does not fit (107 bytes).
+pub fn abstract_address(name: &[u8]) -> Option<RawUnixAddr> {
+    if name.is_empty() || name.len() > SOCKADDR_UN_LEN - 3 {
+        return None;
+    }
+    let mut addr = [0; SOCKADDR_UN_LEN];
+    addr[0..2].copy_from_slice(&(libc::AF_UNIX as u16).to_ne_bytes());
+    addr[3..3 + name.len()].copy_from_slice(name);
+    Some(addr)
+}
+
 /// Pads what recvfrom reported (`len` bytes of the address) to a key.
 pub fn received_key(raw: &[u8]) -> RawUnixAddr {
     let mut addr = [0; SOCKADDR_UN_LEN];
@@ -178,6 +192,17 @@ mod tests {
         let mut inet = good;
         inet[12..14].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
         assert_eq!(decode_request(&inet), Err(RequestError::BadAddress));
+    }
+
+    #[test]
+    fn abstract_addresses_start_with_nul_and_are_bounded() {
+        let addr = abstract_address(b"/tmp/x/data").unwrap();
+        assert_eq!(addr[2], 0);
+        assert_eq!(&addr[3..14], b"/tmp/x/data");
+        assert!(addr[14..].iter().all(|&b| b == 0));
+        assert!(abstract_address(&[b'a'; 108]).is_none());
+        assert!(abstract_address(&[b'a'; 107]).is_some());
+        assert!(abstract_address(b"").is_none());
     }
 
     #[test]

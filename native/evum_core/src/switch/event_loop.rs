@@ -63,6 +63,8 @@ pub struct SwitchLoop {
     next_id: Arc<AtomicU64>,
     control: UnixListener,
     data: UnixDatagram,
+    /// The data socket's abstract address: the reply to every request.
+    data_addr: RawUnixAddr,
     bess: OwnedFd,
     ports: HashMap<u64, Port>,
     by_addr: HashMap<RawUnixAddr, PortId>,
@@ -110,7 +112,7 @@ impl SwitchLoop {
     ) -> Result<Self, SwitchError> {
         let mut bound = Vec::new();
         let result = Self::bind(&poll, &config, &mut bound);
-        let (control, data, bess) = match result {
+        let (control, (data, data_addr), bess) = match result {
             Ok(sockets) => sockets,
             Err(e) => {
                 for path in &bound {
@@ -134,6 +136,7 @@ impl SwitchLoop {
             next_id,
             control,
             data,
+            data_addr,
             bess,
             ports: HashMap::new(),
             by_addr: HashMap::new(),
@@ -148,26 +151,30 @@ impl SwitchLoop {
         poll: &Poll,
         config: &SwitchConfig,
         bound: &mut Vec<PathBuf>,
-    ) -> Result<(UnixListener, UnixDatagram, OwnedFd), SwitchError> {
+    ) -> Result<(UnixListener, (UnixDatagram, RawUnixAddr), OwnedFd), SwitchError> {
         let bind_error = |path: &PathBuf| {
             let path = path.clone();
             move |source| SwitchError::Bind { path, source }
         };
         let ctl = control_path(&config.dir);
-        let data_file = data_path(&config.dir);
+        let data_name = data_path(&config.dir);
         let bess_file = bess_path(&config.dir);
-        if daemon::path_address(data_file.as_os_str().as_bytes()).is_none() {
-            return Err(SwitchError::Bind {
-                path: data_file,
+        // The data socket is abstract, as uml_switch's is: UML looks its
+        // address up on every frame it sends, and an abstract name is a hash
+        // lookup where a path is a walk of the filesystem (measured: a third
+        // more datagrams per second). Anyone may send to an abstract socket,
+        // but only datagrams from the address a port registered through the
+        // control socket (whose directory decides who may connect) are
+        // forwarded; the kernel vouches for the sender's address.
+        let data_addr =
+            daemon::abstract_address(data_name.as_os_str().as_bytes()).ok_or_else(|| SwitchError::Bind {
+                path: data_name.clone(),
                 source: io::Error::new(io::ErrorKind::InvalidInput, "path too long for AF_UNIX"),
-            });
-        }
+            })?;
         let control = UnixListener::bind(&ctl).map_err(bind_error(&ctl))?;
         bound.push(ctl.clone());
         control.set_nonblocking(true).map_err(bind_error(&ctl))?;
-        let data = UnixDatagram::bind(&data_file).map_err(bind_error(&data_file))?;
-        bound.push(data_file.clone());
-        data.set_nonblocking(true).map_err(bind_error(&data_file))?;
+        let data = UnixDatagram::from(sock::bound_datagram(&data_addr).map_err(bind_error(&data_name))?);
         let bess = sock::seqpacket_listener(&bess_file).map_err(bind_error(&bess_file))?;
         bound.push(bess_file);
         // Connecting to a unix socket takes write permission on its file:
@@ -190,7 +197,7 @@ impl SwitchLoop {
         registry
             .register(&mut SourceFd(&bess.as_raw_fd()), BESS_LISTENER, Interest::READABLE)
             .map_err(SwitchError::Poll)?;
-        Ok((control, data, bess))
+        Ok((control, (data, data_addr), bess))
     }
 
     pub fn run(mut self) {
@@ -494,11 +501,7 @@ impl SwitchLoop {
             }
         };
         // The reply: our data socket's address, exactly 110 bytes.
-        let reply = daemon::path_address(data_path(&self.config.dir).as_os_str().as_bytes());
-        let written = match reply {
-            Some(reply) => pending.stream.write(&reply).map(|n| n == reply.len()),
-            None => Ok(false),
-        };
+        let written = pending.stream.write(&self.data_addr).map(|n| n == self.data_addr.len());
         if !matches!(written, Ok(true)) {
             log::info!("evum switch: cannot answer a control request: {written:?}");
             let _ = self

@@ -7,9 +7,9 @@
 //! Ports come three ways, all on one switch at once:
 //! - UML's "daemon" transport, as Debian's uml_switch speaks it
 //!   (`ethN=daemon,<mac>,unix,<control_socket()>`): a request on the
-//!   SOCK_STREAM control socket, frames as datagrams on `<dir>/data`
-//!   ([`daemon`] has the wire format). The port lives while the control
-//!   stream stays open.
+//!   SOCK_STREAM control socket, frames as datagrams on the abstract socket
+//!   named `<dir>/data` (shown as `@<dir>/data`; no file) ([`daemon`] has
+//!   the wire format). The port lives while the control stream stays open.
 //! - UML's vector transport in bess mode
 //!   (`vecN:transport=bess,src=<path>,dst=<bess_socket()>`): one accepted
 //!   SOCK_SEQPACKET connection per VM, one frame per message.
@@ -132,7 +132,8 @@ pub trait FrameSink: Send {
 /// How a switch is set up. [`SwitchConfig::new`] gives the defaults.
 #[derive(Debug, Clone)]
 pub struct SwitchConfig {
-    /// Where the sockets go (`ctl`, `data`, `bess`); created if missing.
+    /// Where the socket files go (`ctl`, `bess`); created if missing. The
+    /// data socket's abstract name is this path and `/data`.
     pub dir: PathBuf,
     /// Flood every frame to every port (for sniffing).
     pub hub: bool,
@@ -308,6 +309,7 @@ fn control_path(dir: &Path) -> PathBuf {
     dir.join("ctl")
 }
 
+/// The data socket's abstract name (not a file: see `SwitchLoop::bind`).
 fn data_path(dir: &Path) -> PathBuf {
     dir.join("data")
 }

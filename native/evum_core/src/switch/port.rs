@@ -92,9 +92,13 @@ impl Port {
     }
 
     /// Whether the port's output queue is this full: the switch holds its
-    /// input back from here (unless the port is stuck).
+    /// input back from here (unless the port is stuck). Half the queue, and
+    /// low enough that the rest takes one more received batch whole, since a
+    /// batch in hand is forwarded before the switch pauses.
     pub fn congestion_mark(&self) -> usize {
-        (self.queue_limit / 2).max(1)
+        (self.queue_limit / 2)
+            .min(self.queue_limit.saturating_sub(sock::RecvBatch::SIZE))
+            .max(1)
     }
 
     pub fn is_promiscuous(&self) -> bool {

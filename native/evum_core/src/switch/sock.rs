@@ -34,25 +34,42 @@ fn sockaddr(addr: &RawUnixAddr) -> libc::sockaddr_un {
     sa
 }
 
-/// A nonblocking SOCK_SEQPACKET listener bound at `path`.
-pub fn seqpacket_listener(path: &Path) -> io::Result<OwnedFd> {
-    use std::os::unix::ffi::OsStrExt;
-    let addr = daemon::path_address(path.as_os_str().as_bytes())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "socket path too long"))?;
-    let fd = new_socket(libc::SOCK_SEQPACKET)?;
-    let sa = sockaddr(&addr);
-    // SAFETY: `sa` is a valid sockaddr_un that outlives the call, and the
-    // length passed is its size.
+/// A new socket of `kind`, bound or connected (`op`) to `addr` with the full
+/// 110-byte length UML uses (for an abstract name the length is part of the
+/// name).
+fn socket_at(
+    kind: libc::c_int,
+    addr: &RawUnixAddr,
+    op: unsafe extern "C" fn(libc::c_int, *const libc::sockaddr, libc::socklen_t) -> libc::c_int,
+) -> io::Result<OwnedFd> {
+    let fd = new_socket(kind)?;
+    let sa = sockaddr(addr);
+    // SAFETY: `op` is bind or connect; `sa` is a valid sockaddr_un that
+    // outlives the call, and the length passed is its size.
     check(unsafe {
-        libc::bind(
+        op(
             fd.as_raw_fd(),
             &sa as *const libc::sockaddr_un as *const libc::sockaddr,
             SOCKADDR_UN_LEN as libc::socklen_t,
         )
     })?;
+    Ok(fd)
+}
+
+/// A nonblocking SOCK_SEQPACKET listener bound at `path`.
+pub fn seqpacket_listener(path: &Path) -> io::Result<OwnedFd> {
+    use std::os::unix::ffi::OsStrExt;
+    let addr = daemon::path_address(path.as_os_str().as_bytes())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "socket path too long"))?;
+    let fd = socket_at(libc::SOCK_SEQPACKET, &addr, libc::bind)?;
     // SAFETY: no pointers.
     check(unsafe { libc::listen(fd.as_raw_fd(), 128) })?;
     Ok(fd)
+}
+
+/// A nonblocking datagram socket bound to `addr`.
+pub fn bound_datagram(addr: &RawUnixAddr) -> io::Result<OwnedFd> {
+    socket_at(libc::SOCK_DGRAM, addr, libc::bind)
 }
 
 /// Accepts one connection, nonblocking. `WouldBlock` when there is none.
@@ -121,18 +138,7 @@ pub fn send_many(fd: RawFd, frames: &[&[u8]]) -> io::Result<usize> {
 /// length UML binds with. Being connected, it polls writable only when the
 /// VM's receive queue has room, which an unconnected socket cannot tell.
 pub fn connected_datagram(addr: &RawUnixAddr) -> io::Result<OwnedFd> {
-    let fd = new_socket(libc::SOCK_DGRAM)?;
-    let sa = sockaddr(addr);
-    // SAFETY: `sa` is a valid sockaddr_un that outlives the call, and the
-    // length passed is its size.
-    check(unsafe {
-        libc::connect(
-            fd.as_raw_fd(),
-            &sa as *const libc::sockaddr_un as *const libc::sockaddr,
-            SOCKADDR_UN_LEN as libc::socklen_t,
-        )
-    })?;
-    Ok(fd)
+    socket_at(libc::SOCK_DGRAM, addr, libc::connect)
 }
 
 /// Datagrams received many at a time (recvmmsg): one system call for up to
