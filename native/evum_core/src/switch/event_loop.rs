@@ -88,6 +88,10 @@ pub struct SwitchLoop {
     /// the CPU to catch up. Paused until the queues drain, or until this
     /// deadline: then the congested ports are marked stuck and input goes on.
     paused_until: Option<Instant>,
+    /// When the current turn of the loop began: the time frames are learned
+    /// at and deadlines are checked against, read once per turn rather
+    /// than once per batch and per check.
+    now: Instant,
     /// The ports above their congestion mark.
     congested: Vec<u64>,
     /// Input left unread, while paused or because a socket used up its
@@ -126,6 +130,7 @@ impl SwitchLoop {
             staged: Vec::new(),
             promiscuous: 0,
             paused_until: None,
+            now: Instant::now(),
             congested: Vec::new(),
             data_deferred: false,
             bess_deferred: Vec::new(),
@@ -218,9 +223,11 @@ impl SwitchLoop {
                 }
                 continue;
             }
+            self.now = Instant::now();
+            let mut woken = false;
             for event in events.iter() {
                 match event.token() {
-                    WAKER => {}
+                    WAKER => woken = true,
                     CONTROL_LISTENER => self.accept_control(),
                     DATA if self.paused_until.is_some() => self.data_deferred = true,
                     DATA => self.read_data(&mut batch),
@@ -236,13 +243,19 @@ impl SwitchLoop {
                     }
                 }
             }
-            while let Ok(command) = self.rx.try_recv() {
-                if !self.handle(command) {
-                    self.shut_down();
-                    return;
+            // Every command comes with a wake-up: the channel needs no look
+            // on the far more frequent turns that only forward frames.
+            if woken {
+                while let Ok(command) = self.rx.try_recv() {
+                    if !self.handle(command) {
+                        self.shut_down();
+                        return;
+                    }
                 }
             }
-            self.run_deadlines();
+            if self.now >= self.next_deadline() {
+                self.run_deadlines();
+            }
             self.resume_input(&mut batch);
         }
     }
@@ -279,7 +292,7 @@ impl SwitchLoop {
     }
 
     fn run_deadlines(&mut self) {
-        let now = Instant::now();
+        let now = self.now;
         let expired: Vec<u64> = self
             .pending
             .iter()
@@ -388,7 +401,7 @@ impl SwitchLoop {
                         log::error!("evum switch: cannot watch a control connection: {e}");
                         continue;
                     }
-                    let deadline = Instant::now() + self.config.request_timeout;
+                    let deadline = self.now + self.config.request_timeout;
                     self.pending.insert(
                         id,
                         Pending {
@@ -532,7 +545,7 @@ impl SwitchLoop {
                     return;
                 }
             };
-            let now = Instant::now();
+            let now = self.now;
             let mut sender = None;
             for i in 0..count {
                 // A batch mostly comes from one sender: its port is looked
@@ -643,7 +656,7 @@ impl SwitchLoop {
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                         Err(_) => break true,
                     };
-                    let now = Instant::now();
+                    let now = self.now;
                     // A message of no bytes is the end of the connection
                     // (recvmmsg reports EOF as such messages).
                     let frames = (0..count).take_while(|&i| batch.frame(i).0 > 0).count();
@@ -819,7 +832,7 @@ impl SwitchLoop {
                 Offer::Queued => {
                     if !port.stuck && port.queue.len() >= port.congestion_mark() && !self.congested.contains(&id) {
                         self.congested.push(id);
-                        self.paused_until.get_or_insert_with(|| Instant::now() + MAX_PAUSE);
+                        self.paused_until.get_or_insert(self.now + MAX_PAUSE);
                     }
                     self.set_writable_interest(id, true);
                 }

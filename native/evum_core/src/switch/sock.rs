@@ -108,6 +108,25 @@ pub const SEND_BATCH: usize = 32;
 /// frame ends the call early with the count so far: the next call reports it.
 pub fn send_many(fd: RawFd, frames: &[&[u8]]) -> io::Result<usize> {
     let n = frames.len().min(SEND_BATCH);
+    if n == 1 {
+        // The common case when traffic is light (a ping, an ACK): no
+        // message vectors to set up.
+        let frame = frames[0];
+        // SAFETY: the frame is borrowed for the whole call and only read.
+        let sent = unsafe {
+            libc::send(
+                fd,
+                frame.as_ptr() as *const libc::c_void,
+                frame.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        return if sent < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(1)
+        };
+    }
     // SAFETY: iovec and mmsghdr are plain old data; zeroes are valid.
     let mut iovs: [libc::iovec; SEND_BATCH] = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
