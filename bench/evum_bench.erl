@@ -981,7 +981,7 @@ guest_runs(Pairs, Runs, MB) ->
     ],
     %% Ping runs alternate between the daemon pairs (evum, uml_switch,
     %% uml_switch, evum, ...); the bess pair's is printed too.
-    PingRuns = env_int("EVUM_BENCH_SWITCH_PING_RUNS", 4),
+    PingRuns = env_int("EVUM_BENCH_SWITCH_PING_RUNS", 8),
     Daemons = [{Kind, A} || {Kind, _, [A, _]} <- Pairs, Kind =/= evum_bess],
     Order = lists:append([case I rem 2 of 1 -> Daemons; 0 -> lists:reverse(Daemons) end
                           || I <- lists:seq(1, PingRuns)]),
