@@ -462,9 +462,30 @@ impl SwitchLoop {
     }
 
     fn new_daemon_port(&mut self, id: u64) {
-        let Some(mut pending) = self.pending.remove(&id) else {
+        let Some((key, out)) = self.admit_request(id) else {
+            // Refused and counted: closing the connection tells the VM.
+            self.drop_pending(id);
             return;
         };
+        let Some(pending) = self.pending.remove(&id) else {
+            return;
+        };
+        let id = PortId(id);
+        self.by_addr.insert(key, id);
+        let peer = Peer::Daemon {
+            control: pending.stream,
+            out,
+            addr: key,
+        };
+        self.ports
+            .insert(id.0, Port::new(id, peer, None, self.config.queue_len));
+    }
+
+    /// Checks the complete request on pending connection `id` and answers
+    /// it: the VM's address key and a socket connected to that address, or
+    /// None (counted by reason) when the switch refuses it.
+    fn admit_request(&mut self, id: u64) -> Option<(RawUnixAddr, OwnedFd)> {
+        let pending = self.pending.get_mut(&id)?;
         let request = match daemon::decode_request(&pending.bytes) {
             Ok(request) => request,
             Err(e) => {
@@ -477,61 +498,33 @@ impl SwitchLoop {
                     RequestError::BadType(_) => c.bad_type += 1,
                     RequestError::BadAddress => c.bad_address += 1,
                 }
-                let _ = self
-                    .poll
-                    .registry()
-                    .deregister(&mut SourceFd(&pending.stream.as_raw_fd()));
-                return;
+                return None;
             }
         };
         let key = daemon::address_key(&request.addr);
         if self.ports.len() >= self.config.max_ports {
             self.counters.too_many_ports += 1;
-            let _ = self
-                .poll
-                .registry()
-                .deregister(&mut SourceFd(&pending.stream.as_raw_fd()));
-            return;
+            return None;
         }
         if self.by_addr.contains_key(&key) {
             self.counters.duplicate_address += 1;
-            let _ = self
-                .poll
-                .registry()
-                .deregister(&mut SourceFd(&pending.stream.as_raw_fd()));
-            return;
+            return None;
         }
         let out = match sock::connected_datagram(&request.addr) {
             Ok(out) => out,
             Err(e) => {
                 log::info!("evum switch: a VM's data address is unreachable: {e}");
                 self.counters.bad_address += 1;
-                let _ = self
-                    .poll
-                    .registry()
-                    .deregister(&mut SourceFd(&pending.stream.as_raw_fd()));
-                return;
+                return None;
             }
         };
         // The reply: our data socket's address, exactly 110 bytes.
         let written = pending.stream.write(&self.data_addr).map(|n| n == self.data_addr.len());
         if !matches!(written, Ok(true)) {
             log::info!("evum switch: cannot answer a control request: {written:?}");
-            let _ = self
-                .poll
-                .registry()
-                .deregister(&mut SourceFd(&pending.stream.as_raw_fd()));
-            return;
+            return None;
         }
-        let id = PortId(id);
-        self.by_addr.insert(key, id);
-        let peer = Peer::Daemon {
-            control: pending.stream,
-            out,
-            addr: key,
-        };
-        self.ports
-            .insert(id.0, Port::new(id, peer, None, self.config.queue_len));
+        Some((key, out))
     }
 
     fn read_data(&mut self, batch: &mut sock::RecvBatch) {
@@ -634,19 +627,13 @@ impl SwitchLoop {
                     self.remove_port(PortId(id));
                 }
             }
-            Peer::Bess { .. } if self.paused_until.is_some() => {
-                if !self.bess_deferred.contains(&id) {
-                    self.bess_deferred.push(id);
-                }
-            }
+            Peer::Bess { .. } if self.paused_until.is_some() => self.defer_bess(id),
             Peer::Bess { conn } => {
                 let fd = conn.as_raw_fd();
                 let mut turn = 0;
                 let gone = loop {
                     if turn == TURN_BATCHES {
-                        if !self.bess_deferred.contains(&id) {
-                            self.bess_deferred.push(id);
-                        }
+                        self.defer_bess(id);
                         break false;
                     }
                     turn += 1;
@@ -671,7 +658,7 @@ impl SwitchLoop {
                         break true;
                     }
                     if self.paused_until.is_some() {
-                        self.bess_deferred.push(id);
+                        self.defer_bess(id);
                         break false;
                     }
                     if count < sock::RecvBatch::SIZE {
@@ -683,6 +670,13 @@ impl SwitchLoop {
                 }
             }
             Peer::Attached { .. } => {}
+        }
+    }
+
+    /// Leaves bess port `id`'s input for [`resume_input`](Self::resume_input).
+    fn defer_bess(&mut self, id: u64) {
+        if !self.bess_deferred.contains(&id) {
+            self.bess_deferred.push(id);
         }
     }
 
