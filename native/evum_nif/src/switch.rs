@@ -25,13 +25,28 @@ mod atoms {
 /// its sockets and directory.
 pub struct SwitchResource {
     switch: Mutex<Option<Switch>>,
-    /// The watchdog removes the switch's directory if the BEAM dies first.
+    /// The watchdog removes the switch's directory if the BEAM dies before
+    /// the switch's thread has: released only once that thread is done.
     watchdog_id: u64,
 }
 
 impl Drop for SwitchResource {
     fn drop(&mut self) {
-        evum_core::watchdog::release(self.watchdog_id);
+        let id = self.watchdog_id;
+        let Some(switch) = self.switch.get_mut().unwrap_or_else(|p| p.into_inner()).take() else {
+            evum_core::watchdog::release(id);
+            return;
+        };
+        // Waiting for the loop to remove the sockets is not for the
+        // scheduler that collects the resource. Should no thread start,
+        // the switch is dropped (which stops it) and the watchdog keeps
+        // the directory until the BEAM exits.
+        let _ = std::thread::Builder::new()
+            .name("evum-switch-stop".into())
+            .spawn(move || {
+                switch.stop();
+                evum_core::watchdog::release(id);
+            });
     }
 }
 
@@ -88,11 +103,15 @@ fn switch_start<'a>(env: Env<'a>, hub: bool, run_as: Term<'a>) -> Term<'a> {
     }
 }
 
-/// Stops the switch now (its ports close; VMs on it lose their link).
-#[rustler::nif]
+/// Stops the switch now (its ports close; VMs on it lose their link) and
+/// returns once its sockets and directory are gone, so that nothing is left
+/// behind should the BEAM exit next.
+#[rustler::nif(schedule = "DirtyIo")]
 fn switch_stop(resource: ResourceArc<SwitchResource>) -> rustler::Atom {
-    // Dropping only signals the loop; it cleans up on its own thread.
-    drop(resource.switch.lock().unwrap_or_else(|p| p.into_inner()).take());
+    let switch = resource.switch.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(switch) = switch {
+        switch.stop();
+    }
     atoms::ok()
 }
 
