@@ -417,10 +417,14 @@ fn a_receiver_that_keeps_reading_holds_the_sender_back_instead_of_losing_frames(
     for _ in 0..FRAMES {
         a.send(&frame(mac(2), mac(1), 0xee));
     }
+    let ports = switch.ports().unwrap();
     let got = reader.join().unwrap();
     // Without flow control most frames are lost; a scheduling hiccup of
     // the reader's longer than the hold may still lose a few.
-    assert!(got >= FRAMES * 9 / 10, "the receiver got only {got} of {FRAMES}");
+    assert!(
+        got >= FRAMES * 9 / 10,
+        "the receiver got only {got} of {FRAMES}: {ports:?}"
+    );
 }
 
 #[test]
