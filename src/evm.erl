@@ -261,10 +261,18 @@ with_app(Fun) ->
 %% the guest to be gone at each step. Returns when nothing of it is left.
 -spec stop(vm()) -> ok | {error, not_running}.
 stop(Vm) ->
-    try
-        gen_server:call(Vm, stop, infinity)
-    catch
-        exit:{noproc, _} -> {error, not_running};
-        exit:{normal, _} -> ok;
-        exit:{{shutdown, _}, _} -> ok
+    %% The VM's process replies once the guest is gone and exits just after:
+    %% waiting for that exit too frees its label (evm:destroy/1 and a new
+    %% VM of the same label may follow at once).
+    Monitor = erlang:monitor(process, Vm),
+    Result =
+        try
+            gen_server:call(Vm, stop, infinity)
+        catch
+            exit:{noproc, _} -> {error, not_running};
+            exit:{normal, _} -> ok;
+            exit:{{shutdown, _}, _} -> ok
+        end,
+    receive
+        {'DOWN', Monitor, process, _, _} -> Result
     end.
