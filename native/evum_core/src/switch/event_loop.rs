@@ -37,9 +37,6 @@ const OUT: u64 = 1;
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Bytes a pending control connection may send before it is oversized.
 const PENDING_LIMIT: usize = 4096;
-/// The longest the switch holds its input back for a congested port before
-/// it gives up on that port (which then loses frames instead).
-const MAX_PAUSE: Duration = Duration::from_millis(5);
 /// Batches one socket may read in a turn of the loop: a sender that keeps
 /// its socket full (a guest flooding its own MAC, say) still leaves the
 /// other sockets their turn.
@@ -826,7 +823,7 @@ impl SwitchLoop {
                 Offer::Queued => {
                     if !port.stuck && port.queue.len() >= port.congestion_mark() && !self.congested.contains(&id) {
                         self.congested.push(id);
-                        self.paused_until.get_or_insert(self.now + MAX_PAUSE);
+                        self.paused_until.get_or_insert(self.now + self.config.max_hold);
                     }
                     self.set_writable_interest(id, true);
                 }

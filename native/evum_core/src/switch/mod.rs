@@ -139,6 +139,12 @@ pub struct SwitchConfig {
     pub hub: bool,
     /// Frames each socket port may have waiting (256).
     pub queue_len: usize,
+    /// How long the switch holds its input back for a port whose queue is
+    /// congested before giving up on it (5 ms): that port then loses frames
+    /// until its queue has emptied, and the other ports go on. Longer is
+    /// kinder to a receiver that stalls now and then, and holds everyone
+    /// else up for as long when one stops reading.
+    pub max_hold: Duration,
     /// How long a learned MAC is kept without traffic (300 s).
     pub mac_ageing: Duration,
     /// How long a control connection may take to send its request (5 s).
@@ -156,6 +162,7 @@ impl SwitchConfig {
             dir: dir.into(),
             hub: false,
             queue_len: 256,
+            max_hold: Duration::from_millis(5),
             mac_ageing: Duration::from_secs(300),
             request_timeout: Duration::from_secs(5),
             max_pending: 64,
