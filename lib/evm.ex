@@ -64,6 +64,7 @@ defmodule Evm do
           | {:hostfs, text()}
           | {:env, text(), text()}
           | {:append, text() | [text()]}
+          | {:cpu, :any | :auto | non_neg_integer() | [non_neg_integer()]}
 
   @typedoc """
   An option of `create/1`. A keyword list is such a list; bare atoms
@@ -113,6 +114,13 @@ defmodule Evm do
     * `:kernel` - the UML binary (the application's `kernel`, `linux`).
     * `:umid`, `:uml_dir` - UML's own names for the VM and its directory.
     * `:verbose` - the kernel's boot log on the console.
+    * `:cpu` - the host CPUs the VM's processes run on: `:any` (the
+      default: wherever the host scheduler puts them), a CPU number or a
+      list of them, or `:auto` (one CPU, the next of those evum may use in
+      turn). A UML guest hands control between host processes on every
+      system call, which is much cheaper when they share a CPU: a pinned
+      VM is faster when it has its CPU to itself, and waits for it when
+      not. A CPU evum may not use is `{:error, {:bad_option, reason}}`.
     * the original boot options: `:mem`, `:con`, `:ssl`, `:disk`, `:ubd`,
       `:eth`, `:init`, `:initrd`, `:root`, `:rootflags`, `:rootfstype`,
       `:write`, `:quiet`, `:hostfs`, `:append`, `:env` (see `t:boot_option/0`).

@@ -46,7 +46,9 @@
 %% evum_switch, its MAC derived from the label), `{transport, bess}' (vec0
 %% over the vector driver instead of eth0), `{net, Name}' (or `{location,
 %% Name}': eth0 on a named network of the `networks' setting, with the next
-%% address from it), `verbose' (the kernel's boot
+%% address from it), `{cpu, any | auto | N | [N]}' (the host CPUs the VM's
+%% processes run on: anywhere, one evum picks in turn, or these; see
+%% README), `verbose' (the kernel's boot
 %% log on the console), and the original boot options (`mem', `con', `ssl',
 %% `disk', `ubd', `eth', `init', `initrd', `root', `rootflags', `rootfstype',
 %% `write', `quiet', `hostfs', `append', `env'). An option it does not know is

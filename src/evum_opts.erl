@@ -32,7 +32,8 @@
     | {write, boolean()}
     | {hostfs, text()}
     | {env, text(), text()}
-    | {append, text() | [text()]}.
+    | {append, text() | [text()]}
+    | {cpu, any | auto | non_neg_integer() | [non_neg_integer()]}.
 -type nif_option() :: {binary(), integer(), binary()}.
 
 %% @doc Checks and converts boot options. An unknown option or a value of
@@ -81,6 +82,12 @@ option({Name, Value} = O) when
     Name =:= hostfs
 ->
     [{atom_to_binary(Name), -1, text(Value, O)}];
+option({cpu, Cpu}) when Cpu =:= any; Cpu =:= auto ->
+    [{<<"cpu">>, -1, atom_to_binary(Cpu)}];
+option({cpu, N} = O) when is_integer(N) ->
+    option({cpu, [N]}, O);
+option({cpu, [_ | _] = Cpus} = O) ->
+    option({cpu, Cpus}, O);
 option({env, Key, Value} = O) ->
     [{<<"env:", (text(Key, O))/binary>>, -1, text(Value, O)}];
 option({append, [C | _] = Arg} = O) when is_integer(C) ->
@@ -91,6 +98,11 @@ option({append, Arg} = O) ->
     [{<<"append">>, -1, text(Arg, O)}];
 option(O) ->
     throw({bad_option, O}).
+
+%% A list of CPU numbers, which the NIF checks against the CPUs evum may use.
+option({cpu, Cpus}, O) ->
+    lists:all(fun(N) -> is_integer(N) andalso N >= 0 end, Cpus) orelse throw({bad_option, O}),
+    [{<<"cpu">>, -1, iolist_to_binary(lists:join(",", [integer_to_binary(N) || N <- Cpus]))}].
 
 flag(Name, Bool) ->
     {atom_to_binary(Name), -1, atom_to_binary(Bool)}.

@@ -19,6 +19,9 @@ defmodule EvumTest.ErrorsTest do
     assert Evm.create(label: 42) == {:error, {:bad_option, {:label, 42}}}
     # Values the kernel command line cannot take are refused before a boot.
     assert {:error, {:bad_option, _}} = Evm.create(label: :ex_bad, mem: "lots")
+    assert Evm.create(label: :ex_bad, cpu: :fast) == {:error, {:bad_option, {:cpu, :fast}}}
+    assert {:error, {:bad_option, why}} = Evm.create(label: :ex_bad, cpu: 4096)
+    assert why =~ "CPU 4096 is not one evum may run on"
 
     assert Process.whereis(:ex_bad) == nil
     refute_received _

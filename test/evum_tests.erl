@@ -30,7 +30,8 @@ evum_test_() ->
             {"a flooding guest loses nothing", flood},
             {"no scheduler is held while VMs boot", long_schedule},
             {"a guest root cannot reach host files", containment},
-            {"tagged console messages", tagged}
+            {"tagged console messages", tagged},
+            {"a VM pinned to a CPU runs all its processes there", cpu}
         ]
     ]}.
 
@@ -452,3 +453,50 @@ tagged() ->
     ?assertEqual(<<"echo 2">>, evum:send(Vm, "echo 2")),
     ok = evm:stop(Vm),
     receive {evum, Vm, {exit, {exit_status, 0}}} -> ok after 5000 -> error(no_exit) end.
+
+cpu() ->
+    Allowed = own_cpus(),
+    Last = lists:last(Allowed),
+    Vm = create([{cpu, Last}]),
+    #{os_pid := OsPid} = evum:info(Vm),
+    %% Guest processes started after boot are host processes too.
+    {ok, 0, _} = evum:cmd(Vm, "sleep 2 & sleep 2 & true"),
+    Members = group_members(OsPid),
+    %% (A process may exit between the listing and the reading.)
+    Lists = [L || P <- Members, L <- [cpus_allowed(P)], L =/= gone],
+    ?assert(length(Lists) >= 3),
+    ?assertEqual([[Last] || _ <- Lists], Lists),
+    ok = evm:stop(Vm),
+    %% auto: one CPU each, taken in turn.
+    Two = [create([{cpu, auto}]) || _ <- [1, 2]],
+    Pinned = [cpus_allowed("/proc/" ++ integer_to_list(maps:get(os_pid, evum:info(V)))) || V <- Two],
+    ?assertMatch([[_], [_]], Pinned),
+    length(Allowed) > 1 andalso ?assertNotEqual(hd(Pinned), lists:last(Pinned)),
+    [ok = evm:stop(V) || V <- Two],
+    {error, {bad_option, Why}} = evm:create([{cpu, 100000}]),
+    ?assertMatch({match, _}, re:run(Why, "CPU 100000 is not one evum may run on")),
+    ?assertEqual({error, {bad_option, {cpu, -1}}}, evm:create([{cpu, -1}])),
+    ?assertEqual({error, {bad_option, {cpu, [0, x]}}}, evm:create([{cpu, [0, x]}])),
+    ?assertEqual({error, {bad_option, {cpu, fast}}}, evm:create([{cpu, fast}])).
+
+%% The CPUs this BEAM may run on.
+own_cpus() ->
+    cpus_allowed("/proc/self").
+
+%% A process's CPU list, from /proc/<pid>/status ("0-2,5" is [0, 1, 2, 5]),
+%% or gone.
+cpus_allowed(Proc) ->
+    case file:read_file(Proc ++ "/status") of
+        {ok, Status} -> parse_cpu_list(Status);
+        {error, enoent} -> gone
+    end.
+
+parse_cpu_list(Status) ->
+    {match, [List]} = re:run(Status, "Cpus_allowed_list:\\s*(\\S+)", [{capture, all_but_first, list}]),
+    lists:append([
+        case string:split(Range, "-") of
+            [N] -> [list_to_integer(N)];
+            [A, B] -> lists:seq(list_to_integer(A), list_to_integer(B))
+        end
+     || Range <- string:split(List, ",", all)
+    ]).

@@ -11,6 +11,7 @@ pub mod image;
 pub mod io_loop;
 pub mod mconsole;
 pub mod options;
+pub mod placement;
 pub mod process;
 pub mod switch;
 pub mod vm;

@@ -9,6 +9,8 @@
 
 use std::path::PathBuf;
 
+use crate::placement::CpuChoice;
+
 /// One boot option, as a user gives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BootOption {
@@ -40,6 +42,9 @@ pub enum BootOption {
     Env(String, String),
     /// A raw kernel parameter, for what has no option of its own.
     Append(String),
+    /// The host CPUs the VM's processes may run on (not a kernel
+    /// parameter: see [`crate::placement`]).
+    Cpu(CpuChoice),
 }
 
 /// Why a set of options cannot be turned into a command line.
@@ -122,6 +127,8 @@ pub fn kernel_args(id: &Identity, options: &[BootOption]) -> Result<Vec<String>,
             BootOption::Hostfs(dir) => hostfs = dir.clone(),
             BootOption::Env(k, v) => tail.push(valid_env(k, v)?),
             BootOption::Append(a) => tail.push(a.replace(RUNTIME_DIR, &runtime_dir)),
+            // Applied to the process, not passed to the kernel.
+            BootOption::Cpu(_) => {}
         }
     }
     // Without a ubd0, UML opens a file named `root_fs` in its working
@@ -161,6 +168,7 @@ fn option_key(option: &BootOption) -> Option<String> {
         BootOption::Write(_) => "write".into(),
         BootOption::Hostfs(_) => "hostfs".into(),
         BootOption::Env(k, _) => format!("env {k}"),
+        BootOption::Cpu(_) => "cpu".into(),
         BootOption::Append(_) => return None,
     })
 }

@@ -18,6 +18,7 @@ use std::sync::OnceLock;
 
 use crossbeam_channel::{bounded, unbounded, Sender};
 use nix::fcntl::OFlag;
+use nix::sched::CpuSet;
 use nix::unistd::{pipe2, Pid};
 
 /// What to run.
@@ -32,6 +33,9 @@ pub struct SpawnSpec {
     pub run_as: Option<(u32, u32)>,
     /// Extra environment for the UML process (TMPDIR, for one).
     pub env: Vec<(OsString, OsString)>,
+    /// The CPUs the process (and every process it starts) may run on;
+    /// None leaves it evum's own.
+    pub cpus: Option<CpuSet>,
     /// Run the VM in a mount namespace of its own in which every host
     /// filesystem is read-only but this directory (and a private /dev/shm
     /// for UML's memory file). Needs root; used with `run_as`.
@@ -139,6 +143,7 @@ fn spawn_here(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
         exec_error: exec_error_child.as_raw_fd(),
     };
     let run_as = spec.run_as;
+    let cpus = spec.cpus;
     let sandbox = match &spec.read_only_host_but {
         Some(dir) => Some(Sandbox::new(dir)?),
         None => None,
@@ -150,7 +155,7 @@ fn spawn_here(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
     // system calls on data prepared above.
     let pid = unsafe {
         nix::sched::clone(
-            Box::new(|| child_main(parent, &child_fds, run_as, sandbox.as_ref(), &exec)),
+            Box::new(|| child_main(parent, &child_fds, run_as, cpus.as_ref(), sandbox.as_ref(), &exec)),
             &mut stack,
             nix::sched::CloneFlags::empty(),
             Some(libc::SIGCHLD),
@@ -392,6 +397,7 @@ fn child_main(
     parent: i32,
     fds: &ChildFds,
     run_as: Option<(u32, u32)>,
+    cpus: Option<&CpuSet>,
     sandbox: Option<&Sandbox>,
     exec: &Exec,
 ) -> isize {
@@ -420,6 +426,11 @@ fn child_main(
             libc::personality(persona as libc::c_ulong | ADDR_NO_RANDOMIZE);
         }
         libc::umask(0o077);
+        if let Some(cpus) = cpus {
+            if nix::sched::sched_setaffinity(Pid::from_raw(0), cpus).is_err() {
+                return fail(fds);
+            }
+        }
         // The BEAM ignores or blocks signals (SIGPIPE, SIGHUP, SIGCHLD), and
         // both ignored dispositions and the blocked mask survive exec: give
         // UML the defaults a program expects.

@@ -11,6 +11,7 @@ use std::sync::Mutex;
 
 use crate::io_loop::{self, VmEvents, VmHandle};
 use crate::options::{self, BootOption, Identity, OptionError};
+use crate::placement;
 use crate::process::{self, SpawnError, SpawnSpec};
 
 /// Everything needed to start one VM.
@@ -99,11 +100,13 @@ pub fn start(config: VmConfig, events: Box<dyn VmEvents>) -> Result<Vm, StartErr
     };
     let sandboxed = config.run_as.is_some();
     let spawned = options::kernel_args(&identity, &config.options)
+        .and_then(|args| Ok((args, placement::cpu_set(&config.options)?)))
         .map_err(StartError::from)
-        .and_then(|args| {
+        .and_then(|(args, cpus)| {
             let spec = SpawnSpec {
                 kernel: config.kernel,
                 args,
+                cpus,
                 run_as: config.run_as,
                 env: if sandboxed {
                     vec![("TMPDIR".into(), "/dev/shm".into())]

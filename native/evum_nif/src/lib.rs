@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use evum_core::placement::CpuChoice;
 use evum_core::{control, image, mconsole, vm, BootOption, Vm, VmConfig};
 use nix_signal::parse_signal;
 use rustler::{Atom, Binary, Encoder, Env, LocalPid, NifResult, ResourceArc, Term};
@@ -81,6 +82,7 @@ fn boot_option(term: Term) -> Result<BootOption, String> {
         "write" => BootOption::Write(flag(&value)),
         "hostfs" => BootOption::Hostfs(value.into()),
         "append" => BootOption::Append(value),
+        "cpu" => BootOption::Cpu(CpuChoice::parse(&value).map_err(|e| e.to_string())?),
         other => match other.strip_prefix("env:") {
             Some(key) => BootOption::Env(key.to_string(), value),
             None => return Err(format!("unknown option {other}")),
