@@ -61,7 +61,7 @@ fn bad(why: impl Into<String>) -> OptionError {
 /// The CPU set a VM's process is to get from its options, or None to leave
 /// it as evum's own.
 pub fn cpu_set(options: &[BootOption]) -> Result<Option<CpuSet>, OptionError> {
-    let choice = options.iter().rev().find_map(|o| match o {
+    let choice = options.iter().find_map(|o| match o {
         BootOption::Cpu(choice) => Some(choice),
         _ => None,
     });
