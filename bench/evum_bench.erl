@@ -986,7 +986,7 @@ guest_runs(Pairs, Runs, MB) ->
      || {Kind, If, [A, B]} <- Pairs
     ],
     %% Ping runs alternate between the daemon pairs (evum, uml_switch,
-    %% uml_switch, evum, ...); the bess pair's is printed too.
+    %% uml_switch, evum, ...); each bess pair's is printed too.
     PingRuns = env_int("EVUM_BENCH_SWITCH_PING_RUNS", 8),
     Daemons = [{Kind, A} || {Kind, "eth0", [A, _]} <- Pairs],
     Order = lists:append([case I rem 2 of 1 -> Daemons; 0 -> lists:reverse(Daemons) end

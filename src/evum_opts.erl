@@ -85,9 +85,9 @@ option({Name, Value} = O) when
 option({cpu, Cpu}) when Cpu =:= any; Cpu =:= auto ->
     [{<<"cpu">>, -1, atom_to_binary(Cpu)}];
 option({cpu, N} = O) when is_integer(N) ->
-    option({cpu, [N]}, O);
+    cpu_list([N], O);
 option({cpu, [_ | _] = Cpus} = O) ->
-    option({cpu, Cpus}, O);
+    cpu_list(Cpus, O);
 option({env, Key, Value} = O) ->
     [{<<"env:", (text(Key, O))/binary>>, -1, text(Value, O)}];
 option({append, [C | _] = Arg} = O) when is_integer(C) ->
@@ -100,7 +100,7 @@ option(O) ->
     throw({bad_option, O}).
 
 %% A list of CPU numbers, which the NIF checks against the CPUs evum may use.
-option({cpu, Cpus}, O) ->
+cpu_list(Cpus, O) ->
     lists:all(fun(N) -> is_integer(N) andalso N >= 0 end, Cpus) orelse throw({bad_option, O}),
     [{<<"cpu">>, -1, iolist_to_binary(lists:join(",", [integer_to_binary(N) || N <- Cpus]))}].
 
