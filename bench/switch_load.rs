@@ -7,8 +7,9 @@
 //!   connection to the control socket carrying `struct request_v3` (magic
 //!   0xfeedface, version 3, type 0, the 110-byte `sockaddr_un` of the
 //!   client's datagram socket, bound like UML to an abstract name of the full
-//!   110-byte length); the 110-byte reply is the switch's data socket; frames
-//!   go out to that address, one frame per datagram.
+//!   110-byte length); the 110-byte reply is the switch's data socket (on
+//!   evum, one of the client's own); frames go out to that address, one
+//!   frame per datagram.
 //! - bess transport (evum only): a SOCK_SEQPACKET connection, one frame per
 //!   message.
 //!

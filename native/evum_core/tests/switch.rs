@@ -99,7 +99,18 @@ impl DaemonClient {
 
     /// sendto with the full sockaddr_un length, as UML does.
     fn send(&self, frame: &[u8]) {
-        send_raw(&self.data, &self.switch_addr, frame);
+        let sent = try_send_raw(&self.data, &self.switch_addr, frame, 0);
+        assert_eq!(sent.unwrap(), frame.len());
+    }
+
+    /// The same without waiting, as UML's driver sends: false when the
+    /// switch's socket has no room (a frame UML would lose).
+    fn send_nowait(&self, frame: &[u8]) -> bool {
+        match try_send_raw(&self.data, &self.switch_addr, frame, libc::MSG_DONTWAIT) {
+            Ok(n) => n == frame.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+            Err(e) => panic!("sendto: {e}"),
+        }
     }
 
     fn recv(&self) -> Option<Vec<u8>> {
@@ -113,7 +124,7 @@ impl DaemonClient {
     }
 }
 
-fn send_raw(sock: &UnixDatagram, to: &RawUnixAddr, frame: &[u8]) {
+fn try_send_raw(sock: &UnixDatagram, to: &RawUnixAddr, frame: &[u8], flags: libc::c_int) -> std::io::Result<usize> {
     let sa = sockaddr(to);
     // SAFETY: `frame` and `sa` are valid for the lengths given.
     let n = unsafe {
@@ -121,12 +132,16 @@ fn send_raw(sock: &UnixDatagram, to: &RawUnixAddr, frame: &[u8]) {
             sock.as_raw_fd(),
             frame.as_ptr() as *const libc::c_void,
             frame.len(),
-            0,
+            flags,
             &sa as *const _ as *const libc::sockaddr,
             SOCKADDR_UN_LEN as u32,
         )
     };
-    assert_eq!(n, frame.len() as isize, "sendto: {}", std::io::Error::last_os_error());
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
 }
 
 /// An attached port's sink that forwards frames to a channel.
@@ -242,13 +257,19 @@ fn ports_and_the_mac_table_are_reported() {
     drop(a.control);
     wait_until("A's port to go", || switch.ports().unwrap().len() == 1);
     assert_eq!(switch.mac_table().unwrap().len(), 1);
-    // A's datagrams are now from an unknown address.
-    a.data.set_read_timeout(None).unwrap();
-    send_raw(&a.data, &a.switch_addr, &frame(BROADCAST, mac(1), 9));
-    wait_until("the unknown sender to be counted", || {
-        switch.counters().unwrap().unknown_sender == 1
-    });
+    // A's socket on the switch went with its port.
+    let lost = try_send_raw(&a.data, &a.switch_addr, &frame(BROADCAST, mac(1), 9), 0);
+    assert_eq!(lost.unwrap_err().raw_os_error(), Some(libc::ECONNREFUSED));
+    // B's takes datagrams from B's address alone: the kernel refuses
+    // anyone else's, A's included.
+    let (stranger, _) = uml_like_datagram();
+    for from in [&stranger, &a.data] {
+        let refused = try_send_raw(from, &b.switch_addr, &frame(BROADCAST, mac(1), 9), 0);
+        assert_eq!(refused.unwrap_err().raw_os_error(), Some(libc::EPERM));
+    }
+    b.send(&frame(BROADCAST, mac(2), 3));
     assert_eq!(b.recv(), None);
+    assert_eq!(switch.ports().unwrap()[0].counters.frames_in, 2);
 }
 
 #[test]
@@ -417,7 +438,7 @@ fn a_receiver_that_keeps_reading_holds_the_sender_back_instead_of_losing_frames(
         }
         n
     });
-    // Blocking sends: the switch's full data socket holds A back.
+    // Blocking sends: A's full socket on the switch holds A back.
     for _ in 0..FRAMES {
         a.send(&frame(mac(2), mac(1), 0xee));
     }
@@ -427,31 +448,30 @@ fn a_receiver_that_keeps_reading_holds_the_sender_back_instead_of_losing_frames(
     assert!(got == FRAMES, "the receiver got only {got} of {FRAMES}: {ports:?}");
 }
 
-#[test]
-fn a_port_flooding_its_own_address_does_not_starve_the_others() {
-    let dir = TempDir::new("flood");
-    let switch = start(&dir, |_| {});
+/// Two daemon ports A and B exchange 50 frames each way while a third port
+/// floods the switch with frames to its own MAC from three threads (which
+/// keep its socket full). A and B send as UML's daemon driver does: a send
+/// that would block is a lost frame.
+fn exchanges_go_on_under_a_flood(switch: &Switch, flood: impl Fn(&[u8]) + Send + Sync + 'static) {
     let a = DaemonClient::connect(&switch.control_socket());
     let b = DaemonClient::connect(&switch.control_socket());
-    let flooder = BessClient::connect(&switch.bess_socket());
     wait_until("three ports", || switch.ports().unwrap().len() == 3);
     // Frames to itself are learned and dropped: nothing ever queues up to
     // pause the switch's input, so only its turns keep the others going.
     let own = frame(mac(9), mac(9), 9);
-    flooder.send(&own);
+    flood(&own);
     a.send(&frame(BROADCAST, mac(1), 1));
     b.send(&frame(BROADCAST, mac(2), 2));
     while a.recv().is_some() || b.recv().is_some() {}
-    // Three writers on the one connection keep it full.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flooder = std::sync::Arc::new(flooder);
+    let flood = std::sync::Arc::new(flood);
     let floods: Vec<_> = (0..3)
         .map(|_| {
-            let (stop, flooder, own) = (stop.clone(), flooder.clone(), own.clone());
+            let (stop, flood, own) = (stop.clone(), flood.clone(), own.clone());
             std::thread::spawn(move || {
                 let mut sent = 0u64;
                 while !stop.load(Ordering::Relaxed) {
-                    flooder.send(&own);
+                    flood(&own);
                     sent += 1;
                 }
                 sent
@@ -462,10 +482,10 @@ fn a_port_flooding_its_own_address_does_not_starve_the_others() {
     let started = Instant::now();
     for round in 0..50u8 {
         let ping = frame(mac(2), mac(1), round);
-        a.send(&ping);
+        assert!(a.send_nowait(&ping), "round {round}: A's send would block");
         assert_eq!(b.recv().as_deref(), Some(&ping[..]), "round {round}");
         let pong = frame(mac(1), mac(2), round);
-        b.send(&pong);
+        assert!(b.send_nowait(&pong), "round {round}: B's send would block");
         assert_eq!(a.recv().as_deref(), Some(&pong[..]), "round {round}");
     }
     let took = started.elapsed();
@@ -476,6 +496,25 @@ fn a_port_flooding_its_own_address_does_not_starve_the_others() {
         took < Duration::from_secs(5),
         "50 exchanges took {took:?} under the flood"
     );
+}
+
+#[test]
+fn a_bess_port_flooding_its_own_address_does_not_starve_the_others() {
+    let dir = TempDir::new("flood-bess");
+    let switch = start(&dir, |_| {});
+    let flooder = BessClient::connect(&switch.bess_socket());
+    exchanges_go_on_under_a_flood(&switch, move |f| flooder.send(f));
+}
+
+#[test]
+fn a_daemon_port_flooding_its_own_address_does_not_starve_the_others() {
+    let dir = TempDir::new("flood-daemon");
+    let switch = start(&dir, |_| {});
+    // Its own socket: with one data socket for every port, as uml_switch
+    // has, the flood would keep that socket full and A's and B's sends
+    // would find no room.
+    let flooder = DaemonClient::connect(&switch.control_socket());
+    exchanges_go_on_under_a_flood(&switch, move |f| flooder.send(f));
 }
 
 #[test]
@@ -620,12 +659,21 @@ fn stopping_closes_ports_and_removes_the_sockets() {
     let ctl = switch.control_socket();
     let bess = switch.bess_socket();
     let mut a = DaemonClient::connect(&ctl);
-    // The data socket is abstract: no file, but listed while it is bound.
-    let data = format!("@{}/data", ctl.parent().unwrap().display());
-    let data_bound = || String::from_utf8_lossy(&std::fs::read("/proc/net/unix").unwrap()).contains(&data);
-    assert!(ctl.exists() && bess.exists() && data_bound());
+    let b = DaemonClient::connect(&ctl);
+    // A daemon port's socket is abstract: no file, but listed while it is
+    // bound, under the name the switch answered with.
+    let bound = |addr: &RawUnixAddr| {
+        let name = &addr[3..];
+        let name = String::from_utf8_lossy(&name[..name.iter().position(|&c| c == 0).unwrap()]).into_owned();
+        assert!(name.starts_with(&format!("{}/data-", ctl.parent().unwrap().display())));
+        String::from_utf8_lossy(&std::fs::read("/proc/net/unix").unwrap()).contains(&format!("@{name}"))
+    };
+    assert!(ctl.exists() && bess.exists() && bound(&a.switch_addr) && bound(&b.switch_addr));
+    // A port that goes takes its socket along.
+    drop(b.control);
+    wait_until("B's socket to go", || !bound(&b.switch_addr));
     switch.stop();
-    assert!(!ctl.exists() && !bess.exists() && !data_bound());
+    assert!(!ctl.exists() && !bess.exists() && !bound(&a.switch_addr));
     let mut buf = [0u8; 8];
     assert_eq!(a.control.read(&mut buf).unwrap(), 0);
     // A second switch may bind the same directory again.

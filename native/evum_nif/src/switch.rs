@@ -17,7 +17,7 @@ mod atoms {
         drops_send_error, queued, port, age_ms,
         bad_magic, bad_version, bad_type, bad_address, duplicate_address, short_request,
         oversized_request, request_timeout, too_many_pending, too_many_ports, control_garbage, runt,
-        oversized_frame, unknown_sender,
+        oversized_frame,
     }
 }
 
@@ -284,7 +284,6 @@ fn switch_counters(env: Env, resource: ResourceArc<SwitchResource>) -> NifResult
                     (atoms::control_garbage(), c.control_garbage.encode(env)),
                     (atoms::runt(), c.runt.encode(env)),
                     (atoms::oversized_frame(), c.oversized_frame.encode(env)),
-                    (atoms::unknown_sender(), c.unknown_sender.encode(env)),
                 ],
             )?,
         )

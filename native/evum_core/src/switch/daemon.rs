@@ -97,10 +97,10 @@ pub fn encode_request(addr: &RawUnixAddr) -> [u8; REQUEST_LEN] {
     out
 }
 
-/// The key a port is found by when a datagram arrives: the address with
-/// everything after a filesystem path's terminating NUL zeroed (the kernel
-/// reports such a path without the garbage a client may leave behind it).
-/// Abstract addresses (path starting with NUL) are compared whole.
+/// The key that tells VMs' addresses apart (one port per address): the
+/// address with everything after a filesystem path's terminating NUL zeroed
+/// (the kernel ignores the garbage a client may leave behind it). Abstract
+/// addresses (path starting with NUL) are compared whole.
 pub fn address_key(addr: &RawUnixAddr) -> RawUnixAddr {
     let mut key = *addr;
     if key[2] != 0 {
@@ -124,8 +124,9 @@ pub fn path_address(path: &[u8]) -> Option<RawUnixAddr> {
 }
 
 /// The full 110-byte `sockaddr_un` of an abstract name (a NUL, then `name`,
-/// zero-padded to the end): the switch's data socket, bound with the whole
-/// length as UML binds its own, so that UML's fixed-length `sendto` finds it.
+/// zero-padded to the end): a daemon port's socket on the switch, bound with
+/// the whole length as UML binds its own, so that UML's fixed-length
+/// `sendto` finds it.
 /// `None` if the name does not fit (107 bytes).
 pub fn abstract_address(name: &[u8]) -> Option<RawUnixAddr> {
     if name.is_empty() || name.len() > SOCKADDR_UN_LEN - 3 {
@@ -135,14 +136,6 @@ pub fn abstract_address(name: &[u8]) -> Option<RawUnixAddr> {
     addr[0..2].copy_from_slice(&(libc::AF_UNIX as u16).to_ne_bytes());
     addr[3..3 + name.len()].copy_from_slice(name);
     Some(addr)
-}
-
-/// Pads what recvfrom reported (`len` bytes of the address) to a key.
-pub fn received_key(raw: &[u8]) -> RawUnixAddr {
-    let mut addr = [0; SOCKADDR_UN_LEN];
-    let n = raw.len().min(SOCKADDR_UN_LEN);
-    addr[..n].copy_from_slice(&raw[..n]);
-    address_key(&addr)
 }
 
 #[cfg(test)]
@@ -219,9 +212,7 @@ mod tests {
         let mut path = path_address(b"/p").unwrap();
         path[50] = 0xaa;
         assert_eq!(address_key(&path), path_address(b"/p").unwrap());
-        assert_eq!(received_key(&path[..5]), path_address(b"/p").unwrap());
         let abs = abstract_addr(3);
         assert_eq!(address_key(&abs), abs);
-        assert_eq!(received_key(&abs), abs);
     }
 }

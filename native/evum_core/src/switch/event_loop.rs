@@ -5,7 +5,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,20 +19,19 @@ use super::daemon::{self, RawUnixAddr, RequestError, REQUEST_LEN};
 use super::fdb::{is_group, Fdb, Mac};
 use super::port::{Offer, Peer, Port};
 use super::{
-    bess_path, control_path, data_path, sock, Command, Counters, PortId, PortKind, SwitchConfig, SwitchError,
+    bess_path, control_path, port_data_name, sock, Command, Counters, PortId, PortKind, SwitchConfig, SwitchError,
     MAX_FRAME, MIN_FRAME,
 };
 
 pub const WAKER: Token = Token(usize::MAX);
 const CONTROL_LISTENER: Token = Token(0);
-const DATA: Token = Token(1);
 const BESS_LISTENER: Token = Token(2);
 /// Ids below this are the fixed tokens' (each id has two token slots).
 pub const FIRST_ID: u64 = 16;
 /// Slot of a port's (or pending connection's) stream or connection.
 const MAIN: u64 = 0;
-/// Slot of a daemon port's outgoing datagram socket.
-const OUT: u64 = 1;
+/// Slot of a daemon port's datagram socket.
+const DATA: u64 = 1;
 /// How often aged MACs are swept out.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Bytes a pending control connection may send before it is oversized.
@@ -59,9 +58,6 @@ pub struct SwitchLoop {
     config: SwitchConfig,
     next_id: Arc<AtomicU64>,
     control: UnixListener,
-    data: UnixDatagram,
-    /// The data socket's abstract address: the reply to every request.
-    data_addr: RawUnixAddr,
     bess: OwnedFd,
     ports: HashMap<u64, Port>,
     by_addr: HashMap<RawUnixAddr, PortId>,
@@ -91,11 +87,10 @@ pub struct SwitchLoop {
     now: Instant,
     /// The ports above their congestion mark.
     congested: Vec<u64>,
-    /// Input left unread, while paused or because a socket used up its
-    /// turn (see [`TURN_BATCHES`]): the data socket, and bess ports. Read
-    /// again once input is not paused, after the other sockets had theirs.
-    data_deferred: bool,
-    bess_deferred: Vec<u64>,
+    /// Ports whose input is left unread, while paused or because their
+    /// socket used up its turn (see [`TURN_BATCHES`]). Read again once
+    /// input is not paused, after the other sockets had theirs.
+    deferred: Vec<u64>,
     /// The loop keeps the waker's eventfd open: were the [`Switch`] to close
     /// it on drop, epoll would forget the fd and with it the wake-up that
     /// carries the stop.
@@ -113,7 +108,7 @@ impl SwitchLoop {
     ) -> Result<Self, SwitchError> {
         let mut bound = Vec::new();
         let result = Self::bind(&poll, &config, &mut bound);
-        let (control, (data, data_addr), bess) = match result {
+        let (control, bess) = match result {
             Ok(sockets) => sockets,
             Err(e) => {
                 for path in &bound {
@@ -129,16 +124,13 @@ impl SwitchLoop {
             paused_until: None,
             now: Instant::now(),
             congested: Vec::new(),
-            data_deferred: false,
-            bess_deferred: Vec::new(),
+            deferred: Vec::new(),
             poll,
             rx,
             fdb: Fdb::new(config.mac_ageing),
             config,
             next_id,
             control,
-            data,
-            data_addr,
             bess,
             ports: HashMap::new(),
             by_addr: HashMap::new(),
@@ -153,30 +145,25 @@ impl SwitchLoop {
         poll: &Poll,
         config: &SwitchConfig,
         bound: &mut Vec<PathBuf>,
-    ) -> Result<(UnixListener, (UnixDatagram, RawUnixAddr), OwnedFd), SwitchError> {
+    ) -> Result<(UnixListener, OwnedFd), SwitchError> {
         let bind_error = |path: &PathBuf| {
             let path = path.clone();
             move |source| SwitchError::Bind { path, source }
         };
         let ctl = control_path(&config.dir);
-        let data_name = data_path(&config.dir);
         let bess_file = bess_path(&config.dir);
-        // The data socket is abstract, as uml_switch's is: UML looks its
-        // address up on every frame it sends, and an abstract name is a hash
-        // lookup where a path is a walk of the filesystem (measured: a third
-        // more datagrams per second). Anyone may send to an abstract socket,
-        // but only datagrams from the address a port registered through the
-        // control socket (whose directory decides who may connect) are
-        // forwarded; the kernel vouches for the sender's address.
-        let data_addr =
-            daemon::abstract_address(data_name.as_os_str().as_bytes()).ok_or_else(|| SwitchError::Bind {
-                path: data_name.clone(),
+        // Each daemon port's datagram socket gets an abstract name made
+        // from the directory and the port's id: the longest must fit.
+        let longest = port_data_name(&config.dir, u64::MAX);
+        if daemon::abstract_address(longest.as_os_str().as_bytes()).is_none() {
+            return Err(SwitchError::Bind {
+                path: longest,
                 source: io::Error::new(io::ErrorKind::InvalidInput, "path too long for AF_UNIX"),
-            })?;
+            });
+        }
         let control = UnixListener::bind(&ctl).map_err(bind_error(&ctl))?;
         bound.push(ctl.clone());
         control.set_nonblocking(true).map_err(bind_error(&ctl))?;
-        let data = UnixDatagram::from(sock::bound_datagram(&data_addr).map_err(bind_error(&data_name))?);
         let bess = sock::seqpacket_listener(&bess_file).map_err(bind_error(&bess_file))?;
         bound.push(bess_file);
         // Connecting to a unix socket takes write permission on its file:
@@ -194,12 +181,9 @@ impl SwitchLoop {
             )
             .map_err(SwitchError::Poll)?;
         registry
-            .register(&mut SourceFd(&data.as_raw_fd()), DATA, Interest::READABLE)
-            .map_err(SwitchError::Poll)?;
-        registry
             .register(&mut SourceFd(&bess.as_raw_fd()), BESS_LISTENER, Interest::READABLE)
             .map_err(SwitchError::Poll)?;
-        Ok((control, (data, data_addr), bess))
+        Ok((control, bess))
     }
 
     pub fn run(mut self) {
@@ -207,8 +191,7 @@ impl SwitchLoop {
         // Made here: it holds pointers into itself and so stays on this thread.
         let mut batch = sock::RecvBatch::new();
         loop {
-            let deferred = self.data_deferred || !self.bess_deferred.is_empty();
-            let timeout = if deferred && self.paused_until.is_none() {
+            let timeout = if !self.deferred.is_empty() && self.paused_until.is_none() {
                 Duration::ZERO
             } else {
                 self.next_deadline().saturating_duration_since(Instant::now())
@@ -226,8 +209,6 @@ impl SwitchLoop {
                 match event.token() {
                     WAKER => woken = true,
                     CONTROL_LISTENER => self.accept_control(),
-                    DATA if self.paused_until.is_some() => self.data_deferred = true,
-                    DATA => self.read_data(&mut batch),
                     BESS_LISTENER => self.accept_bess(),
                     Token(raw) => {
                         let (id, slot) = (raw as u64 / 2, raw as u64 % 2);
@@ -275,16 +256,13 @@ impl SwitchLoop {
             }
             self.paused_until = None;
         }
-        if std::mem::take(&mut self.data_deferred) {
-            self.read_data(batch);
-        }
         // Each may pause input again, deferring those after it anew.
-        let mut deferred = std::mem::take(&mut self.bess_deferred);
+        let mut deferred = std::mem::take(&mut self.deferred);
         for id in deferred.drain(..) {
-            self.readable(id, MAIN, batch);
+            self.read_input(id, batch);
         }
-        if self.bess_deferred.is_empty() {
-            self.bess_deferred = deferred;
+        if self.deferred.is_empty() {
+            self.deferred = deferred;
         }
     }
 
@@ -459,7 +437,7 @@ impl SwitchLoop {
     }
 
     fn new_daemon_port(&mut self, id: u64) {
-        let Some((key, out)) = self.admit_request(id) else {
+        let Some((key, data)) = self.admit_request(id) else {
             // Refused and counted: closing the connection tells the VM.
             self.drop_pending(id);
             return;
@@ -471,7 +449,7 @@ impl SwitchLoop {
         self.by_addr.insert(key, id);
         let peer = Peer::Daemon {
             control: pending.stream,
-            out,
+            data,
             addr: key,
         };
         self.ports
@@ -479,8 +457,8 @@ impl SwitchLoop {
     }
 
     /// Checks the complete request on pending connection `id` and answers
-    /// it: the VM's address key and a socket connected to that address, or
-    /// None (counted by reason) when the switch refuses it.
+    /// it: the VM's address key and the port's datagram socket (watched for
+    /// input), or None (counted by reason) when the switch refuses it.
     fn admit_request(&mut self, id: u64) -> Option<(RawUnixAddr, OwnedFd)> {
         let pending = self.pending.get_mut(&id)?;
         let request = match daemon::decode_request(&pending.bytes) {
@@ -507,61 +485,39 @@ impl SwitchLoop {
             self.counters.duplicate_address += 1;
             return None;
         }
-        let out = match sock::connected_datagram(&request.addr) {
-            Ok(out) => out,
+        // The port's socket is abstract, as uml_switch's data socket is:
+        // UML looks the address up on every frame it sends, and an abstract
+        // name is a hash lookup where a path is a walk of the filesystem
+        // (measured: a third more datagrams per second). Anyone may send to
+        // an abstract socket, but this one is connected to the VM's address,
+        // and the kernel refuses (EPERM) datagrams from any other.
+        let local = port_data_name(&self.config.dir, id);
+        let local = daemon::abstract_address(local.as_os_str().as_bytes())?; // fits: see bind
+        let data = match sock::bound_datagram(&local) {
+            Ok(data) => data,
             Err(e) => {
-                log::info!("evum switch: a VM's data address is unreachable: {e}");
-                self.counters.bad_address += 1;
+                log::error!("evum switch: cannot bind a port's socket: {e}");
                 return None;
             }
         };
-        // The reply: our data socket's address, exactly 110 bytes.
-        let written = pending.stream.write(&self.data_addr).map(|n| n == self.data_addr.len());
-        if !matches!(written, Ok(true)) {
-            log::info!("evum switch: cannot answer a control request: {written:?}");
+        if let Err(e) = sock::connect(&data, &request.addr) {
+            log::info!("evum switch: a VM's data address is unreachable: {e}");
+            self.counters.bad_address += 1;
             return None;
         }
-        Some((key, out))
-    }
-
-    fn read_data(&mut self, batch: &mut sock::RecvBatch) {
-        for _ in 0..TURN_BATCHES {
-            let count = match batch.recv(self.data.as_raw_fd()) {
-                Ok(count) => count,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    log::warn!("evum switch: reading the data socket: {e}");
-                    return;
-                }
-            };
-            let now = self.now;
-            let mut sender = None;
-            for i in 0..count {
-                // A batch mostly comes from one sender: its port is looked
-                // up once.
-                if i == 0 || !batch.same_sender(i, i - 1) {
-                    sender = self.by_addr.get(&batch.sender(i)).copied();
-                }
-                let Some(port) = sender else {
-                    self.counters.unknown_sender += 1;
-                    continue;
-                };
-                let (len, frame) = batch.frame(i);
-                if self.frame_ok(len) {
-                    self.route(port, frame, i, now);
-                }
-            }
-            self.deliver(|i| batch.frame(i).1);
-            if self.paused_until.is_some() {
-                self.data_deferred = true;
-                return;
-            }
-            if count < sock::RecvBatch::SIZE {
-                return;
-            }
+        let registry = self.poll.registry();
+        if let Err(e) = registry.register(&mut SourceFd(&data.as_raw_fd()), token(id, DATA), Interest::READABLE) {
+            log::error!("evum switch: cannot watch a daemon port's socket: {e}");
+            return None;
         }
-        self.data_deferred = true;
+        // The reply: the port's socket's address, exactly 110 bytes.
+        let written = pending.stream.write(&local).map(|n| n == local.len());
+        if !matches!(written, Ok(true)) {
+            log::info!("evum switch: cannot answer a control request: {written:?}");
+            let _ = registry.deregister(&mut SourceFd(&data.as_raw_fd()));
+            return None;
+        }
+        Some((key, data))
     }
 
     // ---- the bess transport
@@ -600,7 +556,8 @@ impl SwitchLoop {
     // ---- ports
 
     fn readable(&mut self, id: u64, slot: u64, batch: &mut sock::RecvBatch) {
-        if slot != MAIN {
+        if slot == DATA {
+            self.read_input(id, batch);
             return;
         }
         if self.pending.contains_key(&id) {
@@ -624,56 +581,72 @@ impl SwitchLoop {
                     self.remove_port(PortId(id));
                 }
             }
-            Peer::Bess { .. } if self.paused_until.is_some() => self.defer_bess(id),
-            Peer::Bess { conn } => {
-                let fd = conn.as_raw_fd();
-                let mut turn = 0;
-                let gone = loop {
-                    if turn == TURN_BATCHES {
-                        self.defer_bess(id);
-                        break false;
-                    }
-                    turn += 1;
-                    let count = match batch.recv(fd) {
-                        Ok(count) => count,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break false,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(_) => break true,
-                    };
-                    let now = self.now;
-                    // A message of no bytes is the end of the connection
-                    // (recvmmsg reports EOF as such messages).
-                    let frames = (0..count).take_while(|&i| batch.frame(i).0 > 0).count();
-                    for i in 0..frames {
-                        let (len, frame) = batch.frame(i);
-                        if self.frame_ok(len) {
-                            self.route(PortId(id), frame, i, now);
-                        }
-                    }
-                    self.deliver(|i| batch.frame(i).1);
-                    if frames < count {
-                        break true;
-                    }
-                    if self.paused_until.is_some() {
-                        self.defer_bess(id);
-                        break false;
-                    }
-                    if count < sock::RecvBatch::SIZE {
-                        break false;
-                    }
-                };
-                if gone {
-                    self.remove_port(PortId(id));
-                }
-            }
+            Peer::Bess { .. } => self.read_input(id, batch),
             Peer::Attached { .. } => {}
         }
     }
 
-    /// Leaves bess port `id`'s input for [`resume_input`](Self::resume_input).
-    fn defer_bess(&mut self, id: u64) {
-        if !self.bess_deferred.contains(&id) {
-            self.bess_deferred.push(id);
+    /// Reads and forwards the frames waiting on port `id`'s socket (a daemon
+    /// port's datagram socket, a bess connection), a few batches' worth,
+    /// unless input is paused.
+    fn read_input(&mut self, id: u64, batch: &mut sock::RecvBatch) {
+        if self.paused_until.is_some() {
+            self.defer_input(id);
+            return;
+        }
+        let Some(port) = self.ports.get(&id) else { return };
+        let (fd, is_bess) = match &port.peer {
+            Peer::Daemon { data, .. } => (data.as_raw_fd(), false),
+            Peer::Bess { conn } => (conn.as_raw_fd(), true),
+            Peer::Attached { .. } => return,
+        };
+        for _ in 0..TURN_BATCHES {
+            let count = match batch.recv(fd) {
+                Ok(count) => count,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) if is_bess => return self.remove_port(PortId(id)),
+                // A datagram socket's error (its VM's socket went away, say)
+                // is reported once; the control stream says when the port
+                // is gone.
+                Err(e) => {
+                    log::debug!("evum switch: reading port {id}'s socket: {e}");
+                    return;
+                }
+            };
+            // On a bess connection a message of no bytes is the end of the
+            // connection (recvmmsg reports EOF as such messages); on a
+            // datagram socket it is a runt.
+            let frames = if is_bess {
+                (0..count).take_while(|&i| batch.frame(i).0 > 0).count()
+            } else {
+                count
+            };
+            let now = self.now;
+            for i in 0..frames {
+                let (len, frame) = batch.frame(i);
+                if self.frame_ok(len) {
+                    self.route(PortId(id), frame, i, now);
+                }
+            }
+            self.deliver(|i| batch.frame(i).1);
+            if frames < count {
+                return self.remove_port(PortId(id));
+            }
+            if self.paused_until.is_some() {
+                return self.defer_input(id);
+            }
+            if count < sock::RecvBatch::SIZE {
+                return;
+            }
+        }
+        self.defer_input(id);
+    }
+
+    /// Leaves port `id`'s input for [`resume_input`](Self::resume_input).
+    fn defer_input(&mut self, id: u64) {
+        if !self.deferred.contains(&id) {
+            self.deferred.push(id);
         }
     }
 
@@ -696,23 +669,16 @@ impl SwitchLoop {
             return;
         }
         let registry = self.poll.registry();
+        let interest = if want {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
         let result = match &port.peer {
-            Peer::Daemon { out, .. } => {
-                let mut source = SourceFd(&out.as_raw_fd());
-                if want {
-                    registry.register(&mut source, token(id, OUT), Interest::WRITABLE)
-                } else {
-                    registry.deregister(&mut source)
-                }
+            Peer::Daemon { data, .. } => {
+                registry.reregister(&mut SourceFd(&data.as_raw_fd()), token(id, DATA), interest)
             }
-            Peer::Bess { conn } => {
-                let interest = if want {
-                    Interest::READABLE | Interest::WRITABLE
-                } else {
-                    Interest::READABLE
-                };
-                registry.reregister(&mut SourceFd(&conn.as_raw_fd()), token(id, MAIN), interest)
-            }
+            Peer::Bess { conn } => registry.reregister(&mut SourceFd(&conn.as_raw_fd()), token(id, MAIN), interest),
             Peer::Attached { .. } => Ok(()),
         };
         match result {
@@ -727,14 +693,12 @@ impl SwitchLoop {
         };
         self.promiscuous -= usize::from(port.is_promiscuous());
         self.congested.retain(|&c| c != id.0);
-        self.bess_deferred.retain(|&c| c != id.0);
+        self.deferred.retain(|&c| c != id.0);
         let registry = self.poll.registry();
         match &mut port.peer {
-            Peer::Daemon { control, out, addr } => {
+            Peer::Daemon { control, data, addr } => {
                 let _ = registry.deregister(&mut SourceFd(&control.as_raw_fd()));
-                if port.wants_writable {
-                    let _ = registry.deregister(&mut SourceFd(&out.as_raw_fd()));
-                }
+                let _ = registry.deregister(&mut SourceFd(&data.as_raw_fd()));
                 self.by_addr.remove(addr);
             }
             Peer::Bess { conn } => {

@@ -7,9 +7,11 @@
 //! Ports come three ways, all on one switch at once:
 //! - UML's "daemon" transport, as Debian's uml_switch speaks it
 //!   (`ethN=daemon,<mac>,unix,<control_socket()>`): a request on the
-//!   SOCK_STREAM control socket, frames as datagrams on the abstract socket
-//!   named `<dir>/data` (shown as `@<dir>/data`; no file) ([`daemon`] has
-//!   the wire format). The port lives while the control stream stays open.
+//!   SOCK_STREAM control socket, answered with the address of a datagram
+//!   socket of the port's own, the abstract name `<dir>/data-<port id>`
+//!   (shown as `@<dir>/data-16`; no file); frames go both ways as datagrams
+//!   on it ([`daemon`] has the wire format). The port lives while the
+//!   control stream stays open.
 //! - UML's vector transport in bess mode
 //!   (`vecN:transport=bess,src=<path>,dst=<bess_socket()>`): one accepted
 //!   SOCK_SEQPACKET connection per VM, one frame per message.
@@ -28,10 +30,16 @@
 //! until its queue has emptied. Bad input of any kind is rejected and
 //! counted in [`Counters`], and forwarding goes on.
 //!
-//! Frames are received in batches (recvmmsg, on the data socket and on each
-//! bess connection) and sent in batches, one sendmmsg per destination port
-//! per batch received; a known unicast destination is found without looking
-//! at the other ports.
+//! Every socket port has a receive queue of its own (where uml_switch has
+//! one data socket for all, whose few slots a single flooding VM keeps
+//! full): a port that floods the switch fills its own queue and loses its
+//! own frames, and the loop reads each port's socket in turn, so the
+//! others' frames still go through. The socket is connected to its VM's
+//! address, so the kernel refuses (EPERM) datagrams from anyone else.
+//!
+//! Frames are received in batches (recvmmsg, on each port's socket) and
+//! sent in batches, one sendmmsg per destination port per batch received; a
+//! known unicast destination is found without looking at the other ports.
 
 pub mod daemon;
 mod event_loop;
@@ -111,8 +119,6 @@ pub struct Counters {
     pub runt: u64,
     /// Frames longer than [`MAX_FRAME`].
     pub oversized_frame: u64,
-    /// Datagrams from an address no port has.
-    pub unknown_sender: u64,
 }
 
 /// The shortest frame forwarded: the Ethernet header.
@@ -133,7 +139,8 @@ pub trait FrameSink: Send {
 #[derive(Debug, Clone)]
 pub struct SwitchConfig {
     /// Where the socket files go (`ctl`, `bess`); created if missing. The
-    /// data socket's abstract name is this path and `/data`.
+    /// daemon ports' datagram sockets are named after it (abstract names,
+    /// this path and `/data-<port id>`).
     pub dir: PathBuf,
     /// Flood every frame to every port (for sniffing).
     pub hub: bool,
@@ -316,9 +323,10 @@ fn control_path(dir: &Path) -> PathBuf {
     dir.join("ctl")
 }
 
-/// The data socket's abstract name (not a file: see `SwitchLoop::bind`).
-fn data_path(dir: &Path) -> PathBuf {
-    dir.join("data")
+/// The abstract name of daemon port `id`'s datagram socket (not a file: see
+/// `SwitchLoop::admit_request`).
+fn port_data_name(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("data-{id}"))
 }
 
 fn bess_path(dir: &Path) -> PathBuf {

@@ -24,10 +24,11 @@ pub struct PortCounters {
 /// How frames reach the port's peer.
 pub enum Peer {
     /// A UML daemon-transport VM: its control stream (kept open: EOF means
-    /// the VM is gone) and a datagram socket connected to its address.
+    /// the VM is gone) and the port's datagram socket, connected to the
+    /// VM's address: frames to and from the VM.
     Daemon {
         control: std::os::unix::net::UnixStream,
-        out: OwnedFd,
+        data: OwnedFd,
         addr: RawUnixAddr,
     },
     /// A UML vector-transport VM in bess mode: one SEQPACKET connection.
@@ -221,7 +222,7 @@ impl Port {
 /// may be borrowed from the port's own queue.
 fn send_counted(peer: &Peer, counters: &mut PortCounters, frames: &[&[u8]]) -> io::Result<usize> {
     let fd = match peer {
-        Peer::Daemon { out, .. } => out.as_raw_fd(),
+        Peer::Daemon { data, .. } => data.as_raw_fd(),
         Peer::Bess { conn } => conn.as_raw_fd(),
         Peer::Attached { .. } => return Ok(frames.len()),
     };

@@ -34,15 +34,13 @@ fn sockaddr(addr: &RawUnixAddr) -> libc::sockaddr_un {
     sa
 }
 
-/// A new socket of `kind`, bound or connected (`op`) to `addr` with the full
-/// 110-byte length UML uses (for an abstract name the length is part of the
-/// name).
-fn socket_at(
-    kind: libc::c_int,
+/// Binds or connects (`op`) `fd` to `addr` with the full 110-byte length
+/// UML uses (for an abstract name the length is part of the name).
+fn apply(
+    fd: &OwnedFd,
     addr: &RawUnixAddr,
     op: unsafe extern "C" fn(libc::c_int, *const libc::sockaddr, libc::socklen_t) -> libc::c_int,
-) -> io::Result<OwnedFd> {
-    let fd = new_socket(kind)?;
+) -> io::Result<()> {
     let sa = sockaddr(addr);
     // SAFETY: `op` is bind or connect; `sa` is a valid sockaddr_un that
     // outlives the call, and the length passed is its size.
@@ -53,7 +51,7 @@ fn socket_at(
             SOCKADDR_UN_LEN as libc::socklen_t,
         )
     })?;
-    Ok(fd)
+    Ok(())
 }
 
 /// A nonblocking SOCK_SEQPACKET listener bound at `path`.
@@ -61,15 +59,11 @@ pub fn seqpacket_listener(path: &Path) -> io::Result<OwnedFd> {
     use std::os::unix::ffi::OsStrExt;
     let addr = daemon::path_address(path.as_os_str().as_bytes())
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "socket path too long"))?;
-    let fd = socket_at(libc::SOCK_SEQPACKET, &addr, libc::bind)?;
+    let fd = new_socket(libc::SOCK_SEQPACKET)?;
+    apply(&fd, &addr, libc::bind)?;
     // SAFETY: no pointers.
     check(unsafe { libc::listen(fd.as_raw_fd(), 128) })?;
     Ok(fd)
-}
-
-/// A nonblocking datagram socket bound to `addr`.
-pub fn bound_datagram(addr: &RawUnixAddr) -> io::Result<OwnedFd> {
-    socket_at(libc::SOCK_DGRAM, addr, libc::bind)
 }
 
 /// Accepts one connection, nonblocking. `WouldBlock` when there is none.
@@ -86,17 +80,6 @@ pub fn accept(listener: RawFd) -> io::Result<OwnedFd> {
     })?;
     // SAFETY: see above.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// The key of a received sender address (all zero for an unbound sender):
-/// the first `len` bytes of `sa`, as the kernel reported them.
-fn sender_key(sa: &libc::sockaddr_un, len: libc::socklen_t) -> RawUnixAddr {
-    let mut raw = [0u8; SOCKADDR_UN_LEN];
-    raw[0..2].copy_from_slice(&sa.sun_family.to_ne_bytes());
-    for (dst, src) in raw[2..].iter_mut().zip(sa.sun_path.iter()) {
-        *dst = *src as u8;
-    }
-    daemon::received_key(&raw[..(len as usize).min(SOCKADDR_UN_LEN)])
 }
 
 /// Most frames one [`send_many`] call takes.
@@ -153,19 +136,30 @@ pub fn send_many(fd: RawFd, frames: &[&[u8]]) -> io::Result<usize> {
     check(sent).map(|sent| sent as usize)
 }
 
-/// A datagram socket connected to a VM's address, with the full 110-byte
-/// length UML binds with. Being connected, it polls writable only when the
-/// VM's receive queue has room, which an unconnected socket cannot tell.
-pub fn connected_datagram(addr: &RawUnixAddr) -> io::Result<OwnedFd> {
-    socket_at(libc::SOCK_DGRAM, addr, libc::connect)
+/// A daemon port's own datagram socket, bound to `local` (the address the
+/// switch gives the VM in its reply). [`connect`] then ties it to the VM.
+pub fn bound_datagram(local: &RawUnixAddr) -> io::Result<OwnedFd> {
+    let fd = new_socket(libc::SOCK_DGRAM)?;
+    apply(&fd, local, libc::bind)?;
+    Ok(fd)
 }
 
-/// Datagrams received many at a time (recvmmsg): one system call for up to
-/// [`RecvBatch::SIZE`] frames, where recvfrom takes one each.
+/// Connects a port's datagram socket to `vm`, the address the VM sends
+/// frames from and receives them on. Being connected, the socket takes
+/// datagrams from `vm` alone (the kernel refuses anyone else's with EPERM),
+/// and polls writable only when the VM's receive queue has room, which an
+/// unconnected socket cannot tell.
+pub fn connect(fd: &OwnedFd, vm: &RawUnixAddr) -> io::Result<()> {
+    apply(fd, vm, libc::connect)
+}
+
+/// Frames received many at a time (recvmmsg) on a connected socket (a
+/// daemon port's datagram socket, a bess connection): one system call for
+/// up to [`RecvBatch::SIZE`] frames, where recv takes one each.
 pub struct RecvBatch {
     bufs: Box<[[u8; RecvBatch::BUF]]>,
-    addrs: Box<[libc::sockaddr_un]>,
-    iovs: Box<[libc::iovec]>,
+    /// Only read through `msgs`, which point into it.
+    _iovs: Box<[libc::iovec]>,
     msgs: Box<[libc::mmsghdr]>,
 }
 
@@ -177,47 +171,43 @@ impl Default for RecvBatch {
 
 impl RecvBatch {
     pub const SIZE: usize = 32;
-    /// Room per datagram: more than any frame the switch forwards, so that
-    /// an oversized one shows by its length (MSG_TRUNC reports the whole).
+    /// Room per frame: more than any frame the switch forwards, so that an
+    /// oversized one shows by its length (MSG_TRUNC reports the whole).
     pub const BUF: usize = 2048;
 
     pub fn new() -> RecvBatch {
         let mut bufs = vec![[0u8; Self::BUF]; Self::SIZE].into_boxed_slice();
-        // SAFETY: sockaddr_un and mmsghdr are plain old data; zeroes are valid.
-        let mut addrs = vec![unsafe { std::mem::zeroed::<libc::sockaddr_un>() }; Self::SIZE].into_boxed_slice();
-        let iovs: Box<[libc::iovec]> = bufs
+        let mut iovs: Box<[libc::iovec]> = bufs
             .iter_mut()
             .map(|b| libc::iovec {
                 iov_base: b.as_mut_ptr() as *mut libc::c_void,
                 iov_len: Self::BUF,
             })
             .collect();
-        let mut batch = RecvBatch {
+        let msgs = iovs
+            .iter_mut()
+            .map(|iov| {
+                // SAFETY: mmsghdr is plain old data; all zeroes is valid.
+                let mut msg = unsafe { std::mem::zeroed::<libc::mmsghdr>() };
+                msg.msg_hdr.msg_iov = iov as *mut libc::iovec;
+                msg.msg_hdr.msg_iovlen = 1;
+                msg
+            })
+            .collect();
+        RecvBatch {
             bufs,
-            // SAFETY: as above, all zeroes is a valid mmsghdr.
-            msgs: (0..Self::SIZE)
-                .map(|_| unsafe { std::mem::zeroed::<libc::mmsghdr>() })
-                .collect(),
-            iovs,
-            addrs: Box::new([]),
-        };
-        for (i, msg) in batch.msgs.iter_mut().enumerate() {
-            msg.msg_hdr.msg_name = &mut addrs[i] as *mut libc::sockaddr_un as *mut libc::c_void;
-            msg.msg_hdr.msg_iov = &mut batch.iovs[i] as *mut libc::iovec;
-            msg.msg_hdr.msg_iovlen = 1;
+            _iovs: iovs,
+            msgs,
         }
-        batch.addrs = addrs;
-        batch
     }
 
-    /// Receives what is waiting, up to SIZE datagrams; returns how many.
+    /// Receives what is waiting, up to SIZE frames; returns how many.
     pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
         for msg in self.msgs.iter_mut() {
-            msg.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
             msg.msg_len = 0;
         }
-        // SAFETY: every mmsghdr points at its own iovec, buffer and address,
-        // all heap allocations owned by `self` that do not move while it lives.
+        // SAFETY: every mmsghdr points at its own iovec and buffer, heap
+        // allocations owned by `self` that do not move while it lives.
         let n = unsafe {
             libc::recvmmsg(
                 fd,
@@ -230,30 +220,10 @@ impl RecvBatch {
         check(n).map(|n| n as usize)
     }
 
-    /// Datagram `i` of the last [`recv`](Self::recv): its full length (which
+    /// Frame `i` of the last [`recv`](Self::recv): its full length (which
     /// may exceed the bytes kept) and its bytes.
     pub fn frame(&self, i: usize) -> (usize, &[u8]) {
         let len = self.msgs[i].msg_len as usize;
         (len, &self.bufs[i][..len.min(Self::BUF)])
-    }
-
-    /// The sender's address key of datagram `i` of the last
-    /// [`recv`](Self::recv) (meaningless on a connected socket).
-    pub fn sender(&self, i: usize) -> RawUnixAddr {
-        sender_key(&self.addrs[i], self.msgs[i].msg_hdr.msg_namelen)
-    }
-
-    /// Whether datagrams `i` and `j` came from the same address, without
-    /// building either key.
-    pub fn same_sender(&self, i: usize, j: usize) -> bool {
-        let (a, b) = (&self.msgs[i].msg_hdr, &self.msgs[j].msg_hdr);
-        let len = (a.msg_namelen as usize).min(std::mem::size_of::<libc::sockaddr_un>());
-        // SAFETY: both names point at this batch's own sockaddr_un buffers,
-        // valid for reads of their size, which `len` does not exceed.
-        a.msg_namelen == b.msg_namelen
-            && unsafe {
-                std::slice::from_raw_parts(a.msg_name as *const u8, len)
-                    == std::slice::from_raw_parts(b.msg_name as *const u8, len)
-            }
     }
 }
