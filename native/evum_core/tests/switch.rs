@@ -405,6 +405,44 @@ fn a_slow_receiver_loses_frames_without_stalling_the_others() {
 }
 
 #[test]
+fn a_vm_burst_waits_in_its_own_socket_while_the_switch_holds_its_input() {
+    let dir = TempDir::new("burst");
+    let switch = start(&dir, |c| {
+        c.queue_len = 64;
+        c.max_hold = Duration::from_secs(5);
+    });
+    let a = DaemonClient::connect(&switch.control_socket());
+    let b = DaemonClient::connect(&switch.control_socket());
+    a.send(&frame(BROADCAST, mac(1), 1));
+    b.send(&frame(BROADCAST, mac(2), 2));
+    assert!(a.recv().is_some() && b.recv().is_some());
+    // B does not read: its socket fills, then its queue on the switch goes
+    // past the congestion mark (32 of 64), and the switch holds its input.
+    let frames: Vec<Vec<u8>> = (0..1200).map(|n| frame(mac(2), mac(1), n as u8)).collect();
+    let mut sent = 0;
+    while !switch
+        .ports()
+        .unwrap()
+        .iter()
+        .any(|p| p.mac == Some(mac(2)) && p.queued >= 32)
+    {
+        assert!(sent < 1000, "B's queue on the switch never passed its mark");
+        a.send(&frames[sent]);
+        sent += 1;
+    }
+    // A burst sent as UML sends (a send that would block is a lost frame)
+    // waits whole in A's socket on the switch: it is A's peer, which the
+    // kernel does not hold to max_dgram_qlen (10 by default).
+    let frames = &frames[..sent + 100];
+    for (n, f) in frames[sent..].iter().enumerate() {
+        assert!(a.send_nowait(f), "frame {n} of the burst would block");
+    }
+    let got = b.drain();
+    assert_eq!(got.len(), frames.len());
+    assert!(got == frames, "B got the frames out of order");
+}
+
+#[test]
 fn a_receiver_that_keeps_reading_holds_the_sender_back_instead_of_losing_frames() {
     let dir = TempDir::new("flow");
     // Room for two received batches (32 frames each): the switch pauses

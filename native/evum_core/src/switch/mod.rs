@@ -35,7 +35,8 @@
 //! full): a port that floods the switch fills its own queue and loses its
 //! own frames, and the loop reads each port's socket in turn, so the
 //! others' frames still go through. The socket is connected to its VM's
-//! address, so the kernel refuses (EPERM) datagrams from anyone else.
+//! address, so the kernel refuses (EPERM) datagrams from anyone else, and
+//! does not hold the VM's datagrams to the host's `max_dgram_qlen`.
 //!
 //! Frames are received in batches (recvmmsg, on each port's socket) and
 //! sent in batches, one sendmmsg per destination port per batch received; a
