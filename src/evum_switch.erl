@@ -114,8 +114,10 @@ stop(Switch) ->
 attach(Switch) ->
     attach(Switch, []).
 
-%% @doc Options: `{mac, Mac}' (6 bytes, the port's own address, learned from
-%% its frames otherwise), `promiscuous' (every frame on the switch).
+%% @doc Options: `{mac, Mac}' (6 bytes, the port's own address: frames for
+%% it come to this port alone from the start, even before it has sent
+%% anything; without it the port's addresses are learned from its frames),
+%% `promiscuous' (every frame on the switch).
 -spec attach(switch(), [{mac, mac()} | promiscuous]) -> {ok, port_id()} | {error, term()}.
 attach(Switch, Options) ->
     Mac = proplists:get_value(mac, Options, undefined),

@@ -37,7 +37,11 @@ defmodule Evum.Switch do
   @spec attach(switch()) :: {:ok, non_neg_integer()} | {:error, term()}
   defdelegate attach(switch), to: :evum_switch
 
-  @doc "Options: `mac: <<6 bytes>>`, `:promiscuous` (every frame on the switch)."
+  @doc """
+  Options: `mac: <<6 bytes>>` (the port's own address: frames for it come
+  to this port alone from the start), `:promiscuous` (every frame on the
+  switch).
+  """
   @spec attach(switch(), list()) :: {:ok, non_neg_integer()} | {:error, term()}
   defdelegate attach(switch, options), to: :evum_switch
 

@@ -643,6 +643,18 @@ fn attached_ports_inject_and_receive() {
     let d = DaemonClient::connect(&switch.control_socket());
     let get = |rx: &Receiver<(PortId, Vec<u8>)>| rx.recv_timeout(Duration::from_millis(300)).ok();
 
+    // An attached port's own MAC is known before it has sent anything: a
+    // frame for it goes to it (and the promiscuous port), not to everyone.
+    let e = DaemonClient::connect(&switch.control_socket());
+    let early = frame(mac(1), mac(5), 0);
+    d.send(&early);
+    assert_eq!(get(&rx1), Some((p1, early.clone())));
+    assert_eq!(get(&rx3), Some((sniffer, early.clone())));
+    assert_eq!(get(&rx2), None);
+    assert_eq!(e.recv(), None);
+    assert!(switch.mac_table().unwrap().contains(&(mac(1), p1, Duration::ZERO)));
+    drop(e);
+
     let hello = frame(BROADCAST, mac(1), 1);
     switch.inject(p1, hello.clone()).unwrap();
     assert_eq!(get(&rx2), Some((p2, hello.clone())));

@@ -306,6 +306,11 @@ impl SwitchLoop {
                     self.promiscuous -= usize::from(old.is_promiscuous());
                 }
                 self.promiscuous += usize::from(promiscuous);
+                // Its own address is known at once: frames for a port that
+                // only listens are not flooded to every VM.
+                if let Some(mac) = mac {
+                    self.fdb.fix(mac, id);
+                }
             }
             Command::Detach(id) => self.remove_port(id),
             Command::Inject(id, frame) => {

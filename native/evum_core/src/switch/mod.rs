@@ -19,9 +19,10 @@
 //!   and frames injected with [`Switch::inject`].
 //!
 //! Forwarding looks at the two MAC addresses only: the source is learned
-//! (with ageing), a known unicast destination gets the frame alone, group and
-//! unknown destinations are flooded, and no frame goes back to the port it
-//! came from. A hub floods everything; promiscuous attached ports see every
+//! (with ageing; an attached port's own MAC is known from the start and
+//! stays with it), a known unicast destination gets the frame alone, group
+//! and unknown destinations are flooded, and no frame goes back to the port
+//! it came from. A hub floods everything; promiscuous attached ports see every
 //! frame. Each socket port has a bounded output queue: a slow receiver loses
 //! frames (counted), it never blocks the loop. While a queue is more than
 //! half full the switch stops reading input for up to 5 ms, so that senders
