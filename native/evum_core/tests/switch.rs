@@ -443,6 +443,53 @@ fn a_vm_burst_waits_in_its_own_socket_while_the_switch_holds_its_input() {
 }
 
 #[test]
+fn a_congested_port_holds_back_only_the_ports_that_send_to_it() {
+    let dir = TempDir::new("held");
+    let switch = start(&dir, |c| {
+        c.queue_len = 64;
+        c.max_hold = Duration::from_secs(5);
+    });
+    let ctl = switch.control_socket();
+    let (a, b, c, d) = (
+        DaemonClient::connect(&ctl),
+        DaemonClient::connect(&ctl),
+        DaemonClient::connect(&ctl),
+        DaemonClient::connect(&ctl),
+    );
+    for (n, client) in [&a, &b, &c, &d].into_iter().enumerate() {
+        client.send(&frame(BROADCAST, mac(n as u8 + 1), 0));
+    }
+    for client in [&a, &b, &c, &d] {
+        client.drain();
+    }
+    // A sends to B, which does not read, until B's queue passes its mark
+    // and the switch holds A's input.
+    let mut sent = 0u32;
+    while !switch
+        .ports()
+        .unwrap()
+        .iter()
+        .any(|p| p.mac == Some(mac(2)) && p.queued >= 32)
+    {
+        assert!(sent < 1000, "B's queue on the switch never passed its mark");
+        a.send(&frame(mac(2), mac(1), 1));
+        sent += 1;
+    }
+    // C and D are not held up meanwhile (each recv waits 300 ms at most,
+    // the hold lasts up to 5 s).
+    for round in 0..20u8 {
+        let ping = frame(mac(4), mac(3), round);
+        c.send(&ping);
+        assert_eq!(d.recv().as_deref(), Some(&ping[..]), "round {round}");
+        let pong = frame(mac(3), mac(4), round);
+        d.send(&pong);
+        assert_eq!(c.recv().as_deref(), Some(&pong[..]), "round {round}");
+    }
+    // B catches up and gets every frame A sent.
+    assert_eq!(b.drain().len(), sent as usize);
+}
+
+#[test]
 fn a_receiver_that_keeps_reading_holds_the_sender_back_instead_of_losing_frames() {
     let dir = TempDir::new("flow");
     // Room for two received batches (32 frames each): the switch pauses

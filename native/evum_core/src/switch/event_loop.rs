@@ -75,21 +75,25 @@ pub struct SwitchLoop {
     /// destination is looked up alone, without going through every port.
     promiscuous: usize,
     /// Flow control. While a port's output queue is above its congestion
-    /// mark, the switch reads no input: senders' frames wait in their own
-    /// sockets (UML and the bess peers then hold back or drop at their end)
-    /// instead of being read only to be dropped here, and the receiver gets
-    /// the CPU to catch up. Paused until the queues drain, or until this
-    /// deadline: then the congested ports are marked stuck and input goes on.
+    /// mark, the switch reads no input from the ports that sent frames to
+    /// it (`held`): their frames wait in their own sockets (UML and the
+    /// bess peers then hold back, or drop at their end once those are
+    /// full) instead of being read only to be dropped here, and the
+    /// receiver gets the CPU to catch up. The other ports go on. Held until
+    /// the queues drain, or until this deadline: then the congested ports
+    /// are marked stuck and input goes on.
     paused_until: Option<Instant>,
+    /// The ports whose input waits while `paused_until` is set.
+    held: Vec<u64>,
     /// When the current turn of the loop began: the time frames are learned
     /// at and deadlines are checked against, read once per turn rather
     /// than once per batch and per check.
     now: Instant,
     /// The ports above their congestion mark.
     congested: Vec<u64>,
-    /// Ports whose input is left unread, while paused or because their
+    /// Ports whose input is left unread, while held or because their
     /// socket used up its turn (see [`TURN_BATCHES`]). Read again once
-    /// input is not paused, after the other sockets had theirs.
+    /// they are not held, after the other sockets had theirs.
     deferred: Vec<u64>,
     /// The loop keeps the waker's eventfd open: were the [`Switch`] to close
     /// it on drop, epoll would forget the fd and with it the wake-up that
@@ -122,6 +126,7 @@ impl SwitchLoop {
             staged: Vec::new(),
             promiscuous: 0,
             paused_until: None,
+            held: Vec::new(),
             now: Instant::now(),
             congested: Vec::new(),
             deferred: Vec::new(),
@@ -191,7 +196,7 @@ impl SwitchLoop {
         // Made here: it holds pointers into itself and so stays on this thread.
         let mut batch = sock::RecvBatch::new();
         loop {
-            let timeout = if !self.deferred.is_empty() && self.paused_until.is_none() {
+            let timeout = if self.deferred.iter().any(|&id| !self.is_held(id)) {
                 Duration::ZERO
             } else {
                 self.next_deadline().saturating_duration_since(Instant::now())
@@ -248,15 +253,20 @@ impl SwitchLoop {
             .unwrap_or(self.next_sweep)
     }
 
-    /// Reads the input left waiting, once no port is congested any more.
+    /// Whether port `id`'s input waits for a congested port to drain.
+    fn is_held(&self, id: u64) -> bool {
+        self.paused_until.is_some() && self.held.contains(&id)
+    }
+
+    /// Ends the hold once no port is congested any more, and reads the
+    /// input left waiting that is not held.
     fn resume_input(&mut self, batch: &mut sock::RecvBatch) {
-        if self.paused_until.is_some() {
-            if !self.congested.is_empty() {
-                return;
-            }
+        if self.paused_until.is_some() && self.congested.is_empty() {
             self.paused_until = None;
+            self.held.clear();
         }
-        // Each may pause input again, deferring those after it anew.
+        // Each may hold input again, deferring those after it anew; a held
+        // port defers itself.
         let mut deferred = std::mem::take(&mut self.deferred);
         for id in deferred.drain(..) {
             self.read_input(id, batch);
@@ -316,7 +326,7 @@ impl SwitchLoop {
             Command::Inject(id, frame) => {
                 if self.ports.contains_key(&id.0) && self.frame_ok(frame.len()) {
                     self.route(id, &frame, 0, Instant::now());
-                    self.deliver(|_| &frame[..]);
+                    self.deliver(id, |_| &frame[..]);
                 }
             }
             Command::Ports(reply) => {
@@ -598,9 +608,9 @@ impl SwitchLoop {
 
     /// Reads and forwards the frames waiting on port `id`'s socket (a daemon
     /// port's datagram socket, a bess connection), a few batches' worth,
-    /// unless input is paused.
+    /// unless its input is held.
     fn read_input(&mut self, id: u64, batch: &mut sock::RecvBatch) {
-        if self.paused_until.is_some() {
+        if self.is_held(id) {
             self.defer_input(id);
             return;
         }
@@ -639,11 +649,11 @@ impl SwitchLoop {
                     self.route(PortId(id), frame, i, now);
                 }
             }
-            self.deliver(|i| batch.frame(i).1);
+            self.deliver(PortId(id), |i| batch.frame(i).1);
             if frames < count {
                 return self.remove_port(PortId(id));
             }
-            if self.paused_until.is_some() {
+            if self.is_held(id) {
                 return self.defer_input(id);
             }
             if count < sock::RecvBatch::SIZE {
@@ -703,6 +713,7 @@ impl SwitchLoop {
         };
         self.promiscuous -= usize::from(port.is_promiscuous());
         self.congested.retain(|&c| c != id.0);
+        self.held.retain(|&c| c != id.0);
         self.deferred.retain(|&c| c != id.0);
         let registry = self.poll.registry();
         match &mut port.peer {
@@ -777,8 +788,9 @@ impl SwitchLoop {
     }
 
     /// Sends the frames [`route`](Self::route) staged, port by port, as many
-    /// per system call as the port takes; `frame(i)` is the batch's `i`th.
-    fn deliver<'a>(&mut self, frame: impl Fn(usize) -> &'a [u8]) {
+    /// per system call as the port takes; `frame(i)` is the batch's `i`th,
+    /// which came in on `src`.
+    fn deliver<'a>(&mut self, src: PortId, frame: impl Fn(usize) -> &'a [u8]) {
         let mut staged = std::mem::take(&mut self.staged);
         // Stable: each port gets its frames in the order they came.
         staged.sort_by_key(|&(port, _)| port);
@@ -795,9 +807,14 @@ impl SwitchLoop {
             match port.offer_many(&frames[..n]) {
                 Offer::Sent | Offer::Dropped => {}
                 Offer::Queued => {
-                    if !port.stuck && port.queue.len() >= port.congestion_mark() && !self.congested.contains(&id) {
-                        self.congested.push(id);
-                        self.paused_until.get_or_insert(self.now + self.config.max_hold);
+                    if !port.stuck && port.queue.len() >= port.congestion_mark() {
+                        if !self.congested.contains(&id) {
+                            self.congested.push(id);
+                            self.paused_until.get_or_insert(self.now + self.config.max_hold);
+                        }
+                        if !self.held.contains(&src.0) {
+                            self.held.push(src.0);
+                        }
                     }
                     self.set_writable_interest(id, true);
                 }

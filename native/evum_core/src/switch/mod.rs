@@ -25,11 +25,12 @@
 //! it came from. A hub floods everything; promiscuous attached ports see every
 //! frame. Each socket port has a bounded output queue: a slow receiver loses
 //! frames (counted), it never blocks the loop. While a queue is more than
-//! half full the switch stops reading input for up to 5 ms, so that senders
-//! wait (in their sockets) rather than have their frames read only to be
-//! dropped; a port that does not catch up in that time is left to drop
-//! until its queue has emptied. Bad input of any kind is rejected and
-//! counted in [`Counters`], and forwarding goes on.
+//! half full the switch stops reading input from the ports that sent to it,
+//! for up to 5 ms, so that those senders wait (in their sockets) rather than
+//! have their frames read only to be dropped, and the other ports go on; a
+//! port that does not catch up in that time is left to drop until its queue
+//! has emptied. Bad input of any kind is rejected and counted in
+//! [`Counters`], and forwarding goes on.
 //!
 //! Every socket port has a receive queue of its own (where uml_switch has
 //! one data socket for all, whose few slots a single flooding VM keeps
@@ -148,11 +149,11 @@ pub struct SwitchConfig {
     pub hub: bool,
     /// Frames each socket port may have waiting (256).
     pub queue_len: usize,
-    /// How long the switch holds its input back for a port whose queue is
-    /// congested before giving up on it (5 ms): that port then loses frames
-    /// until its queue has emptied, and the other ports go on. Longer is
-    /// kinder to a receiver that stalls now and then, and holds everyone
-    /// else up for as long when one stops reading.
+    /// How long the switch holds back the input of the ports sending to a
+    /// port whose queue is congested before giving up on it (5 ms): that
+    /// port then loses frames until its queue has emptied. Longer is kinder
+    /// to a receiver that stalls now and then, and holds its senders up for
+    /// as long when it stops reading.
     pub max_hold: Duration,
     /// How long a learned MAC is kept without traffic (300 s).
     pub mac_ageing: Duration,
