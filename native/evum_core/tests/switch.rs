@@ -404,6 +404,25 @@ fn a_slow_receiver_loses_frames_without_stalling_the_others() {
     drop(slow);
 }
 
+/// Sends `frames` in turn from `a` to the port of MAC 2 (which does not
+/// read) until that port's queue on the switch passes its congestion mark
+/// (32, with a queue_len of 64), so that the switch holds `a`'s input;
+/// returns how many were sent.
+fn send_until_held(switch: &Switch, a: &DaemonClient, frames: &[Vec<u8>]) -> usize {
+    let mut sent = 0;
+    while !switch
+        .ports()
+        .unwrap()
+        .iter()
+        .any(|p| p.mac == Some(mac(2)) && p.queued >= 32)
+    {
+        assert!(sent < frames.len(), "the queue on the switch never passed its mark");
+        a.send(&frames[sent]);
+        sent += 1;
+    }
+    sent
+}
+
 #[test]
 fn a_vm_burst_waits_in_its_own_socket_while_the_switch_holds_its_input() {
     let dir = TempDir::new("burst");
@@ -417,19 +436,9 @@ fn a_vm_burst_waits_in_its_own_socket_while_the_switch_holds_its_input() {
     b.send(&frame(BROADCAST, mac(2), 2));
     assert!(a.recv().is_some() && b.recv().is_some());
     // B does not read: its socket fills, then its queue on the switch goes
-    // past the congestion mark (32 of 64), and the switch holds its input.
+    // past the congestion mark (32 of 64), and the switch holds A's input.
     let frames: Vec<Vec<u8>> = (0..1200).map(|n| frame(mac(2), mac(1), n as u8)).collect();
-    let mut sent = 0;
-    while !switch
-        .ports()
-        .unwrap()
-        .iter()
-        .any(|p| p.mac == Some(mac(2)) && p.queued >= 32)
-    {
-        assert!(sent < 1000, "B's queue on the switch never passed its mark");
-        a.send(&frames[sent]);
-        sent += 1;
-    }
+    let sent = send_until_held(&switch, &a, &frames[..1000]);
     // A burst sent as UML sends (a send that would block is a lost frame)
     // waits whole in A's socket on the switch: it is A's peer, which the
     // kernel does not hold to max_dgram_qlen (10 by default).
@@ -462,19 +471,8 @@ fn a_congested_port_holds_back_only_the_ports_that_send_to_it() {
     for client in [&a, &b, &c, &d] {
         client.drain();
     }
-    // A sends to B, which does not read, until B's queue passes its mark
-    // and the switch holds A's input.
-    let mut sent = 0u32;
-    while !switch
-        .ports()
-        .unwrap()
-        .iter()
-        .any(|p| p.mac == Some(mac(2)) && p.queued >= 32)
-    {
-        assert!(sent < 1000, "B's queue on the switch never passed its mark");
-        a.send(&frame(mac(2), mac(1), 1));
-        sent += 1;
-    }
+    // A sends to B, which does not read, until the switch holds A's input.
+    let sent = send_until_held(&switch, &a, &vec![frame(mac(2), mac(1), 1); 1000]);
     // C and D are not held up meanwhile (each recv waits 300 ms at most,
     // the hold lasts up to 5 s).
     for round in 0..20u8 {
@@ -486,7 +484,7 @@ fn a_congested_port_holds_back_only_the_ports_that_send_to_it() {
         assert_eq!(c.recv().as_deref(), Some(&pong[..]), "round {round}");
     }
     // B catches up and gets every frame A sent.
-    assert_eq!(b.drain().len(), sent as usize);
+    assert_eq!(b.drain().len(), sent);
 }
 
 #[test]
