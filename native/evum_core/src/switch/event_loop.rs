@@ -1,6 +1,6 @@
 //! The switch's thread: accepts ports, reads frames, forwards them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -60,7 +60,8 @@ pub struct SwitchLoop {
     control: UnixListener,
     bess: OwnedFd,
     ports: HashMap<u64, Port>,
-    by_addr: HashMap<RawUnixAddr, PortId>,
+    /// The VM addresses daemon ports serve: one port per address.
+    daemon_addrs: HashSet<RawUnixAddr>,
     pending: HashMap<u64, Pending>,
     fdb: Fdb,
     counters: Counters,
@@ -138,7 +139,7 @@ impl SwitchLoop {
             control,
             bess,
             ports: HashMap::new(),
-            by_addr: HashMap::new(),
+            daemon_addrs: HashSet::new(),
             pending: HashMap::new(),
             counters: Counters::default(),
             next_sweep: Instant::now() + SWEEP_EVERY,
@@ -461,7 +462,7 @@ impl SwitchLoop {
             return;
         };
         let id = PortId(id);
-        self.by_addr.insert(key, id);
+        self.daemon_addrs.insert(key);
         let peer = Peer::Daemon {
             control: pending.stream,
             data,
@@ -496,7 +497,7 @@ impl SwitchLoop {
             self.counters.too_many_ports += 1;
             return None;
         }
-        if self.by_addr.contains_key(&key) {
+        if self.daemon_addrs.contains(&key) {
             self.counters.duplicate_address += 1;
             return None;
         }
@@ -720,7 +721,7 @@ impl SwitchLoop {
             Peer::Daemon { control, data, addr } => {
                 let _ = registry.deregister(&mut SourceFd(&control.as_raw_fd()));
                 let _ = registry.deregister(&mut SourceFd(&data.as_raw_fd()));
-                self.by_addr.remove(addr);
+                self.daemon_addrs.remove(addr);
             }
             Peer::Bess { conn } => {
                 let _ = registry.deregister(&mut SourceFd(&conn.as_raw_fd()));

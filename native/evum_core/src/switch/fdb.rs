@@ -50,7 +50,7 @@ impl Fdb {
                 return;
             }
         }
-        if !self.fixed.is_empty() && self.fixed.contains_key(&mac) {
+        if self.fixed.contains_key(&mac) {
             return;
         }
         self.entries.insert(mac, (port, now));
