@@ -769,12 +769,12 @@ switch_bench(S, Load, Secs, Rounds, Tmp) ->
     io:format("  ~-10s   64-byte: ~8b frames/s delivered as {evum_frame, ...} messages (offered ~b frames/s)~n",
               [attached, round(AttFps), round(median([O || #{offered_fps := O} <- Attached]))]),
     #{rtt := {{ERtt, ERttMed}, {URtt, URttMed}}, tcp := {ETcp, UTcp}, pings := NPings,
-      bess_rtt := {BRtt, BRttMed}, bess_tcp := BTcp, bess_unpinned_tcp := FTcp} = Guests,
+      bess_rtt := {BRtt, BRttMed}, bess_tcp := BTcp, bess_unpinned_tcp := FTcp, bess_placed_tcp := PTcp} = Guests,
     io:format("  guests: ping RTT (mean of ~b busybox averages) evum ~.3f ms, uml_switch ~.3f ms; "
               "median of ~b replies evum ~.3f ms, uml_switch ~.3f ms; TCP evum ~.1f Mbit/s, uml_switch ~.1f Mbit/s~n"
               "  guests over evum's bess transport, pinned with {cpu, auto}: ping avg ~.3f ms, median ~.3f ms; "
-              "TCP ~.1f Mbit/s (~.1f Mbit/s unpinned)~n",
-              [NPings, ERtt, URtt, NPings * 25, ERttMed, URttMed, ETcp, UTcp, BRtt, BRttMed, BTcp, FTcp]),
+              "TCP ~.1f Mbit/s (~.1f Mbit/s unpinned; ~.1f Mbit/s with the switch's thread on the receiver's CPU)~n",
+              [NPings, ERtt, URtt, NPings * 25, ERttMed, URttMed, ETcp, UTcp, BRtt, BRttMed, BTcp, FTcp, PTcp]),
     io:format("~n"),
     E64 = Fps(evum, 64),
     E1514 = Fps(evum, 1514),
@@ -804,8 +804,10 @@ switch_bench(S, Load, Secs, Rounds, Tmp) ->
     Ratio("switch guest TCP Mbit/s evum/uml_switch", ETcp / UTcp, '>=', 1.0),
     %% 878 Mbit/s: guest TCP over uml_switch at qlen 1000 (UML-NOTES); the
     %% bess transport is under no datagram queue limit.
-    Figure("switch guest TCP over evum bess, guests pinned", BTcp, "Mbit/s", '>=', 878),
-    Ratio("switch guest TCP over evum bess pinned/unpinned", BTcp / FTcp, '>=', 1.0),
+    Figure("switch guest TCP over evum bess, guests and switch thread pinned", PTcp, "Mbit/s", '>=', 878),
+    Ratio("switch guest TCP over evum bess guests pinned/unpinned", BTcp / FTcp, '>=', 1.0),
+    Ratio("switch guest TCP over evum bess switch thread on the receiver's CPU/left to the host",
+          PTcp / BTcp, '>=', 1.0),
     ok.
 
 %% Runs the load generator and returns its RESULT line as a map of numbers.
@@ -952,12 +954,23 @@ stop_peer_switch(#{port := Port, pgid := Pgid, dir := Dir}) ->
 
 %% Two busybox guests on evum's switch over the daemon transport, two on a
 %% fresh uml_switch, two on evum's switch over the bess transport (vec0)
-%% pinned to two CPUs with {cpu, auto} (see README), and two more over bess
-%% left where the host scheduler puts them, as all the others are. All
-%% eight are up at once; the ping and TCP runs alternate between the pairs.
+%% pinned to two CPUs with {cpu, auto} (see README), two more over bess
+%% left where the host scheduler puts them, as all the others are, and two
+%% over bess on a switch of their own, the guests pinned to two CPUs and
+%% the switch's thread to the receiver's (README, `cpu'). All ten are up at
+%% once; the ping and TCP runs alternate between the pairs.
 guests(S, Tmp) ->
     Runs = env_int("EVUM_BENCH_SWITCH_TCP_RUNS", 5),
     MB = env_int("EVUM_BENCH_SWITCH_TCP_MB", 128),
+    {Sender, Receiver} = two_cpus(),
+    {ok, Placed} = evum_switch:start([{name, evum_bench_placed_switch}, {cpu, Receiver}]),
+    try
+        guests(S, Placed, {Sender, Receiver}, Tmp, Runs, MB)
+    after
+        catch evum_switch:stop(Placed)
+    end.
+
+guests(S, Placed, {Sender, Receiver}, Tmp, Runs, MB) ->
     with_peer_switch(uml_switch, Tmp, "uml-guests", fun(Uml) ->
         UCtl = peer_ctl(Uml),
         Pairs = [
@@ -967,7 +980,9 @@ guests(S, Tmp) ->
             {evum_bess, "vec0", [guest(evum_bench_sw_b1, [{switch, S}, {transport, bess}, {cpu, auto}]),
                                  guest(evum_bench_sw_b2, [{switch, S}, {transport, bess}, {cpu, auto}])]},
             {bess_unpinned, "vec0", [guest(evum_bench_sw_f1, [{switch, S}, {transport, bess}]),
-                                     guest(evum_bench_sw_f2, [{switch, S}, {transport, bess}])]}
+                                     guest(evum_bench_sw_f2, [{switch, S}, {transport, bess}])]},
+            {bess_placed, "vec0", [guest(evum_bench_sw_p1, [{switch, Placed}, {transport, bess}, {cpu, Sender}]),
+                                   guest(evum_bench_sw_p2, [{switch, Placed}, {transport, bess}, {cpu, Receiver}])]}
         ],
         try
             guest_runs(Pairs, Runs, MB)
@@ -976,6 +991,20 @@ guests(S, Tmp) ->
             flush()
         end
     end).
+
+%% Two CPUs this node may run on (the same one twice on a single CPU), for
+%% a sending and a receiving guest.
+two_cpus() ->
+    {ok, Status} = file:read_file("/proc/self/status"),
+    {match, [List]} = re:run(Status, "Cpus_allowed_list:\\s*(\\S+)", [{capture, all_but_first, list}]),
+    Cpus = lists:append([
+        case [list_to_integer(N) || N <- string:split(Range, "-")] of
+            [A] -> [A];
+            [A, B] -> lists:seq(A, B)
+        end
+     || Range <- string:split(List, ",", all)
+    ]),
+    {hd(Cpus), lists:last(Cpus)}.
 
 guest(Label, Net) ->
     {ok, Vm} = evm:create([{label, Label} | Net]),
@@ -1029,6 +1058,7 @@ guest_runs(Pairs, Runs, MB) ->
       pings => length([K || {K, _} <- Pings, K =:= evum]),
       tcp => {median(maps:get(evum, Tcp)), median(maps:get(uml_switch, Tcp))},
       bess_tcp => median(maps:get(evum_bess, Tcp)),
+      bess_placed_tcp => median(maps:get(bess_placed, Tcp)),
       bess_unpinned_tcp => median(maps:get(bess_unpinned, Tcp))}.
 
 %% How a TCP run is printed: run 0 is the uncounted warm-up.
@@ -1038,6 +1068,7 @@ run_name(I) -> "run " ++ integer_to_list(I).
 %% A pair's two guest addresses: the pairs on evum's switch share it.
 addresses(evum_bess) -> {"10.0.0.3", "10.0.0.4"};
 addresses(bess_unpinned) -> {"10.0.0.5", "10.0.0.6"};
+addresses(bess_placed) -> {"10.0.0.7", "10.0.0.8"};
 addresses(_) -> {"10.0.0.1", "10.0.0.2"}.
 
 %% busybox ping's average, and every reply's time (for a median).

@@ -3,7 +3,7 @@
 %% The kernel command line itself is built in Rust (evum_core::options).
 -module(evum_opts).
 
--export([normalize/1]).
+-export([normalize/1, cpu/1]).
 
 -export_type([boot_option/0, nif_option/0]).
 
@@ -82,12 +82,8 @@ option({Name, Value} = O) when
     Name =:= hostfs
 ->
     [{atom_to_binary(Name), -1, text(Value, O)}];
-option({cpu, Cpu}) when Cpu =:= any; Cpu =:= auto ->
-    [{<<"cpu">>, -1, atom_to_binary(Cpu)}];
-option({cpu, N} = O) when is_integer(N) ->
-    cpu_list([N], O);
-option({cpu, [_ | _] = Cpus} = O) ->
-    cpu_list(Cpus, O);
+option({cpu, Cpu}) ->
+    [{<<"cpu">>, -1, cpu_text(Cpu)}];
 option({env, Key, Value} = O) ->
     [{<<"env:", (text(Key, O))/binary>>, -1, text(Value, O)}];
 option({append, [C | _] = Arg} = O) when is_integer(C) ->
@@ -99,10 +95,26 @@ option({append, Arg} = O) ->
 option(O) ->
     throw({bad_option, O}).
 
-%% A list of CPU numbers, which the NIF checks against the CPUs evum may use.
-cpu_list(Cpus, O) ->
-    lists:all(fun(N) -> is_integer(N) andalso N >= 0 end, Cpus) orelse throw({bad_option, O}),
-    [{<<"cpu">>, -1, iolist_to_binary(lists:join(",", [integer_to_binary(N) || N <- Cpus]))}].
+%% @doc The `cpu' option as the NIF reads it (`any', `auto', `0,2'), for a
+%% VM or a switch's thread; the NIF checks the numbers against the CPUs
+%% evum may use.
+-spec cpu(term()) -> {ok, binary()} | {error, {bad_option, {cpu, term()}}}.
+cpu(Cpu) ->
+    try
+        {ok, cpu_text(Cpu)}
+    catch
+        throw:{bad_option, _} = Bad -> {error, Bad}
+    end.
+
+cpu_text(Cpu) when Cpu =:= any; Cpu =:= auto ->
+    atom_to_binary(Cpu);
+cpu_text(N) when is_integer(N), N >= 0 ->
+    integer_to_binary(N);
+cpu_text([_ | _] = Cpus) ->
+    lists:all(fun(N) -> is_integer(N) andalso N >= 0 end, Cpus) orelse throw({bad_option, {cpu, Cpus}}),
+    iolist_to_binary(lists:join(",", [integer_to_binary(N) || N <- Cpus]));
+cpu_text(Cpu) ->
+    throw({bad_option, {cpu, Cpu}}).
 
 flag(Name, Bool) ->
     {atom_to_binary(Name), -1, atom_to_binary(Bool)}.

@@ -73,36 +73,74 @@ start() ->
 %% @doc Options: `{name, Atom}', `anonymous' (no registered name), `hub'
 %% (flood every frame to every port), `gateway' or `{gateway, Settings}'
 %% (evum's gateway as a port of the switch, like QEMU's user networking:
-%% DHCP, DNS, NAT through host sockets, port forwards). Gateway settings, a
+%% DHCP, DNS, NAT through host sockets, port forwards), `{cpu, Cpu}' (the
+%% host CPUs the switch's thread may run on, as evm:create/1's `cpu':
+%% `any', the default, `auto', `N' or `[N]'). Gateway settings, a
 %% map, all optional: `network' (10.0.2.0), `prefix_len' (24), `gateway'
 %% (10.0.2.2), `dns' (10.0.2.3), `dhcp_start' (10.0.2.15), `dns_forwarding'
 %% (true), `host_loopback' (false: guests do not reach the host's
 %% 127.0.0.1), `max_flows_per_guest' (256), `max_flows' (1024),
-%% `tcp_idle_timeout_ms', `udp_idle_timeout_ms', `mtu'.
--spec start([{name, atom()} | anonymous | hub | {hub, boolean()} | gateway | {gateway, map()}]) ->
+%% `tcp_idle_timeout_ms', `udp_idle_timeout_ms', `mtu'. An option it does
+%% not know is `{error, {bad_option, Option}}'.
+-spec start([{name, atom()} | anonymous | hub | {hub, boolean()} | gateway | {gateway, map()} |
+             {cpu, any | auto | non_neg_integer() | [non_neg_integer()]}]) ->
     {ok, pid()} | {error, term()}.
 start(Options) ->
+    case check_options(Options) of
+        ok -> start_checked(Options);
+        {error, _} = Error -> Error
+    end.
+
+start_checked(Options) ->
     Gateway =
         case proplists:get_value(gateway, Options, false) of
             false -> undefined;
             true -> #{};
-            Settings when is_map(Settings) -> Settings;
-            Other -> {bad, Other}
+            Settings when is_map(Settings) -> Settings
         end,
-    Init = {proplists:get_bool(hub, Options), Gateway},
-    case {Gateway, proplists:get_bool(anonymous, Options), proplists:get_value(name, Options)} of
-        {{bad, Bad}, _, _} ->
-            {error, {bad_option, {gateway, Bad}}};
-        {_, true, _} ->
-            gen_server:start(?MODULE, Init, []);
-        {_, false, undefined} ->
-            case whereis(?MODULE) of
-                undefined -> gen_server:start({local, ?MODULE}, ?MODULE, Init, []);
-                _ -> gen_server:start(?MODULE, Init, [])
-            end;
-        {_, false, Name} ->
-            gen_server:start({local, Name}, ?MODULE, Init, [])
+    {ok, Cpu} = evum_opts:cpu(proplists:get_value(cpu, Options, any)),
+    Init = {proplists:get_bool(hub, Options), Gateway, Cpu},
+    Name =
+        case {proplists:get_bool(anonymous, Options), proplists:get_value(name, Options)} of
+            {true, _} -> none;
+            {false, undefined} -> default_name();
+            {false, N} -> {local, N}
+        end,
+    Started =
+        case Name of
+            none -> gen_server:start(?MODULE, Init, []);
+            _ -> gen_server:start(Name, ?MODULE, Init, [])
+        end,
+    case Started of
+        %% init/1 ends that way on bad input, which is no crash to report.
+        {error, {shutdown, Reason}} -> {error, Reason};
+        Other -> Other
     end.
+
+%% The first switch started without a name is registered as evum_switch.
+default_name() ->
+    case whereis(?MODULE) of
+        undefined -> {local, ?MODULE};
+        _ -> none
+    end.
+
+%% The first option start/1 does not take, as `{error, {bad_option, O}}'.
+check_options(Options) when is_list(Options) ->
+    case lists:dropwhile(fun good_option/1, Options) of
+        [] -> ok;
+        [Bad | _] -> {error, {bad_option, Bad}}
+    end;
+check_options(Options) ->
+    {error, {bad_option, Options}}.
+
+good_option({name, Name}) -> is_atom(Name);
+good_option(anonymous) -> true;
+good_option(hub) -> true;
+good_option({hub, Hub}) -> is_boolean(Hub);
+good_option(gateway) -> true;
+good_option({gateway, Settings}) -> is_boolean(Settings) orelse is_map(Settings);
+good_option({cpu, Cpu}) -> element(1, evum_opts:cpu(Cpu)) =:= ok;
+good_option(_) -> false.
 
 -spec stop(switch()) -> ok.
 stop(Switch) ->
@@ -233,11 +271,11 @@ addr(_) -> error.
 
 %%% gen_server
 
-init({Hub, Gateway}) ->
+init({Hub, Gateway, Cpu}) ->
     %% Its sockets go where VMs of the host dist, which may run as another
     %% user, can reach them too.
     {ok, RunAs} = evum_dist:host_user(),
-    case evum_nif:switch_start(Hub, RunAs) of
+    case evum_nif:switch_start(Hub, RunAs, Cpu) of
         {ok, Switch} ->
             {ok, Ctl, Bess} = evum_nif:switch_sockets(Switch),
             S = #state{switch = Switch, ctl = Ctl, bess = Bess},
@@ -246,10 +284,10 @@ init({Hub, Gateway}) ->
                     {ok, S#state{gateway = G}};
                 {error, Reason} ->
                     evum_nif:switch_stop(Switch),
-                    {stop, {gateway, Reason}}
+                    {stop, {shutdown, {gateway, Reason}}}
             end;
         {error, Reason} ->
-            {stop, Reason}
+            {stop, {shutdown, Reason}}
     end.
 
 start_gateway(undefined, _Bess) ->

@@ -27,6 +27,15 @@ defmodule EvumTest.ErrorsTest do
     refute_received _
   end
 
+  test "options Evum.Switch.start/1 does not know" do
+    assert Evum.Switch.start([:anonymous, mtu: 9000]) == {:error, {:bad_option, {:mtu, 9000}}}
+    assert Evum.Switch.start([:anonymous, cpu: :fast]) == {:error, {:bad_option, {:cpu, :fast}}}
+    assert {:error, {:bad_option, why}} = Evum.Switch.start([:anonymous, cpu: 4096])
+    assert why =~ "CPU 4096 is not one evum may run on"
+    assert Evum.Switch.start(:not_a_list) == {:error, {:bad_option, :not_a_list}}
+    refute_received _
+  end
+
   test "a label in use" do
     vm = create!(label: :ex_label_in_use)
     assert Evm.create(label: :ex_label_in_use) == {:error, {:label_in_use, :ex_label_in_use}}

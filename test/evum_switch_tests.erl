@@ -19,7 +19,8 @@ switch_test_() ->
             {"the original README's Using the Host OS session", host_os_session},
             {"garbage and a flood at a live switch: counted, pings keep flowing", garbage},
             {"sniffed frames read as tcpdump would print them", describe_frames},
-            {"the switch's sockets go with it", cleanup}
+            {"the switch's sockets go with it", cleanup},
+            {"a switch's thread runs on the CPU its cpu option names", pinned}
         ]
     ]}.
 
@@ -185,6 +186,28 @@ cleanup() ->
     evum_switch:stop(S),
     ?assertEqual({error, enoent}, file:read_link_info(Ctl)),
     ?assertNot(filelib:is_dir(Dir)).
+
+pinned() ->
+    Cpu = lists:last(evum_tests:own_cpus()),
+    Before = switch_threads_on([Cpu]),
+    {ok, S} = evum_switch:start([{name, sw_pinned}, {cpu, Cpu}]),
+    ?assertEqual(Before + 1, switch_threads_on([Cpu])),
+    Vms = [vm(S, L, A) || {L, A} <- [{sw_pin1, "10.0.0.1"}, {sw_pin2, "10.0.0.2"}]],
+    ?assertMatch({ok, 0, _}, evum:cmd(hd(Vms), "ping -c 2 -W 3 10.0.0.2")),
+    [ok = evm:stop(Vm) || Vm <- Vms],
+    evum_switch:stop(S),
+    ?assertEqual(Before, switch_threads_on([Cpu])),
+    {error, {bad_option, Why}} = evum_switch:start([anonymous, {cpu, 100000}]),
+    ?assertMatch({match, _}, re:run(Why, "CPU 100000 is not one evum may run on")),
+    ?assertEqual({error, {bad_option, {cpu, fast}}}, evum_switch:start([anonymous, {cpu, fast}])),
+    ?assertEqual({error, {bad_option, {cpu, [0, -1]}}}, evum_switch:start([anonymous, {cpu, [0, -1]}])),
+    ?assertEqual({error, {bad_option, {mtu, 9000}}}, evum_switch:start([anonymous, {mtu, 9000}])).
+
+%% How many switch threads of this BEAM may run only on `Cpus'.
+switch_threads_on(Cpus) ->
+    Tasks = filelib:wildcard("/proc/self/task/*"),
+    length([T || T <- Tasks, file:read_file(T ++ "/comm") =:= {ok, <<"evum-switch\n">>},
+                 evum_tests:cpus_allowed(T) =:= Cpus]).
 
 %% The original README's "Using the Host OS" session, on an isolated switch
 %% (addresses of its own, no uplink).

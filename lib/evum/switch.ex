@@ -24,7 +24,9 @@ defmodule Evum.Switch do
   Options: `name: atom`, `:anonymous` (no registered name), `hub: true`
   (flood every frame to every port), `:gateway` or `gateway: settings` (evum's
   gateway as a port of the switch: DHCP, DNS, NAT through host sockets, port
-  forwards; see `:evum_switch.start/1` for the settings).
+  forwards; see `:evum_switch.start/1` for the settings), `cpu: cpu` (the
+  host CPUs its thread may run on, as `Evm.create/1`'s `cpu`). An unknown
+  option is `{:error, {:bad_option, option}}`.
   """
   @spec start(keyword()) :: {:ok, pid()} | {:error, term()}
   defdelegate start(options), to: :evum_switch

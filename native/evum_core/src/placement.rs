@@ -61,10 +61,19 @@ fn bad(why: impl Into<String>) -> OptionError {
 /// The CPU set a VM's process is to get from its options, or None to leave
 /// it as evum's own.
 pub fn cpu_set(options: &[BootOption]) -> Result<Option<CpuSet>, OptionError> {
-    let choice = options.iter().find_map(|o| match o {
+    match options.iter().find_map(|o| match o {
         BootOption::Cpu(choice) => Some(choice),
         _ => None,
-    });
+    }) {
+        Some(choice) => choice_set(choice),
+        None => Ok(None),
+    }
+}
+
+/// The CPU set a choice stands for, checked against the CPUs evum may use,
+/// or None for `any` (evum's own). A VM's processes and a switch's thread
+/// are placed alike.
+pub fn choice_set(choice: &CpuChoice) -> Result<Option<CpuSet>, OptionError> {
     let allowed = || -> Result<Vec<usize>, OptionError> {
         let mine = sched_getaffinity(Pid::this()).map_err(|e| bad(format!("cannot read evum's own CPUs: {e}")))?;
         Ok((0..CpuSet::count())
@@ -72,8 +81,8 @@ pub fn cpu_set(options: &[BootOption]) -> Result<Option<CpuSet>, OptionError> {
             .collect())
     };
     let cpus = match choice {
-        None | Some(CpuChoice::Any) => return Ok(None),
-        Some(CpuChoice::Auto) => {
+        CpuChoice::Any => return Ok(None),
+        CpuChoice::Auto => {
             static NEXT: AtomicUsize = AtomicUsize::new(0);
             let allowed = allowed()?;
             if allowed.is_empty() {
@@ -81,7 +90,7 @@ pub fn cpu_set(options: &[BootOption]) -> Result<Option<CpuSet>, OptionError> {
             }
             vec![allowed[NEXT.fetch_add(1, Ordering::Relaxed) % allowed.len()]]
         }
-        Some(CpuChoice::List(cpus)) => {
+        CpuChoice::List(cpus) => {
             let allowed = allowed()?;
             if let Some(n) = cpus.iter().find(|n| !allowed.contains(n)) {
                 return Err(bad(format!(

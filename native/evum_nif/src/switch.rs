@@ -7,6 +7,7 @@
 use std::sync::Mutex;
 
 use crate::atom_map;
+use evum_core::placement::{choice_set, CpuChoice};
 use evum_core::switch::{FrameSink, Mac, PortId, PortKind, Switch, SwitchConfig};
 use rustler::{Binary, Encoder, Env, LocalPid, NewBinary, NifResult, OwnedEnv, ResourceArc, Term};
 
@@ -17,7 +18,7 @@ mod atoms {
         drops_send_error, queued, port, age_ms,
         bad_magic, bad_version, bad_type, bad_address, duplicate_address, short_request,
         oversized_request, request_timeout, too_many_pending, too_many_ports, control_garbage, runt,
-        oversized_frame,
+        oversized_frame, bad_option,
     }
 }
 
@@ -79,15 +80,21 @@ fn with_switch<'a>(env: Env<'a>, res: &SwitchResource, f: impl FnOnce(&Switch) -
 
 /// Starts a switch whose sockets live in a new private directory under
 /// evum's runtime base: that of VMs run as `run_as` (`{Uid, Gid}`), so they
-/// can join, or evum's own (`undefined`).
+/// can join, or evum's own (`undefined`). `cpu` is the `cpu` option's text
+/// (`any`, `auto`, `0,2`) for the switch's thread.
 #[rustler::nif(schedule = "DirtyIo")]
-fn switch_start<'a>(env: Env<'a>, hub: bool, run_as: Term<'a>) -> Term<'a> {
+fn switch_start<'a>(env: Env<'a>, hub: bool, run_as: Term<'a>, cpu: &str) -> Term<'a> {
+    let cpus = match CpuChoice::parse(cpu).and_then(|choice| choice_set(&choice)) {
+        Ok(cpus) => cpus,
+        Err(e) => return (atoms::error(), (atoms::bad_option(), e.to_string())).encode(env),
+    };
     let dir = match evum_core::vm::switch_dir(run_as.decode::<(u32, u32)>().ok()) {
         Ok(dir) => dir,
         Err(e) => return switch_error(env, e),
     };
     let mut config = SwitchConfig::new(&dir);
     config.hub = hub;
+    config.cpus = cpus;
     match Switch::start(config) {
         Ok(switch) => {
             let resource = SwitchResource {

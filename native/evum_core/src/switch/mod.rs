@@ -59,6 +59,8 @@ use std::time::Duration;
 
 use crossbeam_channel::{bounded, unbounded, Sender};
 use mio::{Poll, Waker};
+use nix::sched::{sched_setaffinity, CpuSet};
+use nix::unistd::Pid;
 
 pub use fdb::Mac;
 pub use port::PortCounters;
@@ -164,6 +166,11 @@ pub struct SwitchConfig {
     /// Ports of every kind the switch takes (1024): each holds file
     /// descriptors of the process the switch runs in.
     pub max_ports: usize,
+    /// The host CPUs the switch's thread may run on (None: wherever the
+    /// thread that starts it may). Every frame crosses this thread: on the
+    /// CPU of a pinned VM that receives a stream, the VM is woken where the
+    /// switch already runs and the sender keeps its own CPU.
+    pub cpus: Option<CpuSet>,
 }
 
 impl SwitchConfig {
@@ -177,6 +184,7 @@ impl SwitchConfig {
             request_timeout: Duration::from_secs(5),
             max_pending: 64,
             max_ports: 1024,
+            cpus: None,
         }
     }
 }
@@ -191,6 +199,8 @@ pub enum SwitchError {
     Poll(io::Error),
     #[error("the switch has stopped")]
     Stopped,
+    #[error("cannot run the switch on the CPUs asked for: {0}")]
+    Cpu(nix::Error),
 }
 
 enum Command {
@@ -230,18 +240,38 @@ impl Switch {
         let (tx, rx) = unbounded();
         let next_id = Arc::new(AtomicU64::new(event_loop::FIRST_ID));
         let dir = config.dir.clone();
+        let cpus = config.cpus;
         let switch_loop = event_loop::SwitchLoop::new(poll, rx, config, next_id.clone(), waker.clone())?;
+        // The thread places itself before it forwards anything, and says
+        // how that went; on failure it still runs, to be stopped below, so
+        // that its loop removes the sockets as on any stop.
+        let (placed_tx, placed_rx) = bounded(1);
         let thread = std::thread::Builder::new()
             .name("evum-switch".into())
-            .spawn(move || switch_loop.run())
+            .spawn(move || {
+                let placed = cpus.map_or(Ok(()), |set| sched_setaffinity(Pid::from_raw(0), &set));
+                let _ = placed_tx.send(placed);
+                switch_loop.run()
+            })
             .map_err(SwitchError::Poll)?;
-        Ok(Switch {
+        let switch = Switch {
             tx,
             waker,
             next_id,
             dir,
             thread: Some(thread),
-        })
+        };
+        match placed_rx.recv() {
+            Ok(Ok(())) => Ok(switch),
+            Ok(Err(e)) => {
+                switch.stop();
+                Err(SwitchError::Cpu(e))
+            }
+            Err(_) => {
+                switch.stop();
+                Err(SwitchError::Stopped)
+            }
+        }
     }
 
     /// The daemon transport's control socket (for `ethN=daemon,MAC,unix,PATH`).
