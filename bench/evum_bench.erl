@@ -763,8 +763,10 @@ switch_bench(S, Load, Secs, Rounds, Tmp) ->
                    round(Med(offered_fps, maps:get(Size, BessR))), 100 * Med(drop_share, maps:get(Size, BessR))])
      || Size <- Sizes
     ],
+    B64 = Med(fps, maps:get(64, BessR)),
+    B1514 = Med(fps, maps:get(1514, BessR)),
     io:format("  bess/daemon on evum's switch: 64-byte ~.2f, 1514-byte ~.2f~n",
-              [Med(fps, maps:get(64, BessR)) / Fps(evum, 64), Med(fps, maps:get(1514, BessR)) / Fps(evum, 1514)]),
+              [B64 / Fps(evum, 64), B1514 / Fps(evum, 1514)]),
     AttFps = median([F || #{fps := F} <- Attached]),
     io:format("  ~-10s   64-byte: ~8b frames/s delivered as {evum_frame, ...} messages (offered ~b frames/s)~n",
               [attached, round(AttFps), round(median([O || #{offered_fps := O} <- Attached]))]),
@@ -789,8 +791,6 @@ switch_bench(S, Load, Secs, Rounds, Tmp) ->
     Ratio("switch daemon 1514-byte frames/s evum/vde_switch", E1514 / Fps(vde_switch, 1514), '>=', 1.0),
     %% Between two bess endpoints the issue's targets are the daemon
     %% transport's: uml_switch has no bess, so its daemon figures are the peer.
-    B64 = Med(fps, maps:get(64, BessR)),
-    B1514 = Med(fps, maps:get(1514, BessR)),
     Figure("switch bess 64-byte frames forwarded/s (2x uml_switch's daemon figure)", round(B64), "", '>=',
            round(2 * Fps(uml_switch, 64))),
     Ratio("switch bess 64-byte frames/s evum bess/uml_switch daemon", B64 / Fps(uml_switch, 64), '>=', 2.0),
