@@ -797,9 +797,11 @@ switch_bench(S, Load, Secs, Rounds, Tmp) ->
     Ratio("switch bess 1514-byte frames/s evum bess/uml_switch daemon", B1514 / Fps(uml_switch, 1514), '>=', 1.0),
     Figure("switch attached-process 64-byte frames/s (half evum daemon's)", round(AttFps), "", '>=', round(E64 / 2)),
     Ratio("switch 64-byte frames/s attached Erlang process/evum daemon", AttFps / E64, '>=', 0.5),
-    Figure("switch guest ping avg RTT over evum (uml_switch's)", ERtt, "ms", '=<', round(URtt * 1000) / 1000),
-    Ratio("switch guest ping RTT evum/uml_switch (busybox avg)", ERtt / URtt, '=<', 1.0),
-    Ratio("switch guest ping RTT evum/uml_switch (median reply)", ERttMed / URttMed, '=<', 1.0),
+    #{run_medians := {EMeds, UMeds, AMeds}} = Guests,
+    {AaRatio, AaP, _} = ab_compare(AMeds, UMeds),
+    io:format("  guests: ping, A/A: the same comparison between the two uml_switch pairs: ratio ~.3f, p = ~.3f "
+              "(what two identical switches differ by in this run)~n", [AaRatio, AaP]),
+    no_regression("switch guest ping RTT evum/uml_switch" ++ Tag, EMeds, UMeds),
     Figure("switch guest TCP over evum", ETcp, "Mbit/s", '>=', round(UTcp)),
     Ratio("switch guest TCP Mbit/s evum/uml_switch", ETcp / UTcp, '>=', 1.0),
     %% 878 Mbit/s: guest TCP over uml_switch at qlen 1000 (UML-NOTES); the
@@ -809,6 +811,55 @@ switch_bench(S, Load, Secs, Rounds, Tmp) ->
     Ratio("switch guest TCP over evum bess switch thread on the receiver's CPU/left to the host",
           PTcp / BTcp, '>=', 1.0),
     ok.
+
+%% The ping target, "no worse than uml_switch", judged as Firecracker's A/B
+%% tests judge a change (tools/ab_test.py): a regression is a difference
+%% that is both significant, p < 0.01, and larger than a set share of the
+%% peer's mean: 5% here (Firecracker's default is 20%). Xs and Us are run
+%% medians, the Nth of each measured in the same round. One run's median
+%% moves by up to a tenth from one run to the next over either switch, and
+%% the mean of 16 by a few percent: a plain "ratio =< 1" would be a coin
+%% toss between two equal switches (see the A/A line the run prints).
+no_regression(What, Xs, Us) ->
+    {R, P, Regressed} = ab_compare(Xs, Us),
+    Verdict =
+        if
+            %% Then no outcome reaches p < 0.01: a PASS would mean nothing.
+            length(Xs) < 7 -> "UNDECIDED (fewer than 7 rounds)";
+            Regressed -> "MISS";
+            true -> "PASS"
+        end,
+    io:format("RATIO ~s (mean of ~b run medians) = ~.3f (target: no regression, i.e. not both p < 0.01 and "
+              "above 1.05; p = ~.3f) ~s~n", [What, length(Xs), R, P, Verdict]).
+
+%% Ratio of the means of Xs and Us, the one-sided p of Xs being the
+%% larger, and whether that makes a regression (no_regression/3).
+ab_compare(Xs, Us) ->
+    Mean = fun(L) -> lists:sum(L) / length(L) end,
+    Ratio = Mean(Xs) / Mean(Us),
+    P = sign_flip_p([X - U || {X, U} <- lists:zip(Xs, Us)]),
+    {Ratio, P, P < 0.01 andalso Ratio > 1.05}.
+
+%% A paired permutation test: under "no difference" each pair's difference
+%% is as likely negative as positive, so the p-value is the share of sign
+%% assignments whose sum is at least the one measured. Every assignment up
+%% to 16 pairs, a fixed-seed sample of 65 536 beyond.
+sign_flip_p(Ds) ->
+    Measured = lists:sum(Ds) - 1.0e-12,
+    Abs = [abs(D) || D <- Ds],
+    N = length(Abs),
+    Signed = fun(Bits) -> lists:sum([case (Bits bsr I) band 1 of 1 -> -A; 0 -> A end
+                                     || {I, A} <- lists:zip(lists:seq(0, N - 1), Abs)])
+             end,
+    AtLeast = fun(Masks) -> length([M || M <- Masks, Signed(M) >= Measured]) end,
+    case N =< 16 of
+        true ->
+            AtLeast(lists:seq(0, (1 bsl N) - 1)) / (1 bsl N);
+        false ->
+            {Masks, _} = lists:mapfoldl(fun(_, Seed) -> rand:uniform_s(1 bsl N, Seed) end,
+                                        rand:seed_s(exsss, {16, 65, 536}), lists:seq(1, 65536)),
+            (AtLeast([M - 1 || M <- Masks]) + 1) / (65536 + 1)
+    end.
 
 %% Runs the load generator and returns its RESULT line as a map of numbers.
 load(Load, Args) ->
@@ -953,12 +1004,14 @@ stop_peer_switch(#{port := Port, pgid := Pgid, dir := Dir}) ->
     kill_group(Port, Pgid, Dir, 5000, peer_switch_left).
 
 %% Two busybox guests on evum's switch over the daemon transport, two on a
-%% fresh uml_switch, two on evum's switch over the bess transport (vec0)
+%% fresh uml_switch, two on a second uml_switch (the A/A pair: what two
+%% identical switches differ by in this run), two on evum's switch over the
+%% bess transport (vec0)
 %% pinned to two CPUs with {cpu, auto} (see README), two more over bess
 %% left where the host scheduler puts them, as all the others are, and two
 %% over bess on a switch of their own, the guests pinned to two CPUs and
-%% the switch's thread to the receiver's (README, `cpu'). All ten are up at
-%% once; the ping and TCP runs alternate between the pairs.
+%% the switch's thread to the receiver's (README, `cpu'). All twelve are up
+%% at once; the ping and TCP runs alternate between the pairs.
 guests(S, Tmp) ->
     Runs = env_int("EVUM_BENCH_SWITCH_TCP_RUNS", 5),
     MB = env_int("EVUM_BENCH_SWITCH_TCP_MB", 128),
@@ -970,27 +1023,33 @@ guests(S, Tmp) ->
         catch evum_switch:stop(Placed)
     end.
 
-guests(S, Placed, {Sender, Receiver}, Tmp, Runs, MB) ->
+guests(S, Placed, Cpus, Tmp, Runs, MB) ->
     with_peer_switch(uml_switch, Tmp, "uml-guests", fun(Uml) ->
-        UCtl = peer_ctl(Uml),
-        Pairs = [
-            {evum, "eth0", [guest(evum_bench_sw_e1, [{switch, S}]), guest(evum_bench_sw_e2, [{switch, S}])]},
-            {uml_switch, "eth0", [guest(evum_bench_sw_u1, [{eth, 0, "daemon,02:ee:00:00:00:01,unix," ++ UCtl}]),
-                                  guest(evum_bench_sw_u2, [{eth, 0, "daemon,02:ee:00:00:00:02,unix," ++ UCtl}])]},
-            {evum_bess, "vec0", [guest(evum_bench_sw_b1, [{switch, S}, {transport, bess}, {cpu, auto}]),
-                                 guest(evum_bench_sw_b2, [{switch, S}, {transport, bess}, {cpu, auto}])]},
-            {bess_unpinned, "vec0", [guest(evum_bench_sw_f1, [{switch, S}, {transport, bess}]),
-                                     guest(evum_bench_sw_f2, [{switch, S}, {transport, bess}])]},
-            {bess_placed, "vec0", [guest(evum_bench_sw_p1, [{switch, Placed}, {transport, bess}, {cpu, Sender}]),
-                                   guest(evum_bench_sw_p2, [{switch, Placed}, {transport, bess}, {cpu, Receiver}])]}
-        ],
-        try
-            guest_runs(Pairs, Runs, MB)
-        after
-            [catch evm:stop(Vm) || {_, _, Two} <- Pairs, Vm <- Two],
-            flush()
-        end
+        with_peer_switch(uml_switch, Tmp, "uml-guests-2", fun(Uml2) ->
+            guest_pairs(S, Placed, Cpus, {peer_ctl(Uml), peer_ctl(Uml2)}, Runs, MB)
+        end)
     end).
+
+guest_pairs(S, Placed, {Sender, Receiver}, {UCtl, UCtl2}, Runs, MB) ->
+    Pairs = [
+        {evum, "eth0", [guest(evum_bench_sw_e1, [{switch, S}]), guest(evum_bench_sw_e2, [{switch, S}])]},
+        {uml_switch, "eth0", [guest(evum_bench_sw_u1, [{eth, 0, "daemon,02:ee:00:00:00:01,unix," ++ UCtl}]),
+                              guest(evum_bench_sw_u2, [{eth, 0, "daemon,02:ee:00:00:00:02,unix," ++ UCtl}])]},
+        {uml_switch_2, "eth0", [guest(evum_bench_sw_a1, [{eth, 0, "daemon,02:ee:00:00:00:03,unix," ++ UCtl2}]),
+                                guest(evum_bench_sw_a2, [{eth, 0, "daemon,02:ee:00:00:00:04,unix," ++ UCtl2}])]},
+        {evum_bess, "vec0", [guest(evum_bench_sw_b1, [{switch, S}, {transport, bess}, {cpu, auto}]),
+                             guest(evum_bench_sw_b2, [{switch, S}, {transport, bess}, {cpu, auto}])]},
+        {bess_unpinned, "vec0", [guest(evum_bench_sw_f1, [{switch, S}, {transport, bess}]),
+                                 guest(evum_bench_sw_f2, [{switch, S}, {transport, bess}])]},
+        {bess_placed, "vec0", [guest(evum_bench_sw_p1, [{switch, Placed}, {transport, bess}, {cpu, Sender}]),
+                               guest(evum_bench_sw_p2, [{switch, Placed}, {transport, bess}, {cpu, Receiver}])]}
+    ],
+    try
+        guest_runs(Pairs, Runs, MB)
+    after
+        [catch evm:stop(Vm) || {_, _, Two} <- Pairs, Vm <- Two],
+        flush()
+    end.
 
 %% Two CPUs this node may run on (the same one twice on a single CPU), for
 %% a sending and a receiving guest.
@@ -1023,13 +1082,16 @@ guest_runs(Pairs, Runs, MB) ->
         end
      || {Kind, If, [A, B]} <- Pairs
     ],
-    %% Ping runs alternate between the daemon pairs (evum, uml_switch,
-    %% uml_switch, evum, ...); each bess pair's is printed too.
-    PingRuns = env_int("EVUM_BENCH_SWITCH_PING_RUNS", 8),
+    %% Ping: many short runs, the daemon pairs' in turn (the order rotating
+    %% from round to round), each run's median reply one sample; each bess
+    %% pair's runs once, for show. A run's median moves by up to a tenth
+    %% from one run to the next, alike over any switch, so one run decides
+    %% nothing: see no_regression/3.
+    PingRuns = env_int("EVUM_BENCH_SWITCH_PING_RUNS", 16),
     Daemons = [{Kind, A} || {Kind, "eth0", [A, _]} <- Pairs],
-    Order = lists:append([case I rem 2 of 1 -> Daemons; 0 -> lists:reverse(Daemons) end
-                          || I <- lists:seq(1, PingRuns)]),
+    Order = lists:append([rotate(Daemons, (I - 1) rem length(Daemons)) || I <- lists:seq(1, PingRuns)]),
     Pings = [{Kind, ping_run(Kind, A)} || {Kind, A} <- Order ++ [{K, A} || {K, "vec0", [A, _]} <- Pairs]],
+    RunMedians = fun(Kind) -> [median(Ts) || {K, {_, Ts}} <- Pings, K =:= Kind] end,
     Rtt = maps:from_list([{Kind, {lists:sum([Avg || {K, {Avg, _}} <- Pings, K =:= Kind]) /
                                       length([K || {K, _} <- Pings, K =:= Kind]),
                                   median(lists:append([Ts || {K, {_, Ts}} <- Pings, K =:= Kind]))}}
@@ -1038,7 +1100,9 @@ guest_runs(Pairs, Runs, MB) ->
     %% leaves out a stream's start: the first stream between two freshly
     %% booted guests was the slowest of its series for most pairs and runs
     %% (for every pair in one run, by up to a half).
-    [tcp_run(Kind, A, B, 4999, 32, 0) || {Kind, _, [A, B]} <- Pairs],
+    %% The A/A pair is there for the ping comparison only.
+    TcpPairs = [P || {Kind, _, _} = P <- Pairs, Kind =/= uml_switch_2],
+    [tcp_run(Kind, A, B, 4999, 32, 0) || {Kind, _, [A, B]} <- TcpPairs],
     Tcp = lists:foldl(
         fun(I, Acc) ->
             lists:foldl(
@@ -1047,13 +1111,14 @@ guest_runs(Pairs, Runs, MB) ->
                     maps:update_with(Kind, fun(L) -> [Mbps | L] end, [Mbps], Acc1)
                 end,
                 Acc,
-                rotate(Pairs, (I - 1) rem length(Pairs))
+                rotate(TcpPairs, (I - 1) rem length(TcpPairs))
             )
         end,
         #{},
         lists:seq(1, Runs)
     ),
     #{rtt => {maps:get(evum, Rtt), maps:get(uml_switch, Rtt)},
+      run_medians => {RunMedians(evum), RunMedians(uml_switch), RunMedians(uml_switch_2)},
       bess_rtt => maps:get(evum_bess, Rtt),
       pings => length([K || {K, _} <- Pings, K =:= evum]),
       tcp => {median(maps:get(evum, Tcp)), median(maps:get(uml_switch, Tcp))},
@@ -1074,7 +1139,7 @@ addresses(_) -> {"10.0.0.1", "10.0.0.2"}.
 %% busybox ping's average, and every reply's time (for a median).
 ping_run(Kind, Vm) ->
     {_, IpB} = addresses(Kind),
-    {ok, 0, Out} = evum:cmd(Vm, ["ping -c 25 -i 0.1 ", IpB], 30000),
+    {ok, 0, Out} = evum:cmd(Vm, ["ping -c 25 -i 0.05 ", IpB], 30000),
     {match, [Min, Avg, Max]} =
         re:run(Out, "min/avg/max = ([0-9.]+)/([0-9.]+)/([0-9.]+) ms", [{capture, all_but_first, list}]),
     {match, [Rx]} = re:run(Out, "(\\d+) packets received", [{capture, all_but_first, list}]),
@@ -1082,7 +1147,7 @@ ping_run(Kind, Vm) ->
         {match, Ts} -> [list_to_float(T) || [T] <- Ts];
         nomatch -> []
     end,
-    io:format("  ~-10s ping -c 25 -i 0.1: min/avg/max ~s/~s/~s ms, median ~.3f ms, ~s of 25 answered~n",
+    io:format("  ~-12s ping -c 25 -i 0.05: min/avg/max ~s/~s/~s ms, median ~.3f ms, ~s of 25 answered~n",
               [Kind, Min, Avg, Max, median(Times), Rx]),
     {list_to_float(Avg), Times}.
 
