@@ -802,7 +802,7 @@ switch_bench(S, Load, Secs, Rounds, Tmp) ->
     [begin
          #{Key := {Es, Us, As}} = Guests,
          {AaRatio, AaP, _} = ab_compare(As, Us),
-         io:format("  guests: ping ~s, A/A: the same comparison between the two uml_switch pairs: ratio ~.3f, "
+         io:format("  guests: ping ~s, A/A: the same comparison between the two uml_switches: ratio ~.3f, "
                    "p = ~.3f (what two identical switches differ by in this run)~n", [Stat, AaRatio, AaP]),
          no_regression("switch guest ping RTT evum/uml_switch" ++ Tag, Stat, Es, Us)
      end
@@ -1010,14 +1010,15 @@ stop_peer_switch(#{port := Port, pgid := Pgid, dir := Dir}) ->
     kill_group(Port, Pgid, Dir, 5000, peer_switch_left).
 
 %% Two busybox guests on evum's switch over the daemon transport, two on a
-%% fresh uml_switch, two on a second uml_switch (the A/A pair: what two
-%% identical switches differ by in this run), two on evum's switch over the
-%% bess transport (vec0)
+%% fresh uml_switch, two on evum's switch over the bess transport (vec0)
 %% pinned to two CPUs with {cpu, auto} (see README), two more over bess
 %% left where the host scheduler puts them, as all the others are, and two
 %% over bess on a switch of their own, the guests pinned to two CPUs and
-%% the switch's thread to the receiver's (README, `cpu'). All twelve are up
-%% at once; the ping and TCP runs alternate between the pairs.
+%% the switch's thread to the receiver's (README, `cpu'); and the ping
+%% pair, each of its guests on evum's switch, on the uml_switch and on a
+%% second uml_switch (the A/A comparison: what two identical switches
+%% differ by in this run). All twelve are up at once; the ping and TCP runs
+%% alternate between the switches and the pairs.
 guests(S, Tmp) ->
     Runs = env_int("EVUM_BENCH_SWITCH_TCP_RUNS", 5),
     MB = env_int("EVUM_BENCH_SWITCH_TCP_MB", 128),
@@ -1041,8 +1042,6 @@ guest_pairs(S, Placed, {Sender, Receiver}, {UCtl, UCtl2}, Runs, MB) ->
         {evum, "eth0", [guest(evum_bench_sw_e1, [{switch, S}]), guest(evum_bench_sw_e2, [{switch, S}])]},
         {uml_switch, "eth0", [guest(evum_bench_sw_u1, [{eth, 0, "daemon,02:ee:00:00:00:01,unix," ++ UCtl}]),
                               guest(evum_bench_sw_u2, [{eth, 0, "daemon,02:ee:00:00:00:02,unix," ++ UCtl}])]},
-        {uml_switch_2, "eth0", [guest(evum_bench_sw_a1, [{eth, 0, "daemon,02:ee:00:00:00:03,unix," ++ UCtl2}]),
-                                guest(evum_bench_sw_a2, [{eth, 0, "daemon,02:ee:00:00:00:04,unix," ++ UCtl2}])]},
         {evum_bess, "vec0", [guest(evum_bench_sw_b1, [{switch, S}, {transport, bess}, {cpu, auto}]),
                              guest(evum_bench_sw_b2, [{switch, S}, {transport, bess}, {cpu, auto}])]},
         {bess_unpinned, "vec0", [guest(evum_bench_sw_f1, [{switch, S}, {transport, bess}]),
@@ -1050,10 +1049,18 @@ guest_pairs(S, Placed, {Sender, Receiver}, {UCtl, UCtl2}, Runs, MB) ->
         {bess_placed, "vec0", [guest(evum_bench_sw_p1, [{switch, Placed}, {transport, bess}, {cpu, Sender}]),
                                guest(evum_bench_sw_p2, [{switch, Placed}, {transport, bess}, {cpu, Receiver}])]}
     ],
+    %% The ping comparison's own pair: each guest on all three switches
+    %% at once, eth0 on evum's, eth1 on uml_switch, eth2 on the second
+    %% uml_switch, so that every switch is measured between the same two
+    %% guests (two pairs of guests differ by more than two switches do).
+    Pinger = [guest(Label, [{switch, S},
+                            {eth, 1, "daemon,02:ee:00:00:01:0" ++ N ++ ",unix," ++ UCtl},
+                            {eth, 2, "daemon,02:ee:00:00:02:0" ++ N ++ ",unix," ++ UCtl2}])
+              || {Label, N} <- [{evum_bench_sw_x1, "1"}, {evum_bench_sw_x2, "2"}]],
     try
-        guest_runs(Pairs, Runs, MB)
+        guest_runs(Pairs, Pinger, Runs, MB)
     after
-        [catch evm:stop(Vm) || {_, _, Two} <- Pairs, Vm <- Two],
+        [catch evm:stop(Vm) || Vm <- Pinger ++ [Vm || {_, _, Two} <- Pairs, Vm <- Two]],
         flush()
     end.
 
@@ -1077,7 +1084,7 @@ guest(Label, Net) ->
     note_pgid(OsPid, Umid),
     Vm.
 
-guest_runs(Pairs, Runs, MB) ->
+guest_runs(Pairs, Pinger, Runs, MB) ->
     [
         begin
             {IpA, IpB} = addresses(Kind),
@@ -1088,28 +1095,38 @@ guest_runs(Pairs, Runs, MB) ->
         end
      || {Kind, If, [A, B]} <- Pairs
     ],
-    %% Ping: many short runs, the daemon pairs' in turn (the order rotating
-    %% from round to round), each run's median reply one sample; each bess
-    %% pair's runs once, for show. A run's median moves by up to a tenth
-    %% from one run to the next, alike over any switch, so one run decides
-    %% nothing: see no_regression/4.
+    [X1, X2] = Pinger,
+    Arms = [
+        begin
+            {ok, 0, _} = evum:cmd(X1, ["ifconfig ", If, " ", Net, ".21 netmask 255.255.255.0 up"]),
+            {ok, 0, _} = evum:cmd(X2, ["ifconfig ", If, " ", Net, ".22 netmask 255.255.255.0 up"]),
+            {ok, 0, _} = evum:cmd(X1, ["ping -c 2 -W 3 ", Net, ".22"], 20000),
+            {Kind, Net ++ ".22"}
+        end
+     || {Kind, If, Net} <- [{evum, "eth0", "10.0.0"}, {uml_switch, "eth1", "10.0.1"}, {uml_switch_2, "eth2", "10.0.2"}]
+    ],
+    %% Ping: many short runs, over the three switches in turn, each round
+    %% in the next of the six orders (each switch as often right after
+    %% each other); each run's median reply and average are one sample
+    %% each. A run's median moves by up to a tenth from one run to the
+    %% next, alike over any switch, so one run decides nothing: see
+    %% no_regression/4. Each pair pings once too, for show.
     PingRuns = env_int("EVUM_BENCH_SWITCH_PING_RUNS", 16),
-    Daemons = [{Kind, A} || {Kind, "eth0", [A, _]} <- Pairs],
-    Order = lists:append([rotate(Daemons, (I - 1) rem length(Daemons)) || I <- lists:seq(1, PingRuns)]),
-    Pings = [{Kind, ping_run(Kind, A)} || {Kind, A} <- Order ++ [{K, A} || {K, "vec0", [A, _]} <- Pairs]],
+    Orders = permutations(Arms),
+    Order = lists:append([lists:nth((I - 1) rem length(Orders) + 1, Orders) || I <- lists:seq(1, PingRuns)]),
+    Pings = [{Kind, ping_run(Kind, X1, Ip)} || {Kind, Ip} <- Order],
+    PairPings = [{Kind, ping_run(pair_label(Kind), A, element(2, addresses(Kind)))} || {Kind, _, [A, _]} <- Pairs],
     RunMedians = fun(Kind) -> [median(Ts) || {K, {_, Ts}} <- Pings, K =:= Kind] end,
     RunAverages = fun(Kind) -> [Avg || {K, {Avg, _}} <- Pings, K =:= Kind] end,
-    Rtt = maps:from_list([{Kind, {lists:sum([Avg || {K, {Avg, _}} <- Pings, K =:= Kind]) /
-                                      length([K || {K, _} <- Pings, K =:= Kind]),
-                                  median(lists:append([Ts || {K, {_, Ts}} <- Pings, K =:= Kind]))}}
-                          || {Kind, _, _} <- Pairs]),
+    Rtt = maps:from_list([{Kind, {lists:sum([Avg || {K, {Avg, _}} <- Ps, K =:= Kind]) /
+                                      length([K || {K, _} <- Ps, K =:= Kind]),
+                                  median(lists:append([Ts || {K, {_, Ts}} <- Ps, K =:= Kind]))}}
+                          || {Ps, Kinds} <- [{Pings, [evum, uml_switch]}, {PairPings, [evum_bess]}], Kind <- Kinds]),
     %% One uncounted 32 MiB transfer per pair first, as iperf3's --omit
     %% leaves out a stream's start: the first stream between two freshly
     %% booted guests was the slowest of its series for most pairs and runs
     %% (for every pair in one run, by up to a half).
-    %% The A/A pair is there for the ping comparison only.
-    TcpPairs = [P || {Kind, _, _} = P <- Pairs, Kind =/= uml_switch_2],
-    [tcp_run(Kind, A, B, 4999, 32, 0) || {Kind, _, [A, B]} <- TcpPairs],
+    [tcp_run(Kind, A, B, 4999, 32, 0) || {Kind, _, [A, B]} <- Pairs],
     Tcp = lists:foldl(
         fun(I, Acc) ->
             lists:foldl(
@@ -1118,7 +1135,7 @@ guest_runs(Pairs, Runs, MB) ->
                     maps:update_with(Kind, fun(L) -> [Mbps | L] end, [Mbps], Acc1)
                 end,
                 Acc,
-                rotate(TcpPairs, (I - 1) rem length(TcpPairs))
+                rotate(Pairs, (I - 1) rem length(Pairs))
             )
         end,
         #{},
@@ -1138,6 +1155,13 @@ guest_runs(Pairs, Runs, MB) ->
 run_name(0) -> "warmup";
 run_name(I) -> "run " ++ integer_to_list(I).
 
+%% How a pair's own ping run is printed, apart from the ping pair's.
+pair_label(Kind) -> list_to_atom(atom_to_list(Kind) ++ "_pair").
+
+%% Every order of L's elements.
+permutations([]) -> [[]];
+permutations(L) -> [[H | T] || H <- L, T <- permutations(L -- [H])].
+
 %% A pair's two guest addresses: the pairs on evum's switch share it.
 addresses(evum_bess) -> {"10.0.0.3", "10.0.0.4"};
 addresses(bess_unpinned) -> {"10.0.0.5", "10.0.0.6"};
@@ -1145,8 +1169,7 @@ addresses(bess_placed) -> {"10.0.0.7", "10.0.0.8"};
 addresses(_) -> {"10.0.0.1", "10.0.0.2"}.
 
 %% busybox ping's average, and every reply's time (for a median).
-ping_run(Kind, Vm) ->
-    {_, IpB} = addresses(Kind),
+ping_run(Kind, Vm, IpB) ->
     {ok, 0, Out} = evum:cmd(Vm, ["ping -c 25 -i 0.05 ", IpB], 30000),
     {match, [Min, Avg, Max]} =
         re:run(Out, "min/avg/max = ([0-9.]+)/([0-9.]+)/([0-9.]+) ms", [{capture, all_but_first, list}]),
@@ -1155,7 +1178,7 @@ ping_run(Kind, Vm) ->
         {match, Ts} -> [list_to_float(T) || [T] <- Ts];
         nomatch -> []
     end,
-    io:format("  ~-12s ping -c 25 -i 0.05: min/avg/max ~s/~s/~s ms, median ~.3f ms, ~s of 25 answered~n",
+    io:format("  ~-18s ping -c 25 -i 0.05: min/avg/max ~s/~s/~s ms, median ~.3f ms, ~s of 25 answered~n",
               [Kind, Min, Avg, Max, median(Times), Rx]),
     {list_to_float(Avg), Times}.
 
