@@ -841,8 +841,7 @@ no_regression(What, Stat, Xs, Us) ->
 %% Ratio of the means of Xs and Us, the one-sided p of Xs being the
 %% larger, and whether that makes a regression (no_regression/4).
 ab_compare(Xs, Us) ->
-    Mean = fun(L) -> lists:sum(L) / length(L) end,
-    Ratio = Mean(Xs) / Mean(Us),
+    Ratio = mean(Xs) / mean(Us),
     P = sign_flip_p([X - U || {X, U} <- lists:zip(Xs, Us)]),
     {Ratio, P, P < 0.01 andalso Ratio > 1.05}.
 
@@ -1118,8 +1117,7 @@ guest_runs(Pairs, Pinger, Runs, MB) ->
     PairPings = [{Kind, ping_run(pair_label(Kind), A, element(2, addresses(Kind)))} || {Kind, _, [A, _]} <- Pairs],
     RunMedians = fun(Kind) -> [median(Ts) || {K, {_, Ts}} <- Pings, K =:= Kind] end,
     RunAverages = fun(Kind) -> [Avg || {K, {Avg, _}} <- Pings, K =:= Kind] end,
-    Rtt = maps:from_list([{Kind, {lists:sum([Avg || {K, {Avg, _}} <- Ps, K =:= Kind]) /
-                                      length([K || {K, _} <- Ps, K =:= Kind]),
+    Rtt = maps:from_list([{Kind, {mean([Avg || {K, {Avg, _}} <- Ps, K =:= Kind]),
                                   median(lists:append([Ts || {K, {_, Ts}} <- Ps, K =:= Kind]))}}
                           || {Ps, Kinds} <- [{Pings, [evum, uml_switch]}, {PairPings, [evum_bess]}], Kind <- Kinds]),
     %% One uncounted 32 MiB transfer per pair first, as iperf3's --omit
@@ -1665,6 +1663,9 @@ op('>=') -> ">=".
 verdict(V, '=<', T) when V =< T -> "PASS";
 verdict(V, '>=', T) when V >= T -> "PASS";
 verdict(_, _, _) -> "MISS".
+
+mean([]) -> error(no_samples);
+mean(L) -> lists:sum(L) / length(L).
 
 median([]) -> error(no_samples);
 median(L) ->
