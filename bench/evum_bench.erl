@@ -994,16 +994,32 @@ with_peer_switch(Kind, Tmp, Tag, Fun) ->
         stop_peer_switch(P)
     end.
 
+%% Waits until the peer listens on Ctl: both peers bind the socket before they
+%% listen, so a connect between the two is refused although the file exists.
 wait_socket(#{ctl := Ctl, port := Port, kind := Kind} = P, Ms) ->
-    case file:read_link_info(Ctl) of
-        {ok, _} -> ok;
-        _ when Ms =< 0 -> error({no_control_socket, Kind, Ctl});
+    case listening(Ctl) of
+        true -> ok;
+        false when Ms =< 0 -> error({no_control_socket, Kind, Ctl});
         _ ->
             receive
                 {Port, {exit_status, St}} -> error({peer_switch_exited, Kind, St})
             after 20 -> wait_socket(P, Ms - 20)
             end
     end.
+
+%% Whether a unix socket bound at Path listens: its line in /proc/net/unix
+%% ("Num RefCount Protocol Flags Type St Inode Path") has the accept flag
+%% (__SO_ACCEPTCON, 16#10000) set.
+listening(Path) ->
+    {ok, Table} = file:read_file("/proc/net/unix"),
+    Want = list_to_binary(Path),
+    lists:any(fun(Line) ->
+                      case binary:split(Line, <<" ">>, [global, trim_all]) of
+                          [_, _, _, Flags, _, _, _, Want] -> binary_to_integer(Flags, 16) band 16#10000 =/= 0;
+                          _ -> false
+                      end
+              end,
+              binary:split(Table, <<"\n">>, [global])).
 
 stop_peer_switch(#{port := Port, pgid := Pgid, dir := Dir}) ->
     kill_group(Port, Pgid, Dir, 5000, peer_switch_left).

@@ -161,6 +161,20 @@ fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
     }
 }
 
+/// Whether a unix stream socket bound at `path` is listening: its line in
+/// /proc/net/unix has the accept flag (__SO_ACCEPTCON, 0x10000) set. The
+/// table is read as bytes: abstract names (ours among them) need not be UTF-8.
+fn listening(path: &Path) -> bool {
+    const ACCEPTING: u32 = 0x10000;
+    let table = std::fs::read("/proc/net/unix").expect("/proc/net/unix");
+    String::from_utf8_lossy(&table).lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.len() == 8
+            && Path::new(fields[7]) == path
+            && u32::from_str_radix(fields[3], 16).is_ok_and(|flags| flags & ACCEPTING != 0)
+    })
+}
+
 /// The switching behaviour every faithful switch shows, driven through the
 /// daemon protocol only.
 fn switching_scenario(ctl: &Path) {
@@ -219,7 +233,9 @@ fn the_same_client_works_against_uml_switch() {
         }
     }
     let _child = Kill(child);
-    wait_until("uml_switch's socket", || ctl.exists());
+    // uml_switch binds its socket before it listens: the file appearing is
+    // not enough, a connect in between is refused.
+    wait_until("uml_switch to listen", || listening(&ctl));
     switching_scenario(&ctl);
 }
 
