@@ -13,7 +13,7 @@
     busybox_initramfs/2,
     effective_uid/0,
     lookup_user/1,
-    switch_start/3,
+    switch_start/4,
     switch_stop/1,
     switch_sockets/1,
     switch_attach/5,
@@ -58,7 +58,7 @@ mconsole_request(_Socket, _Command, _TimeoutMs) -> ?NOT_LOADED.
 busybox_initramfs(_Busybox, _CacheDir) -> ?NOT_LOADED.
 effective_uid() -> ?NOT_LOADED.
 lookup_user(_Name) -> ?NOT_LOADED.
-switch_start(_Hub, _RunAs, _Cpu) -> ?NOT_LOADED.
+switch_start(_Hub, _RunAs, _Cpu, _BusyPoll) -> ?NOT_LOADED.
 switch_stop(_Switch) -> ?NOT_LOADED.
 switch_sockets(_Switch) -> ?NOT_LOADED.
 switch_attach(_Switch, _Owner, _Server, _Mac, _Promiscuous) -> ?NOT_LOADED.

@@ -39,6 +39,9 @@
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
 
 -define(IS_PORT(P), (is_integer(P) andalso P >= 0 andalso P =< 65535)).
+%% The longest busy_poll taken, in microseconds: polling longer than a
+%% millisecond before each sleep would be a core spent on waiting.
+-define(MAX_BUSY_POLL_US, 1000).
 
 -type switch() :: pid() | atom().
 -type port_id() :: non_neg_integer().
@@ -75,7 +78,11 @@ start() ->
 %% (evum's gateway as a port of the switch, like QEMU's user networking:
 %% DHCP, DNS, NAT through host sockets, port forwards), `{cpu, Cpu}' (the
 %% host CPUs the switch's thread may run on, as evm:create/1's `cpu':
-%% `any', the default, `auto', `N' or `[N]'). Gateway settings, a
+%% `any', the default, `auto', `N' or `[N]'), `{busy_poll, Microseconds}'
+%% (0-1000, default 32: the longest the switch's thread polls for frames
+%% before it sleeps, as QEMU's `poll-max-ns'; it adapts, growing while
+%% frames flow densely and falling to nothing when they do not; 0 never
+%% polls, for the least CPU when a core is scarce). Gateway settings, a
 %% map, all optional: `network' (10.0.2.0), `prefix_len' (24), `gateway'
 %% (10.0.2.2), `dns' (10.0.2.3), `dhcp_start' (10.0.2.15), `dns_forwarding'
 %% (true), `host_loopback' (false: guests do not reach the host's
@@ -83,7 +90,8 @@ start() ->
 %% `tcp_idle_timeout_ms', `udp_idle_timeout_ms', `mtu'. An option it does
 %% not know is `{error, {bad_option, Option}}'.
 -spec start([{name, atom()} | anonymous | hub | {hub, boolean()} | gateway | {gateway, map()} |
-             {cpu, any | auto | non_neg_integer() | [non_neg_integer()]}]) ->
+             {cpu, any | auto | non_neg_integer() | [non_neg_integer()]} |
+             {busy_poll, 0..?MAX_BUSY_POLL_US}]) ->
     {ok, pid()} | {error, term()}.
 start(Options) ->
     case check_options(Options) of
@@ -99,7 +107,8 @@ start_checked(Options) ->
             Settings when is_map(Settings) -> Settings
         end,
     {ok, Cpu} = evum_opts:cpu(proplists:get_value(cpu, Options, any)),
-    Init = {proplists:get_bool(hub, Options), Gateway, Cpu},
+    BusyPoll = proplists:get_value(busy_poll, Options, default),
+    Init = {proplists:get_bool(hub, Options), Gateway, Cpu, BusyPoll},
     Name =
         case {proplists:get_bool(anonymous, Options), proplists:get_value(name, Options)} of
             {true, _} -> none;
@@ -140,6 +149,7 @@ good_option({hub, Hub}) -> is_boolean(Hub);
 good_option(gateway) -> true;
 good_option({gateway, Settings}) -> is_boolean(Settings) orelse is_map(Settings);
 good_option({cpu, Cpu}) -> element(1, evum_opts:cpu(Cpu)) =:= ok;
+good_option({busy_poll, Us}) -> is_integer(Us) andalso Us >= 0 andalso Us =< ?MAX_BUSY_POLL_US;
 good_option(_) -> false.
 
 -spec stop(switch()) -> ok.
@@ -271,11 +281,11 @@ addr(_) -> error.
 
 %%% gen_server
 
-init({Hub, Gateway, Cpu}) ->
+init({Hub, Gateway, Cpu, BusyPoll}) ->
     %% Its sockets go where VMs of the host dist, which may run as another
     %% user, can reach them too.
     {ok, RunAs} = evum_dist:host_user(),
-    case evum_nif:switch_start(Hub, RunAs, Cpu) of
+    case evum_nif:switch_start(Hub, RunAs, Cpu, BusyPoll) of
         {ok, Switch} ->
             {ok, Ctl, Bess} = evum_nif:switch_sockets(Switch),
             S = #state{switch = Switch, ctl = Ctl, bess = Bess},

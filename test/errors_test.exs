@@ -32,6 +32,12 @@ defmodule EvumTest.ErrorsTest do
     assert Evum.Switch.start([:anonymous, cpu: :fast]) == {:error, {:bad_option, {:cpu, :fast}}}
     assert {:error, {:bad_option, why}} = Evum.Switch.start([:anonymous, cpu: 4096])
     assert why =~ "CPU 4096 is not one evum may run on"
+
+    for us <- [-1, 1001, 2.5, :fast] do
+      assert Evum.Switch.start([:anonymous, busy_poll: us]) ==
+               {:error, {:bad_option, {:busy_poll, us}}}
+    end
+
     assert Evum.Switch.start(:not_a_list) == {:error, {:bad_option, :not_a_list}}
     refute_received _
   end

@@ -20,7 +20,7 @@ switch_test_() ->
             {"garbage and a flood at a live switch: counted, pings keep flowing", garbage},
             {"sniffed frames read as tcpdump would print them", describe_frames},
             {"the switch's sockets go with it", cleanup},
-            {"a switch's thread runs on the CPU its cpu option names", pinned}
+            {"a switch's thread runs on the CPU its cpu option names, busy-polling or not", pinned}
         ]
     ]}.
 
@@ -190,7 +190,8 @@ cleanup() ->
 pinned() ->
     Cpu = lists:last(evum_tests:own_cpus()),
     Before = switch_threads_on([Cpu]),
-    {ok, S} = evum_switch:start([{name, sw_pinned}, {cpu, Cpu}]),
+    %% And one that never busy-polls: the guests ping just the same.
+    {ok, S} = evum_switch:start([{name, sw_pinned}, {cpu, Cpu}, {busy_poll, 0}]),
     ?assertEqual(Before + 1, switch_threads_on([Cpu])),
     Vms = [vm(S, L, A) || {L, A} <- [{sw_pin1, "10.0.0.1"}, {sw_pin2, "10.0.0.2"}]],
     ?assertMatch({ok, 0, _}, evum:cmd(hd(Vms), "ping -c 2 -W 3 10.0.0.2")),
@@ -201,7 +202,9 @@ pinned() ->
     ?assertMatch({match, _}, re:run(Why, "CPU 100000 is not one evum may run on")),
     ?assertEqual({error, {bad_option, {cpu, fast}}}, evum_switch:start([anonymous, {cpu, fast}])),
     ?assertEqual({error, {bad_option, {cpu, [0, -1]}}}, evum_switch:start([anonymous, {cpu, [0, -1]}])),
-    ?assertEqual({error, {bad_option, {mtu, 9000}}}, evum_switch:start([anonymous, {mtu, 9000}])).
+    ?assertEqual({error, {bad_option, {mtu, 9000}}}, evum_switch:start([anonymous, {mtu, 9000}])),
+    [?assertEqual({error, {bad_option, {busy_poll, Us}}}, evum_switch:start([anonymous, {busy_poll, Us}]))
+     || Us <- [-1, 1001, 2.5, fast]].
 
 %% How many switch threads of this BEAM may run only on `Cpus'.
 switch_threads_on(Cpus) ->

@@ -25,8 +25,10 @@ defmodule Evum.Switch do
   (flood every frame to every port), `:gateway` or `gateway: settings` (evum's
   gateway as a port of the switch: DHCP, DNS, NAT through host sockets, port
   forwards; see `:evum_switch.start/1` for the settings), `cpu: cpu` (the
-  host CPUs its thread may run on, as `Evm.create/1`'s `cpu`). An unknown
-  option is `{:error, {:bad_option, option}}`.
+  host CPUs its thread may run on, as `Evm.create/1`'s `cpu`),
+  `busy_poll: microseconds` (0-1000, default 32: the longest its thread
+  polls for frames before it sleeps; it adapts to the traffic, and 0 never
+  polls). An unknown option is `{:error, {:bad_option, option}}`.
   """
   @spec start(keyword()) :: {:ok, pid()} | {:error, term()}
   defdelegate start(options), to: :evum_switch

@@ -214,6 +214,13 @@ fn daemon_clients_exchange_frames_like_a_switch() {
 }
 
 #[test]
+fn a_switch_that_never_polls_switches_alike() {
+    let dir = TempDir::new("no-busy-poll");
+    let switch = start(&dir, |config| config.busy_poll = Duration::ZERO);
+    switching_scenario(&switch.control_socket());
+}
+
+#[test]
 fn the_same_client_works_against_uml_switch() {
     let dir = TempDir::new("uml_switch");
     let ctl = dir.0.join("ctl");

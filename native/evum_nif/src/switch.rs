@@ -5,6 +5,7 @@
 //! Switch being the evum_switch process that owns the switch.
 
 use std::sync::Mutex;
+use std::time::Duration;
 
 use crate::atom_map;
 use evum_core::placement::{choice_set, CpuChoice};
@@ -81,9 +82,11 @@ fn with_switch<'a>(env: Env<'a>, res: &SwitchResource, f: impl FnOnce(&Switch) -
 /// Starts a switch whose sockets live in a new private directory under
 /// evum's runtime base: that of VMs run as `run_as` (`{Uid, Gid}`), so they
 /// can join, or evum's own (`undefined`). `cpu` is the `cpu` option's text
-/// (`any`, `auto`, `0,2`) for the switch's thread.
+/// (`any`, `auto`, `0,2`) for the switch's thread; `busy_poll` the longest
+/// it polls for events before it sleeps, in microseconds (`default`: the
+/// switch's own default).
 #[rustler::nif(schedule = "DirtyIo")]
-fn switch_start<'a>(env: Env<'a>, hub: bool, run_as: Term<'a>, cpu: &str) -> Term<'a> {
+fn switch_start<'a>(env: Env<'a>, hub: bool, run_as: Term<'a>, cpu: &str, busy_poll: Term<'a>) -> Term<'a> {
     let cpus = match CpuChoice::parse(cpu).and_then(|choice| choice_set(&choice)) {
         Ok(cpus) => cpus,
         Err(e) => return (atoms::error(), (atoms::bad_option(), e.to_string())).encode(env),
@@ -95,6 +98,9 @@ fn switch_start<'a>(env: Env<'a>, hub: bool, run_as: Term<'a>, cpu: &str) -> Ter
     let mut config = SwitchConfig::new(&dir);
     config.hub = hub;
     config.cpus = cpus;
+    if let Ok(us) = busy_poll.decode::<u64>() {
+        config.busy_poll = Duration::from_micros(us);
+    }
     match Switch::start(config) {
         Ok(switch) => {
             let resource = SwitchResource {

@@ -15,6 +15,7 @@ use crossbeam_channel::Receiver;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use super::busy_poll::BusyPoll;
 use super::daemon::{self, RawUnixAddr, RequestError, REQUEST_LEN};
 use super::fdb::{is_group, Fdb, Mac};
 use super::port::{Offer, Peer, Port};
@@ -96,6 +97,8 @@ pub struct SwitchLoop {
     /// socket used up its turn (see [`TURN_BATCHES`]). Read again once
     /// they are not held, after the other sockets had theirs.
     deferred: Vec<u64>,
+    /// How long to poll for events before sleeping.
+    busy_poll: BusyPoll,
     /// The loop keeps the waker's eventfd open: were the [`Switch`] to close
     /// it on drop, epoll would forget the fd and with it the wake-up that
     /// carries the stop.
@@ -131,6 +134,7 @@ impl SwitchLoop {
             now: Instant::now(),
             congested: Vec::new(),
             deferred: Vec::new(),
+            busy_poll: BusyPoll::new(config.busy_poll),
             poll,
             rx,
             fdb: Fdb::new(config.mac_ageing),
@@ -202,7 +206,7 @@ impl SwitchLoop {
             } else {
                 self.next_deadline().saturating_duration_since(Instant::now())
             };
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+            if let Err(e) = self.wait(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     log::error!("evum switch: poll failed: {e}");
                     std::thread::sleep(Duration::from_millis(10));
@@ -242,6 +246,37 @@ impl SwitchLoop {
             }
             self.resume_input(&mut batch);
         }
+    }
+
+    /// Waits up to `timeout` for events: polls for them for as long as
+    /// [`BusyPoll`] says, then sleeps; how long the wait took adapts the
+    /// polling. The polling yields the CPU between looks, so that it costs
+    /// only time no other thread of that CPU wanted: without that, TCP
+    /// between two guests on a 2-core machine lost up to 8% to it.
+    fn wait(&mut self, events: &mut Events, timeout: Duration) -> io::Result<()> {
+        if timeout.is_zero() {
+            return self.poll.poll(events, Some(timeout));
+        }
+        let started = Instant::now();
+        let polling = self.busy_poll.time().min(timeout);
+        // Those of the last turn, when there is no polling to replace them.
+        events.clear();
+        if !polling.is_zero() {
+            loop {
+                self.poll.poll(events, Some(Duration::ZERO))?;
+                if !events.is_empty() || started.elapsed() >= polling {
+                    break;
+                }
+                // Another runnable thread of this CPU (a guest) goes first.
+                let _ = nix::sched::sched_yield();
+            }
+        }
+        if events.is_empty() {
+            let rest = timeout.saturating_sub(started.elapsed());
+            self.poll.poll(events, Some(rest))?;
+        }
+        self.busy_poll.record(started.elapsed());
+        Ok(())
     }
 
     fn next_deadline(&self) -> Instant {

@@ -44,6 +44,7 @@
 //! sent in batches, one sendmmsg per destination port per batch received; a
 //! known unicast destination is found without looking at the other ports.
 
+mod busy_poll;
 pub mod daemon;
 mod event_loop;
 pub mod fdb;
@@ -157,6 +158,11 @@ pub struct SwitchConfig {
     /// to a receiver that stalls now and then, and holds its senders up for
     /// as long when it stops reading.
     pub max_hold: Duration,
+    /// The longest the switch's thread polls for events before it sleeps
+    /// (32 µs, QEMU's `poll-max-ns`; zero: it never polls). The time adapts
+    /// to the traffic: it grows while the switch's waits are short, as they
+    /// are while frames flow, and falls to nothing when they are long.
+    pub busy_poll: Duration,
     /// How long a learned MAC is kept without traffic (300 s).
     pub mac_ageing: Duration,
     /// How long a control connection may take to send its request (5 s).
@@ -180,6 +186,7 @@ impl SwitchConfig {
             hub: false,
             queue_len: 256,
             max_hold: Duration::from_millis(5),
+            busy_poll: Duration::from_micros(32),
             mac_ageing: Duration::from_secs(300),
             request_timeout: Duration::from_secs(5),
             max_pending: 64,
