@@ -111,7 +111,6 @@ fn the_switch_polls_while_frames_flow_and_sleeps_when_they_stop() {
     let (never_polling, switch) = sleeps_per_frame(Duration::ZERO);
     switch.stop();
     let (polling, switch) = sleeps_per_frame(SwitchConfig::new("unused").busy_poll);
-    eprintln!("sleeps per frame forwarded: {polling:.4} polling, {never_polling:.4} not");
     assert!(
         polling < never_polling / 2.0,
         "the switch's thread slept {polling:.4} times per frame polling, {never_polling:.4} not polling"
