@@ -1,18 +1,25 @@
 # evum: the two commands a newcomer needs are `make demo` and `make test`.
 # Both install what is missing first (Debian packages, as root or via sudo).
 
+# Debian's user-mode-linux stays as a second kernel (and uml_switch's peer in
+# the benchmarks); evum's own is built from Debian's kernel source with
+# gcc, make, flex, bison, bc and libelf-dev.
 APT_PACKAGES = user-mode-linux busybox-static uml-utilities vde2 libvdeplug-slirp \
 	debootstrap debian-archive-keyring wget e2fsprogs gzip \
-	erlang erlang-dev elixir rebar3 cargo libslirp-dev libglib2.0-dev pkg-config procps ca-certificates
+	erlang erlang-dev elixir rebar3 cargo libslirp-dev libglib2.0-dev pkg-config procps ca-certificates \
+	gcc make libc6-dev flex bison bc libelf-dev
 SUDO = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps compile demo test test-rust test-erlang test-elixir test-consumers bench lint fmt clean
+.PHONY: all deps packages kernel compile demo test test-rust test-erlang test-elixir test-consumers bench lint fmt clean
 
 all: compile
 
+# Everything evum needs: Debian's packages, then evum's own UML kernel.
+deps: packages kernel
+
 # Installs the Debian packages evum needs that are not installed yet (cargo
 # only if no cargo is on the PATH: a rustup toolchain will do).
-deps:
+packages:
 	@missing=$$(for p in $(APT_PACKAGES); do \
 		[ $$p = cargo ] && command -v cargo >/dev/null 2>&1 && continue; \
 		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; \
@@ -22,6 +29,11 @@ deps:
 		$(SUDO) apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
 	fi
+
+# Builds evum's UML kernel once per machine (a download of about 160 MB
+# and a few minutes of compiling) into evum's cache; a no-op once built.
+kernel: packages
+	cargo run --release --quiet -p evum_core --bin evum-kernel -- build
 
 compile: deps
 	rebar3 compile

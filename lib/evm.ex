@@ -65,6 +65,8 @@ defmodule Evm do
           | {:env, text(), text()}
           | {:append, text() | [text()]}
           | {:cpu, :any | :auto | non_neg_integer() | [non_neg_integer()]}
+          | {:seccomp, boolean()}
+          | {:cpus, 1..8}
 
   @typedoc """
   An option of `create/1`. A keyword list is such a list; bare atoms
@@ -80,7 +82,8 @@ defmodule Evm do
           | :tagged
           | {:tagged, boolean()}
           | {:hostname, String.t() | charlist()}
-          | {:kernel, Path.t()}
+          | {:kernel, :evum | Path.t()}
+          | {:transport, :bess | :daemon}
           | {:umid, String.t() | charlist()}
           | {:uml_dir, Path.t()}
           | boot_option()
@@ -111,7 +114,11 @@ defmodule Evm do
     * `:tagged` - console lines as `{:evum, vm, {:console, line}}` instead of
       bare binaries.
     * `:hostname` - the guest's hostname, `"evm"` by default.
-    * `:kernel` - the UML binary (the application's `kernel`, `linux`).
+    * `:kernel` - `:evum` (the default, the application's `kernel`): evum's
+      own UML kernel, built once per machine (`make deps`, or on first use);
+      or the path of any UML binary (Debian's is `"linux"`).
+    * `:transport` - how eth0 reaches the `:switch`: `:bess` (the vector
+      driver, the default) or `:daemon` (kernels up to 6.15 only).
     * `:umid`, `:uml_dir` - UML's own names for the VM and its directory.
     * `:verbose` - the kernel's boot log on the console.
     * `:cpu` - the host CPUs the VM's processes run on: `:any` (the
@@ -121,12 +128,33 @@ defmodule Evm do
       system call, which is much cheaper when they share a CPU: a pinned
       VM is faster when it has its CPU to itself, and waits for it when
       not. A CPU evum may not use is `{:error, {:bad_option, reason}}`.
+    * `:seccomp` - `true` runs the guest's processes under a seccomp
+      filter instead of ptrace (the kernel's `seccomp=on`; faster, says the
+      kernel's help). **For trusted guests only**: the kernel's own help
+      calls it insecure with an untrusted userspace, whose processes could
+      read and write all of the VM's memory. `false` (ptrace) is the default.
+    * `:cpus` - the guest's virtual CPUs, 1 to 8 (`cpu` above is the
+      host's). Implies `seccomp: true`, as UML starts SMP only in seccomp
+      mode; with `seccomp: false` it is
+      `{:error, {:bad_option, {{:cpus, n}, {:seccomp, false}}}}`.
+      `:seccomp` and `:cpus` need a kernel that has them (evum's own does,
+      Debian's 6.1 does not): on another one the result is
+      `{:error, {:unsupported_by_kernel, kernel, :seccomp | :cpus}}`,
+      before anything starts.
     * the original boot options: `:mem`, `:con`, `:ssl`, `:disk`, `:ubd`,
       `:eth`, `:init`, `:initrd`, `:root`, `:rootflags`, `:rootfstype`,
       `:write`, `:quiet`, `:hostfs`, `:append`, `:env` (see `t:boot_option/0`).
 
   An option it does not know, or one with a value of the wrong type, is
   `{:error, {:bad_option, option}}`.
+
+  A guest that dies before it is up is
+  `{:error, {:boot_failed, exit, lines}}`: `exit` as in the owner's
+  `{:evum, vm, {:exit, exit}}` message, `lines` the kernel's last console
+  lines before it (at most 20, newest last, without a panic's stack dump).
+  When they show a host incompatibility evum knows, the result is
+  `{:error, {:unsupported_host, problem, fix}}` instead (two strings), and
+  the lines go to the logger.
 
       {:ok, vm} = Evm.create(label: :web, mem: 128, tagged: true)
   """

@@ -20,7 +20,7 @@
     | tagged
     | {tagged, boolean()}
     | {hostname, string() | binary()}
-    | {kernel, file:filename_all()}
+    | {kernel, evum | file:filename_all()}
     | {umid, string() | binary()}
     | {uml_dir, file:filename_all()}
     | {switch, evum_switch:switch()}
@@ -42,17 +42,35 @@
 %% instead of a login shell; the VM halts when it exits), `progress' (a
 %% fun called with the progress of a download or build of the image),
 %% `tagged' (console lines as `{evum, Vm, {console, Line}}'), `hostname',
-%% `kernel' (the UML binary), `umid', `uml_dir', `switch' (eth0 on that
-%% evum_switch, its MAC derived from the label), `{transport, bess}' (vec0
-%% over the vector driver instead of eth0), `{net, Name}' (or `{location,
+%% `kernel' (`evum', the default: evum's own kernel, built on first use,
+%% see evum_kernel; or the path of any UML binary), `umid', `uml_dir',
+%% `switch' (eth0 on that evum_switch, its MAC derived from the label),
+%% `{transport, bess | daemon}' (how eth0 reaches the switch: the vector
+%% driver, the default, or the daemon transport of kernels up to 6.15, as
+%% uml_switch speaks it), `{net, Name}' (or `{location,
 %% Name}': eth0 on a named network of the `networks' setting, with the next
 %% address from it), `{cpu, any | auto | N | [N]}' (the host CPUs the VM's
 %% processes run on: anywhere, one evum picks in turn, or these; see
 %% README), `verbose' (the kernel's boot
-%% log on the console), and the original boot options (`mem', `con', `ssl',
-%% `disk', `ubd', `eth', `init', `initrd', `root', `rootflags', `rootfstype',
-%% `write', `quiet', `hostfs', `append', `env'). An option it does not know is
-%% `{error, {bad_option, Option}}'.
+%% log on the console), `{seccomp, true}' (the guest's processes run under a
+%% seccomp filter instead of ptrace: faster system calls, but the kernel's
+%% own help calls it insecure with an untrusted userspace, so for trusted
+%% guests only), `{cpus, N}' (N virtual CPUs, 1 to 8; implies `{seccomp,
+%% true}', as UML starts SMP only in seccomp mode), and the original boot
+%% options (`mem', `con', `ssl', `disk', `ubd', `eth', `init', `initrd',
+%% `root', `rootflags', `rootfstype', `write', `quiet', `hostfs', `append',
+%% `env'). An option it does not know is `{error, {bad_option, Option}}',
+%% as are `{cpus, N}' with `{seccomp, false}' (`{error, {bad_option,
+%% {{cpus, N}, {seccomp, false}}}}'). `seccomp' and `cpus' need a kernel
+%% that has them (evum's own; Debian's 6.1 has neither): on another, the
+%% result is `{error, {unsupported_by_kernel, Kernel, seccomp | cpus}}',
+%% before anything is started.
+%%
+%% A guest that dies before it is up is `{error, {boot_failed, Exit,
+%% Lines}}', with Exit as in `{evum, Vm, {exit, Exit}}' and Lines the
+%% kernel's last console lines (at most 20, newest last), or `{error,
+%% {unsupported_host, Problem, Fix}}' when those lines show a host
+%% incompatibility evum knows (the lines then go to the logger).
 -spec create([option()]) -> {ok, pid()} | {error, term()}.
 create(Options) when is_list(Options) ->
     case application:ensure_all_started(evum) of
@@ -66,7 +84,7 @@ create_vm(Options) ->
     {Own, Boot} = lists:partition(fun is_create_option/1, Options),
     Get = fun(Key, Default) -> proplists:get_value(Key, Own, Default) end,
     {ok, DefaultTimeout} = application:get_env(evum, boot_timeout),
-    {ok, DefaultKernel} = application:get_env(evum, kernel),
+    DefaultKernel = application:get_env(evum, kernel, evum),
     %% {net, Name} (the original code's {location, Name}) is a named network:
     %% its switch, then an address from it once the guest is up.
     Net = Get(net, Get(location, undefined)),
@@ -84,12 +102,20 @@ create_vm(Options) ->
             },
             with(dist, evum_dist:boot_options(Get(dist, busybox), Context), VM)
         end,
+        fun(VM) ->
+            Progress = Get(progress, fun(_) -> ok end),
+            case evum_kernel:resolve(Get(kernel, DefaultKernel), Progress) of
+                {ok, Kernel, KernelBoot} -> {ok, VM#{kernel => {Kernel, KernelBoot}}};
+                Error -> Error
+            end
+        end,
         fun(#{label := Label, switch := Switch, mac := Mac, dist := {DistBoot, RunAs}} = VM) ->
-            Network = network(Switch, Get(transport, daemon), Mac),
+            #{kernel := {Kernel, KernelBoot}} = VM,
+            Network = network(Switch, Get(transport, bess), Mac),
             Config = fun(NifBoot) ->
                 #{
                     label => Label,
-                    kernel => bin(Get(kernel, DefaultKernel)),
+                    kernel => Kernel,
                     boot => NifBoot,
                     umid => bin(Get(umid, "")),
                     uml_dir => bin(Get(uml_dir, "")),
@@ -99,7 +125,7 @@ create_vm(Options) ->
                     boot_timeout => Get(timeout, DefaultTimeout)
                 }
             end,
-            case evum_opts:normalize(overridden(DistBoot, Boot) ++ Network ++ Boot) of
+            case evum_opts:normalize(overridden(DistBoot, Boot) ++ KernelBoot ++ Network ++ Boot) of
                 {ok, NifBoot} -> {ok, VM#{config => Config(NifBoot)}};
                 Error -> Error
             end
@@ -178,9 +204,11 @@ chain([Step | Rest], Previous) ->
         Error -> Error
     end.
 
-%% The VM's interface on a switch: eth0 over the daemon transport (what
-%% uml_switch speaks), or vec0 over the vector driver's bess mode, whose own
-%% socket lives in the VM's runtime directory.
+%% The VM's interface on a switch: over the vector driver's bess mode (the
+%% default; every kernel evum runs has it, 7.x has nothing else), whose own
+%% socket lives in the VM's runtime directory, or over the daemon transport
+%% (what uml_switch speaks; kernels up to 6.15). evum's init names the
+%% guest's interface eth0 either way.
 network(undefined, _Transport, _Mac) ->
     [];
 network(Switch, daemon, Mac) ->

@@ -30,7 +30,10 @@
     gateway_add_forward/2,
     gateway_remove_forward/2,
     gateway_forwards/1,
-    gateway_counters/1
+    gateway_counters/1,
+    kernel_cached/1,
+    kernel_lpj/1,
+    kernel_build/3
 ]).
 
 -on_load(load/0).
@@ -76,3 +79,6 @@ gateway_add_forward(_Gateway, _Forward) -> ?NOT_LOADED.
 gateway_remove_forward(_Gateway, _Forward) -> ?NOT_LOADED.
 gateway_forwards(_Gateway) -> ?NOT_LOADED.
 gateway_counters(_Gateway) -> ?NOT_LOADED.
+kernel_cached(_CacheDir) -> ?NOT_LOADED.
+kernel_lpj(_CacheDir) -> ?NOT_LOADED.
+kernel_build(_CacheDir, _ReplyTo, _Ref) -> ?NOT_LOADED.

@@ -7,6 +7,9 @@
 
 -export_type([boot_option/0, nif_option/0]).
 
+%% The most virtual CPUs a guest may have: evum's kernel has NR_CPUS 8.
+-define(MAX_CPUS, 8).
+
 -type text() :: string() | binary() | atom().
 -type boot_option() ::
     {con, text()}
@@ -33,7 +36,9 @@
     | {hostfs, text()}
     | {env, text(), text()}
     | {append, text() | [text()]}
-    | {cpu, any | auto | non_neg_integer() | [non_neg_integer()]}.
+    | {cpu, any | auto | non_neg_integer() | [non_neg_integer()]}
+    | {seccomp, boolean()}
+    | {cpus, 1..?MAX_CPUS}.
 -type nif_option() :: {binary(), integer(), binary()}.
 
 %% @doc Checks and converts boot options. An unknown option or a value of
@@ -41,7 +46,9 @@
 -spec normalize([boot_option()]) -> {ok, [nif_option()]} | {error, {bad_option, term()}}.
 normalize(Options) when is_list(Options) ->
     try
-        {ok, lists:append([option(O) || O <- Options])}
+        Normalized = lists:append([option(O) || O <- Options]),
+        check_cpus(Options),
+        {ok, Normalized}
     catch
         throw:{bad_option, _} = Why -> {error, Why}
     end;
@@ -51,7 +58,7 @@ normalize(Options) ->
 option(verbose) -> [flag(verbose, true)];
 option(quiet) -> [flag(verbose, false)];
 option(write) -> [flag(write, true)];
-option({Flag, Bool} = O) when Flag =:= verbose; Flag =:= write ->
+option({Flag, Bool} = O) when Flag =:= verbose; Flag =:= write; Flag =:= seccomp ->
     is_boolean(Bool) orelse throw({bad_option, O}),
     [flag(Flag, Bool)];
 option({Name, Index, Value} = O) when
@@ -82,6 +89,10 @@ option({Name, Value} = O) when
     Name =:= hostfs
 ->
     [{atom_to_binary(Name), -1, text(Value, O)}];
+option({cpus, N}) when is_integer(N), N >= 1, N =< ?MAX_CPUS ->
+    [{<<"cpus">>, -1, integer_to_binary(N)}];
+option({cpus, _} = O) ->
+    throw({bad_option, O});
 option({cpu, Cpu}) ->
     [{<<"cpu">>, -1, cpu_text(Cpu)}];
 option({env, Key, Value} = O) ->
@@ -94,6 +105,14 @@ option({append, Arg} = O) ->
     [{<<"append">>, -1, text(Arg, O)}];
 option(O) ->
     throw({bad_option, O}).
+
+%% An SMP UML kernel starts only in seccomp mode, which `cpus' implies: with
+%% `{seccomp, false}' the two contradict each other.
+check_cpus(Options) ->
+    case {lists:keyfind(cpus, 1, Options), lists:member({seccomp, false}, Options)} of
+        {{cpus, _} = Cpus, true} -> throw({bad_option, {Cpus, {seccomp, false}}});
+        _ -> ok
+    end.
 
 %% @doc The `cpu' option as the NIF reads it (`any', `auto', `0,2'), for a
 %% VM or a switch's thread; the NIF checks the numbers against the CPUs

@@ -158,8 +158,8 @@ handle_info(boot_timeout, #state{phase = booting, waiting_ready = W, vm = Vm} = 
     {noreply, S#state{phase = stopping, waiting_ready = [], stop_requested = true}};
 handle_info(boot_timeout, S) ->
     {noreply, S};
-handle_info({evum_exit, How}, S) ->
-    exited(How, S);
+handle_info({evum_exit, How, Lines}, S) ->
+    exited(How, Lines, S);
 handle_info({stop_step, Step}, S) ->
     {noreply, stop_step(Step, S)};
 handle_info({'DOWN', _, process, Owner, _}, #state{owner = Owner} = S) ->
@@ -174,7 +174,7 @@ handle_info(_Msg, S) ->
 begin_stop(#state{phase = Phase} = S) when Phase =:= stopping; Phase =:= exited ->
     S;
 begin_stop(#state{vm = undefined} = S) ->
-    self() ! {evum_exit, never_started},
+    self() ! {evum_exit, never_started, []},
     S#state{phase = stopping};
 begin_stop(#state{phase = ready} = S) ->
     stop_step(sync, S#state{phase = stopping});
@@ -214,10 +214,10 @@ run_stop_step(sigkill, Vm) ->
 
 index(X, List) -> length(lists:takewhile(fun(Y) -> Y =/= X end, List)).
 
-exited(How, S) ->
+exited(How, Lines, S) ->
     #state{owner = Owner, waiting_ready = WR, waiting_exit = WE, commands = Commands} = S,
     Owner ! {evum, self(), {exit, How}},
-    [gen_server:reply(From, {error, {exited, How}}) || From <- WR],
+    WR =:= [] orelse boot_failed(WR, How, Lines, S),
     [gen_server:reply(From, {error, {exited, How}}) || {From, _} <- maps:values(Commands)],
     [gen_server:reply(From, ok) || From <- WE],
     Final = S#state{phase = exited, exit = How, waiting_ready = [], waiting_exit = [], commands = #{}},
@@ -229,6 +229,37 @@ exited(How, S) ->
         end,
     {stop, Reason, Final}.
 
+%% The guest died before it came up: its boot waiters hear why, in the
+%% kernel's own last lines, or as a host problem with its fix when the lines
+%% show one evum knows. A stop asked for during the boot is no failure.
+boot_failed(Waiting, How, _Lines, #state{stop_requested = true}) ->
+    [gen_server:reply(From, {error, {exited, How}}) || From <- Waiting];
+boot_failed(Waiting, How, Lines, #state{config = #{kernel := Kernel}}) ->
+    Error =
+        case host_problem(Lines) of
+            {Problem, Fix} ->
+                logger:error("evum: UML kernel ~ts cannot run on this host: ~ts; ~ts.~nIts last lines:~n~ts", [
+                    Kernel, Problem, Fix, lists:join("\n", Lines)
+                ]),
+                {unsupported_host, Problem, Fix};
+            none ->
+                {boot_failed, How, Lines}
+        end,
+    [gen_server:reply(From, {error, Error}) || From <- Waiting].
+
+%% Host incompatibilities a kernel's dying words name, with what fixes them.
+host_problem(Lines) ->
+    Known = [
+        {<<"ptrace set fp regs failed">>,
+            {<<"this UML kernel saves a fixed-size FPU state that this CPU's XSAVE area (AVX-512/AMX) does not fit">>,
+                <<"use evum's own kernel (the default; `make deps` builds it)">>}}
+    ],
+    Found = [Answer || {Mark, Answer} <- Known, lists:any(fun(L) -> binary:match(L, Mark) =/= nomatch end, Lines)],
+    case Found of
+        [Answer | _] -> Answer;
+        [] -> none
+    end.
+
 %% Shut down with the VM still running (supervisor shutdown, a crash): stop
 %% it here and wait, so no VM outlives its process.
 terminate(_Reason, #state{phase = exited}) ->
@@ -238,11 +269,11 @@ terminate(_Reason, #state{vm = undefined}) ->
 terminate(_Reason, #state{vm = Vm}) ->
     evum_nif:vm_signal(Vm, sigterm, false),
     receive
-        {evum_exit, _} -> ok
+        {evum_exit, _, _} -> ok
     after ?TERM_GRACE ->
         evum_nif:vm_signal(Vm, sigkill, true),
         receive
-            {evum_exit, _} -> ok
+            {evum_exit, _, _} -> ok
         after ?KILL_GRACE -> ok
         end
     end.

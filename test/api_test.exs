@@ -38,7 +38,7 @@ defmodule EvumTest.ApiTest do
   test "the application's environment is src/evum.app.src's" do
     {:ok, [{:application, :evum, props}]} = :file.consult("src/evum.app.src")
     for {key, value} <- props[:env], do: assert(Application.get_env(:evum, key) == value)
-    assert Application.get_env(:evum, :kernel) == ~c"linux"
+    assert Application.get_env(:evum, :kernel) == :evum
     assert Application.get_env(:evum, :busybox) == ~c"/bin/busybox"
     assert Application.get_env(:evum, :cache_dir) == :default
     assert Application.get_env(:evum, :boot_timeout) == 30_000

@@ -2,6 +2,28 @@ defmodule EvumTest.ErrorsTest do
   # Bad input is an {:error, _} result, never a crash, and leaves nothing.
   use ExUnit.Case, async: false
   import EvumTest.Helpers
+  import ExUnit.CaptureLog
+
+  # Debian's UML 6.1: neither seccomp mode nor SMP.
+  @debian_kernel "/usr/bin/linux"
+
+  # A kernel with seccomp and SMP: the application's, unless that is still
+  # Debian's `linux` (or evum's own, not built yet).
+  defp kernel do
+    case Application.get_env(:evum, :kernel) do
+      :evum ->
+        case :evum_kernel.path() do
+          {:ok, path} -> path
+          {:error, :not_built} -> "/tmp/kproto/linux-source-7.2/linux"
+        end
+
+      k when k in ["linux", ~c"linux", nil] ->
+        "/tmp/kproto/linux-source-7.2/linux"
+
+      k ->
+        k
+    end
+  end
 
   test "options Evm.create/1 does not know" do
     assert Evm.create(label: :ex_bad, bogus: 1) == {:error, {:bad_option, {:bogus, 1}}}
@@ -52,6 +74,72 @@ defmodule EvumTest.ErrorsTest do
   test "a kernel that is not there" do
     assert {:error, _} = Evm.create(label: :ex_no_kernel, kernel: "/nonexistent/linux")
     assert Process.whereis(:ex_no_kernel) == nil
+  end
+
+  test "seccomp: and cpus: values that are not theirs" do
+    for bad <- [cpus: 0, cpus: 9, cpus: :two, seccomp: :maybe] do
+      assert Evm.create([bad, label: :ex_bad]) == {:error, {:bad_option, bad}}
+    end
+
+    # SMP UML runs only in seccomp mode: the two contradict each other.
+    assert Evm.create(label: :ex_bad, cpus: 2, seccomp: false) ==
+             {:error, {:bad_option, {{:cpus, 2}, {:seccomp, false}}}}
+
+    assert Process.whereis(:ex_bad) == nil
+    refute_received _
+  end
+
+  test "seccomp: and cpus: on a kernel without them" do
+    if File.exists?(@debian_kernel) do
+      assert Evm.create(label: :ex_old, kernel: @debian_kernel, seccomp: true) ==
+               {:error, {:unsupported_by_kernel, @debian_kernel, :seccomp}}
+
+      assert Evm.create(label: :ex_old, kernel: @debian_kernel, cpus: 2) ==
+               {:error, {:unsupported_by_kernel, @debian_kernel, :cpus}}
+
+      # Refused before anything started: no VM, no message.
+      assert Process.whereis(:ex_old) == nil
+      refute_receive _, 200
+    else
+      IO.puts("skipped: no UML kernel at #{@debian_kernel}")
+    end
+  end
+
+  test "a boot that fails says why" do
+    # No init in the initramfs and no root disk: the kernel panics.
+    assert {:error, {:boot_failed, {:signal, :sigabrt}, lines}} =
+             Evm.create(label: :ex_panic, kernel: kernel(), append: "rdinit=/nonexistent")
+
+    assert Enum.any?(lines, &(&1 =~ "Kernel panic - not syncing: VFS: Unable to mount root fs"))
+    assert length(lines) <= 20
+    # The owner hears of the exit as ever.
+    assert_receive {:evum, _vm, {:exit, {:signal, :sigabrt}}}, 15_000
+    assert Process.whereis(:ex_panic) == nil
+  end
+
+  @tag :tmp_dir
+  test "a boot that fails on a known host problem names it and its fix", %{tmp_dir: dir} do
+    # A script plays Debian's 6.1 on an AMX host: the line, then an abort.
+    fake = Path.join(dir, "linux")
+
+    File.write!(fake, """
+    #!/bin/sh
+    echo 'userspace - ptrace set fp regs failed, errno = 14'
+    kill -ABRT $$
+    """)
+
+    File.chmod!(fake, 0o755)
+
+    log =
+      capture_log(fn ->
+        assert {:error, {:unsupported_host, problem, fix}} = Evm.create(kernel: fake)
+        assert problem =~ "XSAVE"
+        assert fix =~ "evum's own kernel"
+      end)
+
+    # The kernel's own lines are in the log.
+    assert log =~ "ptrace set fp regs failed, errno = 14"
+    assert_receive {:evum, _vm, {:exit, {:signal, :sigabrt}}}, 15_000
   end
 
   test "a boot that takes longer than :timeout" do

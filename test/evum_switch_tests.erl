@@ -14,7 +14,7 @@ switch_test_() ->
      || {T, F} <- [
             {"three VMs on one switch ping each other", three_vms},
             {"an Erlang process answers a guest's ARP and ping", erlang_port},
-            {"a bess VM and a daemon VM on one switch", bess},
+            {"a bess VM and a daemon VM (Debian's 6.1 kernel) on one switch", bess},
             {"named networks hand out the original config's addresses", named_networks},
             {"the original README's Using the Host OS session", host_os_session},
             {"garbage and a flood at a live switch: counted, pings keep flowing", garbage},
@@ -37,7 +37,7 @@ three_vms() ->
      || Vm <- Vms, Peer <- ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
     ],
     {ok, Ports} = evum_switch:ports(S),
-    ?assertEqual(3, length([P || #{kind := daemon} = P <- Ports])),
+    ?assertEqual(3, length([P || #{kind := bess} = P <- Ports])),
     %% Each port names its VM.
     ?assertEqual(lists:sort(Vms), lists:sort([Peer || #{peer := Peer} <- Ports])),
     ?assert(lists:all(fun(#{frames_in := In, frames_out := Out}) -> In > 0 andalso Out > 0 end, Ports)),
@@ -75,21 +75,31 @@ named_networks() ->
 address(Vm) ->
     evum:cmd(Vm, "ip -4 -o addr show eth0 | sed 's/.*inet \\([0-9.]*\\).*/\\1/'").
 
+%% Guests join over bess by default; the daemon transport is for kernels up
+%% to 6.15, such as Debian's 6.1, where that kernel runs on this host.
 bess() ->
     {ok, S} = evum_switch:start([{name, sw_bess}]),
-    Daemon = vm(S, sw_daemon, "10.0.0.1"),
-    {ok, Bess} = evm:create([{label, sw_bess_vm}, {switch, S}, {transport, bess}, {timeout, ?BOOT}]),
-    {ok, 0, _} = evum:cmd(Bess, "ifconfig vec0 10.0.0.2 netmask 255.255.255.0 up"),
-    ?assertMatch({ok, 0, _}, evum:cmd(Bess, "ping -c 2 -W 3 10.0.0.1")),
-    ?assertMatch({ok, 0, _}, evum:cmd(Daemon, "ping -c 2 -W 3 10.0.0.2")),
-    {ok, Ports} = evum_switch:ports(S),
-    ?assertEqual([bess, daemon], lists:sort([K || #{kind := K} <- Ports])),
+    Bess = vm(S, sw_bess_vm, "10.0.0.2"),
+    Daemon = evm:create([
+        {label, sw_daemon}, {switch, S}, {transport, daemon}, {kernel, "/usr/bin/linux"}, {timeout, ?BOOT}
+    ]),
+    case Daemon of
+        {ok, D} ->
+            {ok, 0, _} = evum:cmd(D, "ifconfig eth0 10.0.0.1 netmask 255.255.255.0 up"),
+            ?assertMatch({ok, 0, _}, evum:cmd(Bess, "ping -c 2 -W 3 10.0.0.1")),
+            ?assertMatch({ok, 0, _}, evum:cmd(D, "ping -c 2 -W 3 10.0.0.2")),
+            {ok, Ports} = evum_switch:ports(S),
+            ?assertEqual([bess, daemon], lists:sort([K || #{kind := K} <- Ports])),
+            ok = evm:stop(D);
+        {error, Why} ->
+            io:format(user, "~nskipped the daemon VM: Debian's 6.1 UML does not run here (~0p)~n", [Why])
+    end,
     %% Its own end of the connection lives in its runtime directory.
     #{runtime_dir := Dir} = evum:info(Bess),
     ?assertMatch({ok, _}, file:read_link_info(filename:join(Dir, "bess"))),
     ?assertEqual({error, {bad_option, {transport, carrier_pigeon}}},
                  evm:create([{switch, S}, {transport, carrier_pigeon}])),
-    [ok = evm:stop(Vm) || Vm <- [Daemon, Bess]],
+    ok = evm:stop(Bess),
     ?assertNot(filelib:is_dir(Dir)),
     evum_switch:stop(S).
 

@@ -186,7 +186,9 @@ mconsole() ->
     Vm = create([]),
     #{mconsole_socket := Socket} = Info = evum:info(Vm),
     {ok, Version} = mcons:version(Vm),
-    ?assertMatch({_, _}, binary:match(Version, <<"6.1">>)),
+    %% The guest kernel's release, as the guest itself reports it.
+    {ok, 0, Release} = evum:cmd(Vm, "uname -r"),
+    ?assertMatch({_, _}, binary:match(Version, string:trim(Release))),
     Peer = os:cmd("uml_mconsole " ++ binary_to_list(Socket) ++ " version 2>/dev/null"),
     ?assertEqual("OK " ++ binary_to_list(Version) ++ "\n", Peer),
     {ok, Help} = mcons:help(Vm),

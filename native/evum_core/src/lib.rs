@@ -1,23 +1,25 @@
 //! evum's core: User-Mode Linux VMs as managed host processes, with their
-//! consoles, command channels and management consoles. Nothing here knows
-//! about the BEAM; `evum_nif` binds it to Erlang.
+//! consoles, command channels and management consoles, the Ethernet switch
+//! they meet on, the gateway out of it, their images and their kernel.
+//! Nothing here knows about the BEAM; `evum_nif` binds it to Erlang.
+//!
+//! One folder per subsystem:
+//! - [`vm`]: one VM's host process, its I/O loop, console, command channel,
+//!   boot options, CPU placement and the watchdog that outlives the BEAM.
+//! - [`switch`]: the Ethernet switch (daemon and bess transports).
+//! - [`gateway`]: user networking (libslirp) as a port of a switch.
+//! - [`image`]: configuration, downloads and the root images guests boot.
+//! - [`kernel`]: evum's own UML kernel, built once per machine.
+//! - [`mconsole`]: the client of UML's management console.
 
-pub mod config;
-pub mod console;
-pub mod control;
-pub mod fetch;
 pub mod gateway;
 pub mod image;
-pub mod io_loop;
+pub mod kernel;
 pub mod mconsole;
-pub mod options;
-pub mod placement;
-pub mod process;
 pub mod switch;
 pub mod vm;
-pub mod watchdog;
 
-pub use control::ControlEvent;
-pub use io_loop::{Exit, NotRunning, VmEvents, VmHandle};
-pub use options::BootOption;
+pub use vm::control::ControlEvent;
+pub use vm::io_loop::{Exit, NotRunning, VmEvents, VmHandle};
+pub use vm::options::BootOption;
 pub use vm::{start, Vm, VmConfig};

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use evum_core::fetch::{fetch, Checksum, FetchError, FetchRequest, Progress};
+use evum_core::image::fetch::{fetch, Checksum, FetchError, FetchRequest, Progress};
 use sha2::Digest;
 
 // ---------------------------------------------------------------- fixtures

@@ -61,16 +61,16 @@ impl Net {
     }
 }
 
-/// Guests of the gateway tests configure vec0 by DHCP.
+/// Guests of the gateway tests configure eth0 (the vector driver's vec0, renamed by init) by DHCP.
 trait Dhcp {
     fn dhcp(&mut self) -> String;
 }
 
 impl Dhcp for Guest {
-    /// Configures vec0 by DHCP with the image's own udhcpc script.
+    /// Configures eth0 by DHCP with the image's own udhcpc script.
     fn dhcp(&mut self) -> String {
-        self.ok("ifconfig vec0 up && udhcpc -i vec0 -n -q -t 5 -T 1");
-        self.ok("ifconfig vec0")
+        self.ok("ifconfig eth0 up && udhcpc -i eth0 -n -q -t 5 -T 1");
+        self.ok("ifconfig eth0")
     }
 }
 
@@ -299,8 +299,8 @@ fn a_flooding_guest_hits_the_limit_while_others_keep_talking() {
     let mut b = net.guest(2);
     let mut c = net.guest(3);
     flooder.dhcp();
-    b.ok("ifconfig vec0 10.0.2.30 netmask 255.255.255.0 up");
-    c.ok("ifconfig vec0 10.0.2.31 netmask 255.255.255.0 up");
+    b.ok("ifconfig eth0 10.0.2.30 netmask 255.255.255.0 up");
+    c.ok("ifconfig eth0 10.0.2.31 netmask 255.255.255.0 up");
     // Each nc holds its connection open: the server does not close.
     flooder.ok(&format!(
         "i=0; while [ $i -lt {ATTEMPTS} ]; do nc 10.0.2.2 {} </dev/null >/dev/null 2>&1 & i=$((i+1)); done",
@@ -361,8 +361,8 @@ fn garbage_and_a_syn_flood_from_a_raw_port_are_counted_and_survived() {
     let raw = BessClient::connect(&net.switch.bess_socket());
     let mut b = net.guest(2);
     let mut c = net.guest(3);
-    b.ok("ifconfig vec0 10.0.2.30 netmask 255.255.255.0 up");
-    c.ok("ifconfig vec0 10.0.2.31 netmask 255.255.255.0 up");
+    b.ok("ifconfig eth0 10.0.2.30 netmask 255.255.255.0 up");
+    c.ok("ifconfig eth0 10.0.2.31 netmask 255.255.255.0 up");
 
     // Garbage of every kind, all to the gateway's MAC.
     let before = net.gw().counters().unwrap();

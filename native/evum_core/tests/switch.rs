@@ -803,7 +803,7 @@ fn stopping_closes_ports_and_removes_the_sockets() {
 
 mod guests {
     use super::*;
-    use common::{boot, Guest};
+    use common::{boot, boot_on, debian_kernel, Guest};
     use evum_core::BootOption;
 
     /// Configures `a` as 10.0.0.1 on `if_a` and `b` as 10.0.0.2 on `if_b`,
@@ -835,12 +835,13 @@ mod guests {
 
     #[test]
     fn two_guests_ping_over_the_daemon_transport() {
+        let Some(debian) = debian_kernel() else { return };
         let dir = TempDir::new("guests-daemon");
         let switch = start(&dir, |_| {});
         let ctl = switch.control_socket();
         let eth = |n: u8| BootOption::Eth(0, format!("daemon,02:00:00:00:00:0{n},unix,{}", ctl.display()));
-        let a = boot(eth(1));
-        let b = boot(eth(2));
+        let a = boot_on(&debian, eth(1));
+        let b = boot_on(&debian, eth(2));
         // A daemon port exists from boot on.
         assert_eq!(switch.ports().unwrap().len(), 2);
         ping_pair(&switch, a, b, "eth0", "eth0", [PortKind::Daemon; 2]);
@@ -862,24 +863,29 @@ mod guests {
         };
         let a = boot(vec(1));
         let b = boot(vec(2));
-        // The vector driver connects when the interface is brought up.
-        ping_pair(&switch, a, b, "vec0", "vec0", [PortKind::Bess; 2]);
+        // The vector driver connects when the interface is brought up;
+        // evum's init names it eth0.
+        ping_pair(&switch, a, b, "eth0", "eth0", [PortKind::Bess; 2]);
         wait_until("the guests' ports to go", || switch.ports().unwrap().is_empty());
     }
 
     #[test]
     fn a_daemon_guest_pings_a_bess_guest() {
+        let Some(debian) = debian_kernel() else { return };
         let dir = TempDir::new("guests-mixed");
         let switch = start(&dir, |_| {});
-        let a = boot(BootOption::Eth(
-            0,
-            format!("daemon,02:00:00:00:00:01,unix,{}", switch.control_socket().display()),
-        ));
+        let a = boot_on(
+            &debian,
+            BootOption::Eth(
+                0,
+                format!("daemon,02:00:00:00:00:01,unix,{}", switch.control_socket().display()),
+            ),
+        );
         let b = boot(BootOption::Append(format!(
             "vec0:transport=bess,src={},dst={},mac=02:00:00:00:00:02",
             dir.0.join("guest.sock").display(),
             switch.bess_socket().display()
         )));
-        ping_pair(&switch, a, b, "eth0", "vec0", [PortKind::Daemon, PortKind::Bess]);
+        ping_pair(&switch, a, b, "eth0", "eth0", [PortKind::Daemon, PortKind::Bess]);
     }
 }

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
-use evum_core::{control, image, io_loop::Signal, BootOption, ControlEvent, Exit, Vm, VmConfig, VmEvents};
+mod common;
+
+use evum_core::{image, vm::control, vm::io_loop::Signal, BootOption, ControlEvent, Exit, Vm, VmConfig, VmEvents};
 
 #[derive(Debug)]
 enum Event {
@@ -36,7 +38,7 @@ fn boot() -> (Vm, Receiver<Event>) {
     let initrd = image::busybox_initramfs(Path::new("/bin/busybox"), &cache_dir()).expect("image");
     let (tx, rx) = unbounded();
     let config = VmConfig {
-        kernel: "linux".into(),
+        kernel: common::kernel(),
         options: vec![BootOption::Initrd(initrd), BootOption::Init("/init".into())],
         umid: None,
         uml_dir: None,

@@ -1,11 +1,11 @@
-//! The Erlang face of evum_core::config: loads the layers a BEAM names and
+//! The Erlang face of evum_core::image::config: loads the layers a BEAM names and
 //! answers the merged configuration as maps. The original evm.cfg arrives
 //! as the terms `file:consult/1` read; they are turned into the same value
 //! a toml file gives, so both formats pass the same checks.
 
 use std::path::Path;
 
-use evum_core::config::{Checksum, Config, ConfigError, Image, Network, Source};
+use evum_core::image::config::{Checksum, Config, ConfigError, Image, Network, Source};
 use rustler::{Encoder, Env, NifResult, Term, TermType};
 use toml::{Table, Value};
 

@@ -4,7 +4,11 @@
 //! evum or as `{evum, Server, {console, Line}}` when the VM was started
 //! `tagged`. Command channel events and the exit go to the VM's gen_server:
 //! `{evum_ctl, ready}`, `{evum_ctl, {result, Id, Status, Output}}`, and
-//! `{evum_exit, {exit_status, N} | {signal, Name}}`.
+//! `{evum_exit, {exit_status, N} | {signal, Name}, Lines}`, where Lines are
+//! the console's last lines before a guest that never came up died (the
+//! kernel's own account of why), and `[]` for a guest that did.
+
+use std::collections::VecDeque;
 
 use evum_core::{ControlEvent, Exit, VmEvents};
 use rustler::{Binary, Encoder, Env, LocalPid, NewBinary, OwnedEnv, Term};
@@ -20,6 +24,64 @@ pub struct Mailboxes {
     tagged: bool,
     /// Set when a send to the owner fails: it is dead, stop building terms.
     owner_gone: bool,
+    boot_log: BootLog,
+}
+
+/// The console's last lines while the guest boots, for the exit to carry:
+/// they went to the owner's mailbox, but the caller of evm:create/1 needs
+/// them in its error. Bounded, and dropped once the guest is up. A panic's
+/// stack dump is left out: it is 30 lines of addresses that would push the
+/// panic's own message, the line that says why, out of the ring.
+#[derive(Default)]
+struct BootLog {
+    lines: VecDeque<Vec<u8>>,
+    booted: bool,
+}
+
+impl BootLog {
+    /// A panic and the few lines that explain it fit; a boot log does not
+    /// need to.
+    const LINES: usize = 20;
+    const LINE_BYTES: usize = 512;
+
+    fn push(&mut self, line: &[u8]) {
+        if self.booted || is_stack_dump(line) {
+            return;
+        }
+        if self.lines.len() == Self::LINES {
+            self.lines.pop_front();
+        }
+        self.lines.push_back(truncated(line, Self::LINE_BYTES).to_vec());
+    }
+
+    fn booted(&mut self) {
+        self.booted = true;
+        self.lines = VecDeque::new();
+    }
+}
+
+/// A line of a kernel stack dump: ` [<6002d37a>] ? _printk+0x0/0x57` (the
+/// call trace) or ` 60521d5c 6086c130 64803cd8 6052dad0` (the stack's words).
+fn is_stack_dump(line: &[u8]) -> bool {
+    if !line.starts_with(b" ") {
+        return false;
+    }
+    let rest = line.trim_ascii_start();
+    let hex_word = |w: &[u8]| w.len() >= 8 && w.iter().all(u8::is_ascii_hexdigit);
+    rest.starts_with(b"[<") || (!rest.is_empty() && rest.split(|&b| b == b' ').all(hex_word))
+}
+
+/// The first `max` bytes of a line, not cutting a UTF-8 character in two.
+fn truncated(line: &[u8], max: usize) -> &[u8] {
+    if line.len() <= max {
+        return line;
+    }
+    let mut end = max;
+    // Back off continuation bytes (10xxxxxx) to the character's start.
+    while end > max.saturating_sub(3) && line[end] & 0xc0 == 0x80 {
+        end -= 1;
+    }
+    &line[..end]
 }
 
 impl Mailboxes {
@@ -30,6 +92,7 @@ impl Mailboxes {
             server,
             tagged,
             owner_gone: false,
+            boot_log: BootLog::default(),
         }
     }
 
@@ -45,13 +108,14 @@ fn binary<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
 }
 
 fn signal_name(number: i32) -> String {
-    evum_core::io_loop::Signal::try_from(number)
+    evum_core::vm::io_loop::Signal::try_from(number)
         .map(|s| s.as_str().to_ascii_lowercase())
         .unwrap_or_else(|_| number.to_string())
 }
 
 impl VmEvents for Mailboxes {
     fn console_line(&mut self, line: &[u8]) {
+        self.boot_log.push(line);
         if self.owner_gone {
             return;
         }
@@ -68,6 +132,9 @@ impl VmEvents for Mailboxes {
     }
 
     fn control(&mut self, event: ControlEvent) {
+        if matches!(event, ControlEvent::Ready) {
+            self.boot_log.booted();
+        }
         self.tell_server(|env| match event {
             ControlEvent::Ready => (atoms::evum_ctl(), atoms::ready()).encode(env),
             ControlEvent::Result { id, status, output } => {
@@ -77,6 +144,7 @@ impl VmEvents for Mailboxes {
     }
 
     fn exited(&mut self, exit: Exit) {
+        let lines = std::mem::take(&mut self.boot_log.lines);
         self.tell_server(|env| {
             let how = match exit {
                 Exit::Status(code) => (atoms::exit_status(), code).encode(env),
@@ -88,7 +156,8 @@ impl VmEvents for Mailboxes {
                     (atoms::signal(), atom).encode(env)
                 }
             };
-            (atoms::evum_exit(), how).encode(env)
+            let lines: Vec<Term> = lines.iter().map(|line| binary(env, line)).collect();
+            (atoms::evum_exit(), how, lines).encode(env)
         });
     }
 }

@@ -1,4 +1,4 @@
-//! The Erlang face of evum_core::fetch: one native thread per download
+//! The Erlang face of evum_core::image::fetch: one native thread per download
 //! (they take minutes, too long for any scheduler, dirty ones included),
 //! reporting to a pid. Every message is tagged with the caller's reference:
 //!
@@ -14,17 +14,16 @@
 //! Should ReplyTo die, the download still runs to its end (and fills the
 //! cache for the next caller); nothing more is sent.
 
-use std::any::Any;
 use std::ffi::OsString;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStringExt;
 use std::panic::{self, AssertUnwindSafe};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use evum_core::fetch::{Checksum, FetchRequest, Progress};
-use rustler::env::SavedTerm;
-use rustler::{Binary, Encoder, Env, LocalPid, NewBinary, NifResult, OwnedEnv, Reference, Term};
+use crate::reply::{panic_text, path_binary, Replies};
+use evum_core::image::fetch::{Checksum, FetchRequest, Progress};
+use rustler::{Encoder, Env, LocalPid, NifResult, Reference, Term};
 
 mod atoms {
     rustler::atoms! {
@@ -83,15 +82,9 @@ fn image_fetch<'a>(
         return Ok((atoms::error(), (atoms::bad_request(), e.to_string())).encode(env));
     }
 
-    let kept = OwnedEnv::new();
-    let reference = kept.save(reference);
     let mut reporter = Reporter {
-        kept,
-        reference,
-        message: OwnedEnv::new(),
-        reply_to,
+        replies: Replies::new(atoms::evum_fetch(), reply_to, reference),
         last_bytes: None,
-        owner_gone: false,
     };
     let spawned = thread::Builder::new()
         .name("evum-fetch".into())
@@ -104,7 +97,7 @@ fn image_fetch<'a>(
 
 fn run(request: FetchRequest, reporter: &mut Reporter) {
     let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
-        evum_core::fetch::fetch(&request, &mut |p| reporter.progress(p))
+        evum_core::image::fetch::fetch(&request, &mut |p| reporter.progress(p))
     }));
     match outcome {
         Ok(Ok(path)) => reporter.send(|env| (atoms::ok(), path_binary(env, &path)).encode(env)),
@@ -116,20 +109,6 @@ fn run(request: FetchRequest, reporter: &mut Reporter) {
     }
 }
 
-fn panic_text(panic: &(dyn Any + Send)) -> &str {
-    panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("panic")
-}
-
-/// The path's bytes as they are, UTF-8 or not.
-fn path_binary<'a>(env: Env<'a>, path: &Path) -> Term<'a> {
-    let binary: Binary = NewBinary::from_slice(env, path.as_os_str().as_bytes()).into();
-    binary.encode(env)
-}
-
 fn size_or_undefined(env: Env, size: Option<u64>) -> Term {
     match size {
         Some(size) => size.encode(env),
@@ -139,13 +118,8 @@ fn size_or_undefined(env: Env, size: Option<u64>) -> Term {
 
 /// Sends one download's messages from its thread.
 struct Reporter {
-    /// Holds `reference` across sends, which clear `message`.
-    kept: OwnedEnv,
-    reference: SavedTerm,
-    message: OwnedEnv,
-    reply_to: LocalPid,
+    replies: Replies,
     last_bytes: Option<Instant>,
-    owner_gone: bool,
 }
 
 impl Reporter {
@@ -173,22 +147,7 @@ impl Reporter {
         self.send(|env| (atoms::progress(), event(env)).encode(env))
     }
 
-    /// Sends `{evum_fetch, Ref, Payload}`, until ReplyTo turns out dead.
     fn send(&mut self, payload: impl for<'e> FnOnce(Env<'e>) -> Term<'e>) {
-        if self.owner_gone {
-            return;
-        }
-        let Reporter {
-            kept,
-            reference,
-            message,
-            reply_to,
-            ..
-        } = self;
-        let sent = message.send_and_clear(reply_to, |env| {
-            let reference = kept.run(|kept_env| reference.load(kept_env).in_env(env));
-            (atoms::evum_fetch(), reference, payload(env)).encode(env)
-        });
-        self.owner_gone = sent.is_err();
+        self.replies.send(payload)
     }
 }

@@ -7,14 +7,16 @@ mod config;
 mod events;
 mod fetch;
 mod gateway;
+mod kernel;
+mod reply;
 mod switch;
 
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use evum_core::placement::CpuChoice;
-use evum_core::{control, image, mconsole, vm, BootOption, Vm, VmConfig};
+use evum_core::vm::placement::CpuChoice;
+use evum_core::{image, mconsole, vm, vm::control, BootOption, Vm, VmConfig};
 use nix_signal::parse_signal;
 use rustler::{Atom, Binary, Encoder, Env, LocalPid, NifResult, ResourceArc, Term};
 
@@ -23,11 +25,12 @@ mod atoms {
         ok, error, undefined, true_ = "true",
         not_running, bad_option, spawn, runtime_dir, bad_umid, image, mconsole,
         timeout, not_found, none, os_pid, umid, runtime_dir_key = "runtime_dir", mconsole_socket, running,
+        unsupported_by_kernel,
     }
 }
 
 mod nix_signal {
-    use evum_core::io_loop::Signal;
+    use evum_core::vm::io_loop::Signal;
 
     /// `sigterm`, `sigkill`, ... as the atom names them.
     pub fn parse_signal(name: &str) -> Option<Signal> {
@@ -83,6 +86,12 @@ fn boot_option(term: Term) -> Result<BootOption, String> {
         "hostfs" => BootOption::Hostfs(value.into()),
         "append" => BootOption::Append(value),
         "cpu" => BootOption::Cpu(CpuChoice::parse(&value).map_err(|e| e.to_string())?),
+        "seccomp" => BootOption::Seccomp(flag(&value)),
+        "cpus" => BootOption::Cpus(
+            value
+                .parse()
+                .map_err(|_| format!("option cpus: {value} is not a number"))?,
+        ),
         other => match other.strip_prefix("env:") {
             Some(key) => BootOption::Env(key.to_string(), value),
             None => return Err(format!("unknown option {other}")),
@@ -119,12 +128,24 @@ fn vm_start<'a>(
     let events = events::Mailboxes::new(owner, server, tagged);
     match evum_core::start(config, Box::new(events)) {
         Ok(vm) => Ok((atoms::ok(), ResourceArc::new(VmResource { vm: Mutex::new(vm) })).encode(env)),
+        // `{error, {unsupported_by_kernel, Kernel, seccomp | cpus}}`: a
+        // term to match on, naming the option the kernel lacks.
+        Err(vm::StartError::UnsupportedByKernel { kernel, option }) => Ok((
+            atoms::error(),
+            (
+                atoms::unsupported_by_kernel(),
+                kernel.to_string_lossy().into_owned(),
+                Atom::from_str(env, option)?,
+            ),
+        )
+            .encode(env)),
         Err(e) => {
             let kind = match &e {
                 vm::StartError::Option(_) => atoms::bad_option(),
-                vm::StartError::Spawn(_) => atoms::spawn(),
+                vm::StartError::Spawn(_) | vm::StartError::KernelUnreadable { .. } => atoms::spawn(),
                 vm::StartError::RuntimeDir { .. } => atoms::runtime_dir(),
                 vm::StartError::BadUmid(_) => atoms::bad_umid(),
+                vm::StartError::UnsupportedByKernel { .. } => atoms::unsupported_by_kernel(),
             };
             Ok(error_tuple(env, kind, e))
         }

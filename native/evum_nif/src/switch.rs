@@ -8,8 +8,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::atom_map;
-use evum_core::placement::{choice_set, CpuChoice};
 use evum_core::switch::{FrameSink, Mac, PortId, PortKind, Switch, SwitchConfig};
+use evum_core::vm::placement::{choice_set, CpuChoice};
 use rustler::{Binary, Encoder, Env, LocalPid, NewBinary, NifResult, OwnedEnv, ResourceArc, Term};
 
 mod atoms {
@@ -36,7 +36,7 @@ impl Drop for SwitchResource {
     fn drop(&mut self) {
         let id = self.watchdog_id;
         let Some(switch) = self.switch.get_mut().unwrap_or_else(|p| p.into_inner()).take() else {
-            evum_core::watchdog::release(id);
+            evum_core::vm::watchdog::release(id);
             return;
         };
         // Waiting for the loop to remove the sockets is not for the
@@ -47,7 +47,7 @@ impl Drop for SwitchResource {
             .name("evum-switch-stop".into())
             .spawn(move || {
                 switch.stop();
-                evum_core::watchdog::release(id);
+                evum_core::vm::watchdog::release(id);
             });
     }
 }
@@ -105,7 +105,7 @@ fn switch_start<'a>(env: Env<'a>, hub: bool, run_as: Term<'a>, cpu: &str, busy_p
         Ok(switch) => {
             let resource = SwitchResource {
                 switch: Mutex::new(Some(switch)),
-                watchdog_id: evum_core::watchdog::keep(&dir),
+                watchdog_id: evum_core::vm::watchdog::keep(&dir),
             };
             (atoms::ok(), ResourceArc::new(resource)).encode(env)
         }

@@ -10,11 +10,22 @@ use std::time::Duration;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
-use evum_core::{control, image, BootOption, ControlEvent, Exit, Vm, VmConfig, VmEvents};
+use evum_core::{image, vm::control, BootOption, ControlEvent, Exit, Vm, VmConfig, VmEvents};
 use nix::sys::socket::{
     connect, recv, send, setsockopt, socket, sockopt, AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr,
 };
 use nix::sys::time::{TimeVal, TimeValLike};
+
+/// The UML kernel the tests boot: `EVUM_KERNEL` if set, else evum's own
+/// from the default cache (`make deps` builds it).
+pub fn kernel() -> PathBuf {
+    if let Some(kernel) = std::env::var_os("EVUM_KERNEL") {
+        return kernel.into();
+    }
+    let cache = evum_core::kernel::default_cache_dir();
+    evum_core::kernel::cached(&cache)
+        .unwrap_or_else(|| panic!("evum's kernel is not built in {}: run `make deps`", cache.display()))
+}
 
 /// A fresh directory under cargo's test directory, removed when dropped.
 pub struct TempDir(pub PathBuf);
@@ -52,13 +63,36 @@ pub struct Guest {
     next: u64,
 }
 
-/// Boots evum's busybox image with `net` and waits until it is up.
+/// Debian's UML 6.1, where it can run: it has the daemon transport that
+/// evum's kernel lacks, but its fixed-size FPU state does not fit an AMX
+/// host's XSAVE area, where it dies at the first guest process.
+pub fn debian_kernel() -> Option<PathBuf> {
+    let kernel = PathBuf::from("/usr/bin/linux");
+    let amx = std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|c| c.contains(" amx_tile"));
+    let reason = if !kernel.exists() {
+        "it is not installed"
+    } else if amx {
+        "this host has AMX"
+    } else {
+        return Some(kernel);
+    };
+    eprintln!("skipped: Debian's 6.1 UML cannot run here ({reason})");
+    None
+}
+
+/// Boots evum's busybox image on evum's kernel with `net` and waits until
+/// it is up.
 pub fn boot(net: BootOption) -> Guest {
+    boot_on(&kernel(), net)
+}
+
+/// Boots evum's busybox image on `kernel` with `net`.
+pub fn boot_on(kernel: &Path, net: BootOption) -> Guest {
     let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("image-cache");
     let initrd = image::busybox_initramfs(Path::new("/bin/busybox"), &cache).expect("image");
     let (tx, rx) = unbounded();
     let config = VmConfig {
-        kernel: "linux".into(),
+        kernel: kernel.to_path_buf(),
         options: vec![BootOption::Initrd(initrd), BootOption::Init("/init".into()), net],
         umid: None,
         uml_dir: None,
@@ -102,7 +136,7 @@ impl Guest {
 
 impl Drop for Guest {
     fn drop(&mut self) {
-        let _ = self.vm.handle.signal(evum_core::io_loop::Signal::SIGKILL, true);
+        let _ = self.vm.handle.signal(evum_core::vm::io_loop::Signal::SIGKILL, true);
     }
 }
 

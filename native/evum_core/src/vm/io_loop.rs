@@ -27,9 +27,9 @@ use nix::sys::signal::{kill, killpg};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use crate::console::LineSplitter;
-use crate::control::{ControlEvent, ControlParser};
-use crate::process::Spawned;
+use crate::vm::console::LineSplitter;
+use crate::vm::control::{ControlEvent, ControlParser};
+use crate::vm::process::Spawned;
 
 /// How long a partial line (a prompt) waits for more output before it is
 /// delivered on its own.
@@ -471,7 +471,7 @@ impl IoLoop {
                 }
             }
         }
-        crate::watchdog::forget(vm.pid.as_raw());
+        crate::vm::watchdog::forget(vm.pid.as_raw());
         if let Some(on_gone) = vm.on_gone.take() {
             on_gone();
         }

@@ -1,5 +1,21 @@
-//! Starting a VM: identity, private runtime directory, command line, process,
-//! and hand-over to the I/O loop.
+//! One VM: starting it (identity, private runtime directory, command line,
+//! process, hand-over to the I/O loop) and the parts it is made of.
+//!
+//! - [`options`]: boot options to the kernel command line.
+//! - [`placement`]: which host CPUs its processes run on.
+//! - [`process`]: the UML host process, spawned and contained.
+//! - [`io_loop`]: the native thread that owns a running VM's descriptors.
+//! - [`console`]: the console's bytes cut into lines.
+//! - [`control`]: the command channel (`evum:cmd/2`) on the first serial line.
+//! - [`watchdog`]: the process that cleans up when the BEAM dies.
+
+pub mod console;
+pub mod control;
+pub mod io_loop;
+pub mod options;
+pub mod placement;
+pub mod process;
+pub mod watchdog;
 
 use std::collections::HashMap;
 use std::fs;
@@ -9,10 +25,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use crate::io_loop::{self, VmEvents, VmHandle};
-use crate::options::{self, BootOption, Identity, OptionError};
-use crate::placement;
-use crate::process::{self, SpawnError, SpawnSpec};
+use io_loop::{VmEvents, VmHandle};
+use options::{BootOption, Identity, OptionError};
+use process::{SpawnError, SpawnSpec};
 
 /// Everything needed to start one VM.
 #[derive(Debug, Clone)]
@@ -43,6 +58,14 @@ pub enum StartError {
     },
     #[error("umid {0:?} is not usable: use at most 63 letters, digits, '-', '_' or '.'")]
     BadUmid(String),
+    #[error("UML kernel {} does not support the {option} option", kernel.display())]
+    UnsupportedByKernel { kernel: PathBuf, option: &'static str },
+    #[error("cannot read UML kernel {}: {source}", kernel.display())]
+    KernelUnreadable {
+        kernel: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// A running VM.
@@ -103,6 +126,7 @@ pub fn start(config: VmConfig, events: Box<dyn VmEvents>) -> Result<Vm, StartErr
         .and_then(|args| Ok((args, placement::cpu_set(&config.options)?)))
         .map_err(StartError::from)
         .and_then(|(args, cpus)| {
+            check_kernel(&config.kernel, &config.options)?;
             let spec = SpawnSpec {
                 kernel: config.kernel,
                 args,
@@ -128,7 +152,7 @@ pub fn start(config: VmConfig, events: Box<dyn VmEvents>) -> Result<Vm, StartErr
         }
     };
     let mconsole = uml_dir.join(&umid).join("mconsole");
-    crate::watchdog::watch(spawned.pid.as_raw(), &runtime_dir);
+    crate::vm::watchdog::watch(spawned.pid.as_raw(), &runtime_dir);
     let handle = io_loop::adopt(spawned, Some(runtime_dir.clone()), Box::new(release), events);
     Ok(Vm {
         handle,
@@ -136,6 +160,45 @@ pub fn start(config: VmConfig, events: Box<dyn VmEvents>) -> Result<Vm, StartErr
         runtime_dir,
         mconsole,
     })
+}
+
+/// Refuses options the kernel does not have, before anything is spawned: an
+/// older kernel would not fail on them but pass them on to init, and boot
+/// without what was asked for.
+fn check_kernel(kernel: &Path, options: &[BootOption]) -> Result<(), StartError> {
+    let cpus = options.iter().find_map(|o| match o {
+        BootOption::Cpus(n) => Some(*n),
+        _ => None,
+    });
+    if !options::wants_seccomp(options) {
+        return Ok(());
+    }
+    let features = match crate::kernel::features::probe(kernel) {
+        Ok(features) => features,
+        // The spawn names a missing kernel as it always has.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(StartError::KernelUnreadable {
+                kernel: kernel.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let explicit_seccomp = options.contains(&BootOption::Seccomp(true));
+    let missing = if !features.seccomp && explicit_seccomp {
+        Some("seccomp")
+    } else if !features.seccomp || (cpus.is_some_and(|n| n > 1) && !features.smp) {
+        Some("cpus")
+    } else {
+        None
+    };
+    match missing {
+        Some(option) => Err(StartError::UnsupportedByKernel {
+            kernel: crate::kernel::features::resolve(kernel).unwrap_or_else(|| kernel.to_path_buf()),
+            option,
+        }),
+        None => Ok(()),
+    }
 }
 
 fn fresh_umid() -> String {
@@ -266,6 +329,55 @@ fn release_base(base: &Path) {
             users.remove(base);
             // Fails harmlessly while another program's VMs still use it.
             let _ = fs::remove_dir(base);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file that reads as a kernel with seccomp (and with SMP, if asked).
+    fn fake_kernel(name: &str, smp: bool) -> PathBuf {
+        let path = std::env::temp_dir().join(format!("evum-vm-{}-{name}", std::process::id()));
+        let mut text = b"\0seccomp=<on/auto/off>\n\0".to_vec();
+        if smp {
+            text.extend_from_slice(b"ncpus=<# of desired CPUs>\n\0");
+        }
+        fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn unsupported(kernel: &Path, options: &[BootOption]) -> Option<&'static str> {
+        match check_kernel(kernel, options) {
+            Ok(()) => None,
+            Err(StartError::UnsupportedByKernel { option, .. }) => Some(option),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn options_the_kernel_lacks_are_refused_by_name() {
+        let old = std::env::temp_dir().join(format!("evum-vm-{}-old", std::process::id()));
+        fs::write(&old, b"an old kernel").unwrap();
+        let up = fake_kernel("up", false);
+        let smp = fake_kernel("smp", true);
+        use BootOption::{Cpus, Seccomp};
+        assert_eq!(unsupported(&old, &[]), None);
+        assert_eq!(unsupported(&old, &[Seccomp(false)]), None);
+        assert_eq!(unsupported(&old, &[Seccomp(true)]), Some("seccomp"));
+        assert_eq!(unsupported(&old, &[Cpus(1)]), Some("cpus"));
+        assert_eq!(unsupported(&old, &[Seccomp(true), Cpus(2)]), Some("seccomp"));
+        assert_eq!(unsupported(&up, &[Seccomp(true), Cpus(1)]), None);
+        assert_eq!(unsupported(&up, &[Cpus(2)]), Some("cpus"));
+        assert_eq!(unsupported(&smp, &[Seccomp(true), Cpus(2)]), None);
+        // A kernel that is not there is the spawn's to report.
+        assert_eq!(
+            unsupported(Path::new("/nonexistent/linux"), &[BootOption::Cpus(2)]),
+            None
+        );
+        for path in [old, up, smp] {
+            fs::remove_file(path).unwrap();
         }
     }
 }

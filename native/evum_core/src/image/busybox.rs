@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-const INIT: &str = include_str!("../../../priv/guest/busybox-init");
-const CONTROL_LOOP: &str = include_str!("../../../priv/guest/evum-ctl");
-const UDHCPC_SCRIPT: &str = include_str!("../../../priv/guest/udhcpc-script");
+const INIT: &str = include_str!("../../../../priv/guest/busybox-init");
+const CONTROL_LOOP: &str = include_str!("../../../../priv/guest/evum-ctl");
+const UDHCPC_SCRIPT: &str = include_str!("../../../../priv/guest/udhcpc-script");
 const PROFILE: &str = "export PS1='\\u@\\h:\\w\\$ '\n";
 const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\n";
 const GROUP: &str = "root:x:0:\n";

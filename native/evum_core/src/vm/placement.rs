@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use nix::sched::{sched_getaffinity, CpuSet};
 use nix::unistd::Pid;
 
-use crate::options::{BootOption, OptionError};
+use crate::vm::options::{BootOption, OptionError};
 
 /// What the user asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,352 @@
+%% Boots that fail say why, and the options of newer kernels (seccomp,
+%% cpus) do what the README says on a kernel that has them and are refused,
+%% before anything starts, on one that has not.
+-module(evum_boot_tests).
+
+-include_lib("eunit/include/eunit.hrl").
+
+-compile([export_all, nowarn_export_all]).
+
+-define(BOOT, 60000).
+%% evum's own kernel while it is not the default yet.
+%% Debian's UML 6.1, which has neither seccomp mode nor SMP.
+-define(DEBIAN_KERNEL, "/usr/bin/linux").
+
+boot_test_() ->
+    {setup, fun setup/0, fun cleanup/1, [
+        {timeout, 120, {T, fun() -> ?MODULE:F() end}}
+     || {T, F} <- [
+            {"a kernel that panics in boot gives boot_failed with its panic", panic},
+            {"a kernel that exits in boot gives boot_failed with its reason", exit_in_boot},
+            {"the lines are the last 20, cut at 512 bytes, without stack dumps", bounded_lines},
+            {"a known host incompatibility is named with its fix", unsupported_host},
+            {"seccomp on a kernel that has it", seccomp},
+            {"cpus on a kernel that has them: the guest sees them", cpus},
+            {"bad seccomp and cpus values are bad options", bad_values},
+            {"a kernel without seccomp or SMP is refused before a boot", unsupported_by_kernel}
+        ]
+    ]}.
+
+setup() ->
+    {ok, _} = application:ensure_all_started(evum),
+    ok.
+
+cleanup(_) ->
+    ok.
+
+%%% Helpers
+
+%% The kernel that has seccomp and SMP, as a path: the application's
+%% (evum's own by default).
+kernel() ->
+    case application:get_env(evum, kernel) of
+        {ok, evum} ->
+            {ok, Path} = evum_kernel:ensure(),
+            binary_to_list(Path);
+        {ok, K} ->
+            K
+    end.
+
+%% Runs Fun with the kernel at Path, or says why not.
+with_kernel(Path, Fun) ->
+    case filelib:is_regular(Path) of
+        true -> Fun(Path);
+        false -> io:format(user, "~nskipped: no UML kernel at ~ts~n", [Path])
+    end.
+
+create(Options) ->
+    evm:create([{timeout, ?BOOT} | Options]).
+
+%% The exit the owner is told of, after every console line.
+owner_exit() ->
+    receive
+        {evum, _, {exit, How}} -> How
+    after 15000 -> error(no_exit)
+    end.
+
+flush() ->
+    receive
+        _ -> flush()
+    after 0 -> ok
+    end.
+
+has_line(Part, Lines) ->
+    lists:any(fun(L) -> binary:match(L, Part) =/= nomatch end, Lines).
+
+%% The lines a boot failure carries are a bounded tail of the console.
+assert_bounded(Lines) ->
+    ?assert(length(Lines) =< 20),
+    ?assert(lists:all(fun(L) -> is_binary(L) andalso byte_size(L) =< 512 end, Lines)).
+
+%% Nothing of any VM of this test is left on the host.
+assert_no_uml_left() ->
+    %% [e]: the pattern does not match the shell that runs pgrep.
+    Mine = os:cmd("pgrep -a -f 'umid=[e]vum-" ++ os:getpid() ++ "-' || true"),
+    ?assertEqual("", Mine).
+
+%% Runs Fun with a new VM, which is stopped whatever happens.
+with_vm(Options, Fun) ->
+    flush(),
+    {ok, Vm} = create(Options),
+    try
+        Fun(Vm)
+    after
+        evm:stop(Vm),
+        flush()
+    end.
+
+%%% Cases
+
+%% No initramfs init and no root disk: the kernel panics trying to mount a
+%% root, prints a stack dump, and aborts. The panic's message is among the
+%% lines; the stack dump is not.
+panic() ->
+    Kernels = [kernel(), ?DEBIAN_KERNEL],
+    [with_kernel(K, fun panic/1) || K <- lists:usort(Kernels)],
+    assert_no_uml_left().
+
+panic(Kernel) ->
+    flush(),
+    {error, {boot_failed, How, Lines}} = create([{kernel, Kernel}, {append, "rdinit=/nonexistent"}]),
+    ?assertEqual({signal, sigabrt}, How),
+    ?assert(has_line(<<"Kernel panic - not syncing: VFS: Unable to mount root fs">>, Lines)),
+    ?assertNot(has_line(<<"[<">>, Lines)),
+    assert_bounded(Lines),
+    %% The owner is told as before, and got the lines as console messages.
+    ?assertEqual(How, owner_exit()),
+    flush().
+
+%% A fatal error before the kernel even starts: too little memory.
+exit_in_boot() ->
+    flush(),
+    {error, {boot_failed, How, Lines}} = create([{kernel, kernel()}, {mem, "5M"}]),
+    ?assertEqual({exit_status, 1}, How),
+    ?assert(has_line(<<"Too few physical memory">>, Lines)),
+    assert_bounded(Lines),
+    ?assertEqual(How, owner_exit()),
+    flush().
+
+%% A script plays a kernel that prints 30 lines, one of them long and some
+%% of them a stack dump, then exits.
+bounded_lines() ->
+    Long = lists:duplicate(1000, $x),
+    Script = [
+        [
+            case N of
+                25 -> ["echo ", Long, "\n"];
+                26 -> "echo ' [<6002d37a>] ? _printk+0x0/0x57'\n";
+                27 -> "echo ' 60521d5c 6086c130 64803cd8 6052dad0'\n";
+                _ -> ["echo 'line ", integer_to_list(N), "'\n"]
+            end
+         || N <- lists:seq(1, 30)
+        ],
+        "exit 3\n"
+    ],
+    with_fake_kernel(Script, fun(Fake) ->
+        {error, {boot_failed, How, Lines}} = create([{kernel, Fake}]),
+        ?assertEqual({exit_status, 3}, How),
+        %% 28 lines but the dump's two: the last 20 are 9 to 24, the long
+        %% one cut, then 28 to 30.
+        Line = fun(N) -> iolist_to_binary(["line ", integer_to_list(N)]) end,
+        Cut = list_to_binary(lists:duplicate(512, $x)),
+        ?assertEqual([Line(N) || N <- lists:seq(9, 24)] ++ [Cut | [Line(N) || N <- [28, 29, 30]]], Lines),
+        ?assertEqual(How, owner_exit()),
+        flush()
+    end).
+
+%% Runs Fun with an executable script in the place of a kernel.
+with_fake_kernel(Script, Fun) ->
+    Dir = filename:join(os:getenv("TMPDIR", "/tmp"), "evum-boot-tests-" ++ os:getpid()),
+    ok = filelib:ensure_dir(filename:join(Dir, "x")),
+    Fake = filename:join(Dir, "linux"),
+    ok = file:write_file(Fake, ["#!/bin/sh\n", Script]),
+    ok = file:change_mode(Fake, 8#755),
+    try
+        Fun(Fake)
+    after
+        file:del_dir_r(Dir)
+    end.
+
+%% Debian's 6.1 on an AMX host dies with `ptrace set fp regs failed'. This
+%% host may have no AMX, so a script plays that kernel: it prints the line
+%% and aborts. The error names the problem and the fix; the lines go to the
+%% logger.
+unsupported_host() ->
+    Script = [
+        "echo 'userspace - ptrace set fp regs failed, errno = 14'\n",
+        "echo 'Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000009'\n",
+        "kill -ABRT $$\n"
+    ],
+    ok = logger:add_handler(?MODULE, ?MODULE, #{config => #{pid => self()}}),
+    %% The report is expected: keep it off the test's output.
+    {ok, #{level := Level}} = logger:get_handler_config(default),
+    ok = logger:set_handler_config(default, level, none),
+    try
+        with_fake_kernel(Script, fun(Fake) ->
+            flush(),
+            {error, {unsupported_host, Problem, Fix}} = create([{kernel, Fake}]),
+            ?assert(is_binary(Problem) andalso binary:match(Problem, <<"XSAVE">>) =/= nomatch),
+            ?assert(is_binary(Fix) andalso binary:match(Fix, <<"evum's own kernel">>) =/= nomatch),
+            ?assertEqual({signal, sigabrt}, owner_exit()),
+            Logged = logged("ptrace set fp regs failed"),
+            ?assertNotEqual(nomatch, string:find(Logged, "Kernel panic"))
+        end)
+    after
+        logger:set_handler_config(default, level, Level),
+        logger:remove_handler(?MODULE),
+        flush()
+    end.
+
+%% The first error logged that has Part in it.
+logged(Part) ->
+    receive
+        {logged, Text} ->
+            case string:find(Text, Part) of
+                nomatch -> logged(Part);
+                _ -> Text
+            end
+    after 5000 -> error({not_logged, Part})
+    end.
+
+%% logger handler callback: hands each error event's text to the test.
+log(#{level := error, msg := Msg}, #{config := #{pid := Pid}}) ->
+    Text =
+        case Msg of
+            {string, S} -> S;
+            {report, R} -> io_lib:format("~p", [R]);
+            {Format, Args} -> io_lib:format(Format, Args)
+        end,
+    Pid ! {logged, unicode:characters_to_list(Text)};
+log(_Event, _Config) ->
+    ok.
+
+%% Seccomp mode shows on the host: the guest's processes (the UML
+%% process's helpers in its process group) run under a seccomp filter
+%% (`Seccomp: 2' in /proc/PID/status) and nobody traces them; in ptrace
+%% mode the UML process traces every one. The kernel takes `seccomp=' and
+%% `ncpus=' off its command line, so /proc/cmdline does not show them.
+seccomp() ->
+    with_kernel(kernel(), fun(Kernel) ->
+        with_vm([{kernel, Kernel}, {seccomp, true}], fun(Vm) ->
+            ?assertEqual(seccomp, userspace_mode(Vm)),
+            ?assertEqual({ok, 0, <<"1\n">>}, evum:cmd(Vm, "nproc")),
+            ?assertEqual({ok, 0, <<"3\n">>}, evum:cmd(Vm, "seq 3 | sort -r | head -n 1"))
+        end),
+        %% {seccomp, false} is ptrace, every kernel's default.
+        with_vm([{kernel, Kernel}, {seccomp, false}], fun(Vm) ->
+            ?assertEqual(ptrace, userspace_mode(Vm))
+        end)
+    end),
+    assert_no_uml_left().
+
+cpus() ->
+    with_kernel(kernel(), fun(Kernel) ->
+        with_vm([{kernel, Kernel}, {cpus, 2}], fun(Vm) ->
+            ?assertEqual({ok, 0, <<"2\n">>}, evum:cmd(Vm, "nproc")),
+            ?assertEqual({ok, 0, <<"2\n">>}, evum:cmd(Vm, "grep -c ^processor /proc/cpuinfo")),
+            %% cpus implies seccomp: UML starts SMP only in seccomp mode.
+            ?assertEqual(seccomp, userspace_mode(Vm))
+        end)
+    end),
+    assert_no_uml_left().
+
+%% How the VM runs its guest's processes, as the host sees them.
+userspace_mode(Vm) ->
+    {ok, 0, _} = evum:cmd(Vm, "sleep 2 & true"),
+    #{os_pid := OsPid} = evum:info(Vm),
+    Tracer = integer_to_binary(OsPid),
+    Modes = lists:usort([
+        case Status of
+            #{<<"Seccomp">> := <<"2">>, <<"TracerPid">> := <<"0">>} -> seccomp;
+            #{<<"Seccomp">> := <<"0">>, <<"TracerPid">> := Tracer} -> ptrace;
+            _ -> {other, Status}
+        end
+     || Pid <- group_members(OsPid),
+        Pid =/= OsPid,
+        Status <- [proc_status(Pid)],
+        map_size(Status) > 0
+    ]),
+    case Modes of
+        [Mode] -> Mode;
+        _ -> {mixed, Modes}
+    end.
+
+%% The processes of a process group.
+group_members(Pgrp) ->
+    [
+        list_to_integer(filename:basename(Dir))
+     || Dir <- filelib:wildcard("/proc/[0-9]*"),
+        process_group(Dir) =:= Pgrp
+    ].
+
+%% The process group in /proc/PID/stat, after the command name in
+%% parentheses (which may itself hold ") ").
+process_group(Dir) ->
+    case file:read_file(filename:join(Dir, "stat")) of
+        {ok, Stat} ->
+            {At, Len} = lists:last(binary:matches(Stat, <<") ">>)),
+            [_State, _Ppid, Pgrp | _] = binary:split(binary:part(Stat, At + Len, byte_size(Stat) - At - Len), <<" ">>, [global]),
+            binary_to_integer(Pgrp);
+        {error, _} ->
+            undefined
+    end.
+
+%% /proc/PID/status as a map (empty for a process gone meanwhile).
+proc_status(Pid) ->
+    case file:read_file("/proc/" ++ integer_to_list(Pid) ++ "/status") of
+        {ok, Text} ->
+            maps:from_list([
+                {Key, string:trim(Value)}
+             || Line <- binary:split(Text, <<"\n">>, [global]),
+                [Key, Value] <- [binary:split(Line, <<":">>)]
+            ]);
+        {error, _} ->
+            #{}
+    end.
+
+bad_values() ->
+    flush(),
+    [
+        ?assertEqual({error, {bad_option, Bad}}, evm:create([{kernel, kernel()}, Bad]))
+     || Bad <- [{cpus, 0}, {cpus, 9}, {cpus, two}, {cpus, 2.0}, {seccomp, maybe}, {seccomp, "true"}]
+    ],
+    ?assertEqual(
+        {error, {bad_option, {{cpus, 2}, {seccomp, false}}}},
+        evm:create([{kernel, kernel()}, {cpus, 2}, {seccomp, false}])
+    ),
+    %% Given twice: the NIF names it.
+    ?assertMatch({error, {bad_option, _}}, evm:create([{kernel, kernel()}, {cpus, 2}, {cpus, 4}])),
+    ?assertEqual(ok, receive M -> {unexpected, M} after 0 -> ok end).
+
+%% Debian's 6.1 has neither: refused by name, and nothing is started (no
+%% message comes to the owner, the label is free).
+unsupported_by_kernel() ->
+    with_kernel(?DEBIAN_KERNEL, fun(Kernel) ->
+        flush(),
+        Path = list_to_binary(Kernel),
+        Refused = [
+            {[{seccomp, true}], seccomp},
+            {[{cpus, 2}], cpus},
+            {[{cpus, 1}], cpus},
+            {[{seccomp, true}, {cpus, 2}], seccomp}
+        ],
+        [
+            ?assertEqual(
+                {error, {unsupported_by_kernel, Path, Option}},
+                evm:create([{label, evum_boot_unsupported}, {kernel, Kernel} | Options])
+            )
+         || {Options, Option} <- Refused
+        ],
+        %% A bare name is the file on PATH.
+        case os:find_executable("linux") of
+            Kernel ->
+                ?assertEqual(
+                    {error, {unsupported_by_kernel, Path, seccomp}},
+                    evm:create([{kernel, "linux"}, {seccomp, true}])
+                );
+            _ ->
+                ok
+        end,
+        ?assertEqual(undefined, whereis(evum_boot_unsupported)),
+        ?assertEqual(ok, receive M -> {unexpected, M} after 200 -> ok end)
+    end).
