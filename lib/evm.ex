@@ -121,10 +121,10 @@ defmodule Evm do
       driver, the default) or `:daemon` (kernels up to 6.15 only).
     * `:umid`, `:uml_dir` - UML's own names for the VM and its directory.
     * `:verbose` - the kernel's boot log on the console.
-    * `:cpu` - the host CPUs the VM's processes run on: `:any` (the
-      default: wherever the host scheduler puts them), a CPU number or a
-      list of them, or `:auto` (one CPU, the next of those evum may use in
-      turn). A UML guest hands control between host processes on every
+    * `:cpu` - the host CPUs the VM's processes run on: `:auto` (the
+      default: one CPU, the next of those evum may use in turn), `:any`
+      (wherever the host scheduler puts them; the default with `cpus: n`
+      above 1), or a CPU number or a list of them. A UML guest hands control between host processes on every
       system call, which is much cheaper when they share a CPU: a pinned
       VM is faster when it has its CPU to itself, and waits for it when
       not. A CPU evum may not use is `{:error, {:bad_option, reason}}`.

@@ -1,5 +1,6 @@
 %% @private
-%% The application's top: the network address book and the VMs' supervisor.
+%% The application's top: the network address book, the boot gate and the
+%% VMs' supervisor.
 -module(evum_sup).
 -behaviour(supervisor).
 
@@ -13,6 +14,7 @@ init([]) ->
     Flags = #{strategy => one_for_one, intensity => 5, period => 10},
     Children = [
         #{id => evum_net, start => {evum_net, start_link, []}},
+        #{id => evum_boot_gate, start => {evum_boot_gate, start_link, []}},
         #{id => evum_vm_sup, start => {evum_vm_sup, start_link, []}, type => supervisor, shutdown => infinity}
     ],
     {ok, {Flags, Children}}.

@@ -75,32 +75,23 @@ init({Owner, Config}) ->
 
 %% The VM is started by the first call, not in init/1: a VM that cannot start
 %% is the caller's error, answered as one, not a crash of this process; and
-%% the supervisor is not held up while the kernel is forked.
-handle_call(boot, From, #state{vm = undefined, owner = Owner, config = Config} = S) ->
-    #{
-        kernel := Kernel,
-        boot := Boot,
-        umid := Umid,
-        uml_dir := UmlDir,
-        run_as := RunAs,
-        tagged := Tagged,
-        boot_timeout := BootTimeout
-    } = Config,
-    case evum_nif:vm_start(Owner, self(), Tagged, Kernel, Boot, Umid, UmlDir, RunAs) of
-        {ok, Vm} ->
-            erlang:send_after(BootTimeout, self(), boot_timeout),
-            {noreply, S#state{vm = Vm, waiting_ready = [From]}};
-        {error, _} = Error ->
-            {stop, normal, Error, S#state{phase = exited}}
-    end;
+%% the supervisor is not held up while the kernel is forked. It boots when
+%% evum_boot_gate gives it a turn.
+handle_call(boot, From, #state{vm = undefined, waiting_ready = []} = S) ->
+    evum_boot_gate:ask(),
+    {noreply, S#state{waiting_ready = [From]}};
 handle_call(_Request, _From, #state{vm = undefined} = S) ->
     {reply, {error, booting}, S};
-handle_call({write, Data}, _From, #state{vm = Vm, tagged = Tagged} = S) ->
+handle_call(Request, From, S) ->
+    started_call(Request, From, S).
+
+%% Calls to a VM whose kernel has been started.
+started_call({write, Data}, _From, #state{vm = Vm, tagged = Tagged} = S) ->
     case evum_nif:vm_write(Vm, Data) of
         ok -> {reply, {ok, Tagged}, S};
         {error, _} = Error -> {reply, Error, S}
     end;
-handle_call({cmd, Command, Timeout}, From, #state{phase = ready} = S) ->
+started_call({cmd, Command, Timeout}, From, #state{phase = ready} = S) ->
     #state{vm = Vm, next_id = Id, commands = Commands} = S,
     case evum_nif:vm_run(Vm, Id, Command) of
         ok ->
@@ -109,24 +100,31 @@ handle_call({cmd, Command, Timeout}, From, #state{phase = ready} = S) ->
         {error, _} = Error ->
             {reply, Error, S}
     end;
-handle_call({cmd, _, _}, _From, #state{phase = booting} = S) ->
+started_call({cmd, _, _}, _From, #state{phase = booting} = S) ->
     {reply, {error, booting}, S};
-handle_call({cmd, _, _}, _From, S) ->
+started_call({cmd, _, _}, _From, S) ->
     {reply, {error, not_running}, S};
-handle_call(info, _From, #state{vm = Vm, owner = Owner, label = Label, phase = Phase, config = Config} = S) ->
+started_call(info, _From, #state{vm = Vm, owner = Owner, label = Label, phase = Phase, config = Config} = S) ->
     Info = evum_nif:vm_info(Vm),
     {reply, Info#{owner => Owner, label => Label, phase => Phase, switch => maps:get(switch, Config, undefined)}, S};
-handle_call(stop, _From, #state{phase = exited} = S) ->
+started_call(stop, _From, #state{phase = exited} = S) ->
     {reply, ok, S};
-handle_call(stop, From, #state{waiting_exit = W} = S) ->
+started_call(stop, From, #state{waiting_exit = W} = S) ->
     {noreply, begin_stop(S#state{waiting_exit = [From | W], stop_requested = true})};
-handle_call(_Request, _From, S) ->
+started_call(_Request, _From, S) ->
     {reply, {error, unknown_request}, S}.
 
 handle_cast(_Msg, S) ->
     {noreply, S}.
 
+handle_info({evum_boot_gate, go}, #state{vm = undefined, phase = booting} = S) ->
+    start(S);
+handle_info({evum_boot_gate, go}, S) ->
+    %% A stop came first.
+    evum_boot_gate:done(),
+    {noreply, S};
 handle_info({evum_ctl, ready}, #state{phase = booting, waiting_ready = W} = S) ->
+    evum_boot_gate:done(),
     [gen_server:reply(From, ok) || From <- W],
     {noreply, S#state{phase = ready, waiting_ready = []}};
 handle_info({evum_ctl, ready}, S) ->
@@ -166,6 +164,26 @@ handle_info({'DOWN', _, process, Owner, _}, #state{owner = Owner} = S) ->
     {noreply, begin_stop(S#state{stop_requested = true})};
 handle_info(_Msg, S) ->
     {noreply, S}.
+
+%% Starts the UML process; the boot's caller hears when the guest is up.
+start(#state{owner = Owner, config = Config, waiting_ready = Waiting} = S) ->
+    #{
+        kernel := Kernel,
+        boot := Boot,
+        umid := Umid,
+        uml_dir := UmlDir,
+        run_as := RunAs,
+        tagged := Tagged,
+        boot_timeout := BootTimeout
+    } = Config,
+    case evum_nif:vm_start(Owner, self(), Tagged, Kernel, Boot, Umid, UmlDir, RunAs) of
+        {ok, Vm} ->
+            erlang:send_after(BootTimeout, self(), boot_timeout),
+            {noreply, S#state{vm = Vm}};
+        {error, _} = Error ->
+            [gen_server:reply(From, Error) || From <- Waiting],
+            {stop, normal, S#state{phase = exited, waiting_ready = []}}
+    end.
 
 %% Stops the guest as gently as it allows: a sync in the guest (so what it
 %% wrote to its disks is on them), mconsole halt, then SIGTERM to the UML

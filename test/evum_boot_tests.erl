@@ -23,7 +23,8 @@ boot_test_() ->
             {"seccomp on a kernel that has it", seccomp},
             {"cpus on a kernel that has them: the guest sees them", cpus},
             {"bad seccomp and cpus values are bad options", bad_values},
-            {"a kernel without seccomp or SMP is refused before a boot", unsupported_by_kernel}
+            {"a kernel without seccomp or SMP is refused before a boot", unsupported_by_kernel},
+            {"VMs take turns to boot, as many at once as boot_concurrency says", turns}
         ]
     ]}.
 
@@ -350,3 +351,66 @@ unsupported_by_kernel() ->
         ?assertEqual(undefined, whereis(evum_boot_unsupported)),
         ?assertEqual(ok, receive M -> {unexpected, M} after 200 -> ok end)
     end).
+
+%% Six VMs created at once with room for two: all come up, never more than
+%% two boot together, the others wait; a waiting VM whose owner dies
+%% leaves the line.
+turns() ->
+    Before = application:get_env(evum, boot_concurrency),
+    application:set_env(evum, boot_concurrency, 2),
+    Self = self(),
+    try
+        Owners = [
+            spawn_link(fun() ->
+                Self ! {created, self(), evm:create([{timeout, 60000}])},
+                receive
+                    stop -> ok
+                end
+            end)
+         || _ <- lists:seq(1, 6)
+        ],
+        {Seen, Answers} = watch_gate(length(Owners), [], []),
+        ?assert(lists:max([B || #{booting := B} <- Seen]) =< 2),
+        ?assert(lists:max([W || #{waiting := W} <- Seen]) >= 1),
+        ?assertEqual(6, length([ok || {created, _, {ok, _}} <- Answers])),
+        [O ! stop || O <- Owners],
+        %% Owners gone, VMs gone: nothing boots or waits.
+        application:set_env(evum, boot_concurrency, 1),
+        Waiter = spawn(fun() -> evm:create([]) end),
+        Blocker = spawn(fun() -> evm:create([]) end),
+        timer:sleep(5),
+        exit(Waiter, kill),
+        exit(Blocker, kill),
+        wait_until(fun() -> evum_boot_gate:status() == #{booting => 0, waiting => 0, limit => 1} end)
+    after
+        case Before of
+            {ok, V} -> application:set_env(evum, boot_concurrency, V);
+            undefined -> application:unset_env(evum, boot_concurrency)
+        end,
+        flush()
+    end.
+
+%% The gate's status every few milliseconds until N creates have answered,
+%% and their answers.
+watch_gate(0, Seen, Answers) ->
+    {Seen, Answers};
+watch_gate(N, Seen, Answers) ->
+    Status = evum_boot_gate:status(),
+    receive
+        {created, _, _} = Answer -> watch_gate(N - 1, [Status | Seen], [Answer | Answers])
+    after 3 -> watch_gate(N, [Status | Seen], Answers)
+    end.
+
+wait_until(Done) ->
+    wait_until(Done, 200).
+
+wait_until(Done, 0) ->
+    ?assert(Done());
+wait_until(Done, Tries) ->
+    case Done() of
+        true ->
+            ok;
+        false ->
+            timer:sleep(25),
+            wait_until(Done, Tries - 1)
+    end.

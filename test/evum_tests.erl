@@ -475,6 +475,13 @@ cpu() ->
     ?assertMatch([[_], [_]], Pinned),
     length(Allowed) > 1 andalso ?assertNotEqual(hd(Pinned), lists:last(Pinned)),
     [ok = evm:stop(V) || V <- Two],
+    %% auto is the default; any leaves the VM on all of evum's CPUs.
+    Default = create([]),
+    ?assertMatch([_], cpus_allowed("/proc/" ++ integer_to_list(maps:get(os_pid, evum:info(Default))))),
+    ok = evm:stop(Default),
+    Anywhere = create([{cpu, any}]),
+    ?assertEqual(Allowed, cpus_allowed("/proc/" ++ integer_to_list(maps:get(os_pid, evum:info(Anywhere))))),
+    ok = evm:stop(Anywhere),
     {error, {bad_option, Why}} = evm:create([{cpu, 100000}]),
     ?assertMatch({match, _}, re:run(Why, "CPU 100000 is not one evum may run on")),
     ?assertEqual({error, {bad_option, {cpu, -1}}}, evm:create([{cpu, -1}])),

@@ -103,6 +103,12 @@ impl LineSplitter {
         !self.line.is_empty()
     }
 
+    /// True when the partial line ends as a shell's prompt does (`# `, `$ `):
+    /// nothing more is coming until someone types, so it need not wait.
+    pub fn partial_is_prompt(&self) -> bool {
+        self.line.ends_with(b"# ") || self.line.ends_with(b"$ ")
+    }
+
     /// Delivers the partial line, if any: a shell prompt never ends in a
     /// newline, yet the user wants to see it. A newline that follows later
     /// ends the flushed text rather than adding an empty line.
@@ -118,6 +124,16 @@ impl LineSplitter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_prompt_is_known_by_its_end() {
+        let mut lines = LineSplitter::default();
+        lines.feed(b"root@evm:~# ", |_| {});
+        assert!(lines.partial_is_prompt());
+        lines.flush(|_| {});
+        lines.feed(b"Password: ", |_| {});
+        assert!(lines.has_partial() && !lines.partial_is_prompt());
+    }
 
     fn split(chunks: &[&[u8]], max: usize) -> Vec<Vec<u8>> {
         let mut s = LineSplitter::new(max);

@@ -31,9 +31,11 @@ use crate::vm::console::LineSplitter;
 use crate::vm::control::{ControlEvent, ControlParser};
 use crate::vm::process::Spawned;
 
-/// How long a partial line (a prompt) waits for more output before it is
-/// delivered on its own.
-const PARTIAL_LINE_DELAY: Duration = Duration::from_millis(20);
+/// How long a partial line waits for more output before it is delivered on
+/// its own. The pieces of one guest write reach the console microseconds
+/// apart, so a few milliseconds keep lines whole. A shell's prompt (ending
+/// in `# ` or `$ `) goes at once: nothing follows it until someone types.
+const PARTIAL_LINE_DELAY: Duration = Duration::from_millis(4);
 /// How long after the process exit the loop waits for the console pipe to
 /// close before it gives up on output still held by stray processes.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
@@ -383,6 +385,10 @@ impl IoLoop {
                 let open = read_all(&mut vm.console_out, &mut self.buf, |bytes| {
                     vm.lines.feed(bytes, |line| vm.events.console_line(line));
                 });
+                if vm.lines.partial_is_prompt() {
+                    let events = &mut vm.events;
+                    vm.lines.flush(|line| events.console_line(line));
+                }
                 vm.flush_partial_at = vm.lines.has_partial().then(|| Instant::now() + PARTIAL_LINE_DELAY);
                 if !open {
                     self.close_reader(id, CONSOLE_OUT);
