@@ -6,6 +6,7 @@
 -export([run/1]).
 
 -import(evum_bench_lib, [
+    kernel/0,
     env_int/2, header/1, now_us/0, evum_template/1, bare_boot/5, rounds/3, stat_line/2, cpu_stat_line/2, median/1,
     ratio/4, figure/5, create_to_prompt/2, cleanup_on_error/2, wait_gone/2, flush/0
 ]).
@@ -89,6 +90,9 @@ disk_setup(Dir) ->
         {error, {already_loaded, evum}} -> ok
     end,
     ok = application:set_env(evum, config, Config),
+    %% evum's kernel lives in the cache: keep the one the benchmarks use
+    %% rather than build another in this benchmark's own cache.
+    ok = application:set_env(evum, kernel, kernel()),
     ok = application:set_env(evum, cache_dir, filename:join(Dir, "cache")),
     ok = application:set_env(evum, state_dir, filename:join(Dir, "state")).
 

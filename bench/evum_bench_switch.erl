@@ -314,8 +314,8 @@ guest_pairs(S, Placed, {Sender, Receiver}, Daemon, Runs, MB) ->
     Bess = [
         {evum_bess, [guest(evum_bench_sw_b1, [{switch, S}, {transport, bess}, {cpu, auto}]),
                      guest(evum_bench_sw_b2, [{switch, S}, {transport, bess}, {cpu, auto}])]},
-        {bess_unpinned, [guest(evum_bench_sw_f1, [{switch, S}, {transport, bess}]),
-                         guest(evum_bench_sw_f2, [{switch, S}, {transport, bess}])]},
+        {bess_unpinned, [guest(evum_bench_sw_f1, [{switch, S}, {transport, bess}, {cpu, any}]),
+                         guest(evum_bench_sw_f2, [{switch, S}, {transport, bess}, {cpu, any}])]},
         {bess_placed, [guest(evum_bench_sw_p1, [{switch, Placed}, {transport, bess}, {cpu, Sender}]),
                        guest(evum_bench_sw_p2, [{switch, Placed}, {transport, bess}, {cpu, Receiver}])]}
     ],

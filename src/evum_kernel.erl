@@ -15,7 +15,8 @@
 %%
 %% The `kernel' application setting (and `evm:create/1''s `{kernel, K}')
 %% is `evum' for this kernel, or the path of any UML binary (Debian's is
-%% `linux').
+%% `linux'). The source package comes from the Debian mirror the machine's
+%% apt sources name, or the `kernel_mirror' setting's.
 -module(evum_kernel).
 
 -export([path/0, ensure/0, ensure/1, lpj/0, resolve/2]).
@@ -53,7 +54,7 @@ ensure(Progress) when is_function(Progress, 1) ->
             {ok, Path};
         {error, not_built} ->
             Ref = make_ref(),
-            case evum_nif:kernel_build(cache_dir(), self(), Ref) of
+            case evum_nif:kernel_build(cache_dir(), mirror(), self(), Ref) of
                 ok -> wait_build(Ref, Progress, undefined);
                 {error, Why} -> {error, {kernel_build, Why}}
             end
@@ -66,28 +67,30 @@ lpj() ->
     evum_nif:kernel_lpj(cache_dir()).
 
 %% @doc The kernel binary a `kernel' setting names, with the boot options it
-%% wants: `evum' is evum's kernel (built if need be) with this host's `lpj';
-%% anything else is the path of a UML binary, taken as it is.
+%% wants: `evum' is evum's kernel (built if need be); anything else is the
+%% path of a UML binary, taken as it is. Either gets this host's `lpj' when
+%% it has been measured: the figure is the host's, whatever the kernel.
 -spec resolve(evum | file:filename_all(), fun((progress()) -> any())) ->
     {ok, binary(), [evum_opts:boot_option()]} | {error, term()}.
 resolve(evum, Progress) ->
     case ensure(Progress) of
-        {ok, Path} ->
-            case lpj() of
-                undefined -> {ok, Path, []};
-                Lpj -> {ok, Path, [{append, "lpj=" ++ integer_to_list(Lpj)}]}
-            end;
-        {error, _} = Error ->
-            Error
+        {ok, Path} -> {ok, Path, lpj_option()};
+        {error, _} = Error -> Error
     end;
 resolve(Kernel, _Progress) when is_atom(Kernel) ->
-    {ok, atom_to_binary(Kernel), []};
+    {ok, atom_to_binary(Kernel), lpj_option()};
 resolve(Kernel, _Progress) ->
     try unicode:characters_to_binary(Kernel) of
-        Path when is_binary(Path), Path =/= <<>> -> {ok, Path, []};
+        Path when is_binary(Path), Path =/= <<>> -> {ok, Path, lpj_option()};
         _ -> {error, {bad_option, {kernel, Kernel}}}
     catch
         error:badarg -> {error, {bad_option, {kernel, Kernel}}}
+    end.
+
+lpj_option() ->
+    case lpj() of
+        undefined -> [];
+        Lpj -> [{append, "lpj=" ++ integer_to_list(Lpj)}]
     end.
 
 wait_build(Ref, Progress, LastTenth) ->
@@ -115,6 +118,14 @@ log({compiling, Done, Total}, LastTenth) ->
 log(Step, LastTenth) ->
     logger:notice("evum: building the kernel: ~0p", [Step]),
     LastTenth.
+
+%% The Debian archive the source comes from: the `kernel_mirror' setting,
+%% or (`system', the default) the one the machine's own apt sources use.
+mirror() ->
+    case application:get_env(evum, kernel_mirror, system) of
+        system -> system;
+        Mirror -> unicode:characters_to_binary(Mirror)
+    end.
 
 cache_dir() ->
     unicode:characters_to_binary(evum_dist:cache_dir()).

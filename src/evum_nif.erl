@@ -33,7 +33,7 @@
     gateway_counters/1,
     kernel_cached/1,
     kernel_lpj/1,
-    kernel_build/3
+    kernel_build/4
 ]).
 
 -on_load(load/0).
@@ -81,4 +81,4 @@ gateway_forwards(_Gateway) -> ?NOT_LOADED.
 gateway_counters(_Gateway) -> ?NOT_LOADED.
 kernel_cached(_CacheDir) -> ?NOT_LOADED.
 kernel_lpj(_CacheDir) -> ?NOT_LOADED.
-kernel_build(_CacheDir, _ReplyTo, _Ref) -> ?NOT_LOADED.
+kernel_build(_CacheDir, _Mirror, _ReplyTo, _Ref) -> ?NOT_LOADED.

@@ -27,7 +27,8 @@ evum_kernel_test_() ->
             {"a guest's vector registers survive threads, processes and signals", vector_registers},
             {"a guest cannot load kernel modules", no_modules},
             {"Debian's packaged kernel boots where this host runs it", debian_kernel},
-            {"evum's kernel is found in the cache, with this host's delay loop", cached_kernel}
+            {"evum's kernel is found in the cache, with this host's delay loop", cached_kernel},
+            {"a build from the BEAM that cannot fetch its source says why and leaves nothing", unreachable_source}
         ]
     ]}.
 
@@ -235,7 +236,9 @@ cached_kernel() ->
     ?assert(is_integer(Lpj) andalso Lpj > 0),
     LpjArg = "lpj=" ++ integer_to_list(Lpj),
     ?assertEqual({ok, Path, [{append, LpjArg}]}, evum_kernel:resolve(evum, fun(_) -> ok end)),
-    ?assertEqual({ok, <<"/usr/bin/linux">>, []}, evum_kernel:resolve("/usr/bin/linux", fun(_) -> ok end)),
+    ?assertEqual(
+        {ok, <<"/usr/bin/linux">>, [{append, LpjArg}]}, evum_kernel:resolve("/usr/bin/linux", fun(_) -> ok end)
+    ),
     ?assertEqual({error, {bad_option, {kernel, ""}}}, evm:create([{kernel, ""}])),
     {ok, Vm} = evm:create([{kernel, evum}, {timeout, ?BOOT}]),
     try
@@ -243,5 +246,39 @@ cached_kernel() ->
         ?assertEqual([LpjArg], [A || A <- string:lexemes(binary_to_list(Cmdline), " \n"), lists:prefix("lpj=", A)])
     after
         ok = evm:stop(Vm),
+        flush()
+    end.
+
+%% The whole build path from Erlang, up to apt: a mirror that does not exist
+%% fails the package index, the caller hears apt's reason (not a lost exit
+%% status: the BEAM ignores SIGCHLD) after a progress report, and the cache
+%% holds no kernel and no work tree.
+unreachable_source() ->
+    Cache = string:trim(os:cmd("mktemp -d /tmp/evum-kernel-cache-XXXXXX")),
+    Before = [{K, application:get_env(evum, K)} || K <- [cache_dir, kernel_mirror]],
+    application:set_env(evum, kernel_mirror, "file:///nonexistent/debian"),
+    application:set_env(evum, cache_dir, Cache),
+    Self = self(),
+    try
+        Result = evum_kernel:ensure(fun(Step) -> Self ! {step, Step} end),
+        ?assertMatch({error, {kernel_build, _}}, Result),
+        {error, {kernel_build, Why}} = Result,
+        ?assertMatch({match, _}, re:run(Why, "apt-get -q update")),
+        ?assertEqual(nomatch, re:run(Why, "No child processes")),
+        receive
+            {step, First} -> ?assertEqual({updating, <<"sid">>}, First)
+        after 0 -> error(no_progress)
+        end,
+        ?assertEqual({error, not_built}, evum_kernel:path()),
+        ?assertEqual([], filelib:wildcard(filename:join(Cache, "kernel/work-*")))
+    after
+        [
+            case Value of
+                {ok, V} -> application:set_env(evum, K, V);
+                undefined -> application:unset_env(evum, K)
+            end
+         || {K, Value} <- Before
+        ],
+        os:cmd("rm -rf " ++ Cache),
         flush()
     end.

@@ -29,7 +29,7 @@ use crate::reply::{panic_text, path_binary, Replies};
 mod atoms {
     rustler::atoms! {
         ok, error, undefined, not_built, evum_kernel, progress, waiting, updating, downloading,
-        unpacking, configuring, compiling, calibrating, spawn,
+        unpacking, configuring, compiling, calibrating, spawn, system,
     }
 }
 
@@ -60,20 +60,28 @@ fn kernel_lpj<'a>(env: Env<'a>, cache_dir: Term<'a>) -> NifResult<Term<'a>> {
 }
 
 /// Finds or builds the kernel on a new thread and returns `ok`; the outcome
-/// comes as messages to `reply_to` (see the module doc).
+/// comes as messages to `reply_to` (see the module doc). `mirror` is a
+/// Debian archive's address, or `system` for the machine's own.
 #[rustler::nif]
 fn kernel_build<'a>(
     env: Env<'a>,
     cache_dir: Term<'a>,
+    mirror: Term<'a>,
     reply_to: LocalPid,
     reference: Reference<'a>,
 ) -> NifResult<Term<'a>> {
     let cache_dir = path_arg(cache_dir)?;
+    let mirror = match mirror.decode::<rustler::Atom>() {
+        Ok(atom) if atom == atoms::system() => None,
+        _ => Some(
+            String::from_utf8(mirror.decode_as_binary()?.as_slice().to_vec()).map_err(|_| rustler::Error::BadArg)?,
+        ),
+    };
     let mut replies = Replies::new(atoms::evum_kernel(), reply_to, reference);
     let spawned = thread::Builder::new().name("evum-kernel".into()).spawn(move || {
         let mut last_percent = None;
         let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
-            kernel::ensure(&cache_dir, &mut |p| {
+            kernel::ensure(&cache_dir, mirror.as_deref(), &mut |p| {
                 if let Progress::Compiling { done, total } = *p {
                     let percent = done * 100 / total.max(1);
                     if last_percent == Some(percent) {

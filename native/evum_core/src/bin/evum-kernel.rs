@@ -7,7 +7,9 @@
 //! ```
 //!
 //! CACHE_DIR defaults to evum's (`/var/cache/evum` for root, else
-//! `~/.cache/evum`), the same as the Erlang side's `cache_dir` setting.
+//! `~/.cache/evum`), the same as the Erlang side's `cache_dir` setting. The
+//! source comes from the Debian mirror the machine's own apt sources name,
+//! or `EVUM_KERNEL_MIRROR`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,7 +20,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let cache_dir = args.get(1).map(PathBuf::from).unwrap_or_else(kernel::default_cache_dir);
     match args.first().map(String::as_str) {
-        Some("build") => match kernel::ensure(&cache_dir, &mut Reporter::default().report()) {
+        Some("build") => match kernel::ensure(&cache_dir, None, &mut Reporter::default().report()) {
             Ok(path) => {
                 println!("{}", path.display());
                 ExitCode::SUCCESS

@@ -55,13 +55,18 @@ pub struct PrivateApt {
 }
 
 impl PrivateApt {
-    /// Lays out the private configuration under `root`.
-    pub fn new(root: &Path) -> Result<PrivateApt, AptError> {
+    /// Lays out the private configuration under `root`, for `mirror` (a
+    /// Debian archive's address; `EVUM_KERNEL_MIRROR`, else the one the
+    /// machine's own sources use, when None).
+    pub fn new(root: &Path, mirror: Option<&str>) -> Result<PrivateApt, AptError> {
         if !Path::new(KEYRING).exists() {
             return Err(AptError::NoKeyring);
         }
         let suite = std::env::var("EVUM_KERNEL_SUITE").unwrap_or_else(|_| DEFAULT_SUITE.into());
-        let mirror = std::env::var("EVUM_KERNEL_MIRROR").unwrap_or_else(|_| system_mirror());
+        let mirror = match mirror {
+            Some(mirror) => mirror.to_string(),
+            None => std::env::var("EVUM_KERNEL_MIRROR").unwrap_or_else(|_| system_mirror()),
+        };
         for dir in [
             "sources.list.d",
             "preferences.d",

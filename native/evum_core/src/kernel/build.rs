@@ -148,15 +148,22 @@ pub fn config_args() -> Vec<String> {
         .collect()
 }
 
-/// Every `-e` option is on in the result, every `-d` option off.
+/// Every `-e` option is on in the result, every `-d` option off, every
+/// `--set-val` option set.
 fn check_config(config: &str) -> Result<(), BuildError> {
     let args = config_args();
-    for pair in args.windows(2) {
-        let name = &pair[1];
-        let on = config.lines().any(|l| l == format!("CONFIG_{name}=y"));
-        match pair[0].as_str() {
-            "-e" if !on => return Err(BuildError::Missing(name.clone())),
-            "-d" if on => return Err(BuildError::Unwanted(name.clone())),
+    let has = |line: String| config.lines().any(|l| l == line);
+    for (i, arg) in args.iter().enumerate() {
+        let Some(name) = args.get(i + 1) else { break };
+        match arg.as_str() {
+            "-e" if !has(format!("CONFIG_{name}=y")) => return Err(BuildError::Missing(name.clone())),
+            "-d" if has(format!("CONFIG_{name}=y")) => return Err(BuildError::Unwanted(name.clone())),
+            "--set-val" => {
+                let value = args.get(i + 2).map(String::as_str).unwrap_or_default();
+                if !has(format!("CONFIG_{name}={value}")) {
+                    return Err(BuildError::Missing(format!("{name}={value}")));
+                }
+            }
             _ => {}
         }
     }
@@ -241,15 +248,22 @@ mod tests {
 
     #[test]
     fn a_config_that_did_not_take_is_refused() {
-        let good: String = config_args()
+        let args = config_args();
+        let on = args
             .windows(2)
             .filter(|w| w[0] == "-e")
-            .map(|w| format!("CONFIG_{}=y\n", w[1]))
-            .collect();
+            .map(|w| format!("CONFIG_{}=y\n", w[1]));
+        let set = args
+            .windows(3)
+            .filter(|w| w[0] == "--set-val")
+            .map(|w| format!("CONFIG_{}={}\n", w[1], w[2]));
+        let good: String = on.chain(set).collect();
         assert!(check_config(&good).is_ok());
         let with_modules = format!("{good}CONFIG_MODULES=y\n");
         assert!(matches!(check_config(&with_modules), Err(BuildError::Unwanted(n)) if n == "MODULES"));
         let without_hostfs = good.replace("CONFIG_HOSTFS=y\n", "");
         assert!(matches!(check_config(&without_hostfs), Err(BuildError::Missing(n)) if n == "HOSTFS"));
+        let eight_cpus = good.replace("CONFIG_NR_CPUS=8\n", "CONFIG_NR_CPUS=1\n");
+        assert!(matches!(check_config(&eight_cpus), Err(BuildError::Missing(n)) if n == "NR_CPUS=8"));
     }
 }

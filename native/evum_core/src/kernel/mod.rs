@@ -140,9 +140,19 @@ pub fn cached(cache_dir: &Path) -> Option<PathBuf> {
 }
 
 /// evum's kernel: the cached build, or a new one (minutes: a download of
-/// about 160 MB and a compile). `progress` hears of every step.
-pub fn ensure(cache_dir: &Path, progress: &mut dyn FnMut(&Progress)) -> Result<PathBuf, KernelError> {
-    ensure_with(cache_dir, progress, &mut build_in)
+/// about 160 MB from `mirror`, see [`apt::PrivateApt::new`], and a
+/// compile). `progress` hears of every step.
+pub fn ensure(
+    cache_dir: &Path,
+    mirror: Option<&str>,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<PathBuf, KernelError> {
+    // A build is judged by its tools' exit statuses, which the BEAM's
+    // SIGCHLD disposition would throw away.
+    crate::vm::process::keep_exit_statuses();
+    ensure_with(cache_dir, progress, &mut |cache_dir, work, progress| {
+        build_in(cache_dir, work, mirror, progress)
+    })
 }
 
 /// How a kernel is built: into `cache_dir` with a work directory of its own.
@@ -187,9 +197,14 @@ fn ready(cache_dir: &Path, binary: PathBuf, progress: &mut dyn FnMut(&Progress))
     Ok(binary)
 }
 
-fn build_in(cache_dir: &Path, work: &Path, progress: &mut dyn FnMut(&Progress)) -> Result<PathBuf, KernelError> {
+fn build_in(
+    cache_dir: &Path,
+    work: &Path,
+    mirror: Option<&str>,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<PathBuf, KernelError> {
     fs::create_dir_all(work).map_err(on("creating", work))?;
-    let apt = apt::PrivateApt::new(&work.join("apt"))?;
+    let apt = apt::PrivateApt::new(&work.join("apt"), mirror)?;
     progress(&Progress::Updating {
         suite: apt.suite().to_string(),
     });
@@ -219,6 +234,7 @@ fn build_in(cache_dir: &Path, work: &Path, progress: &mut dyn FnMut(&Progress)) 
                 fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).map_err(on("opening up", &dir))?;
             }
             fs::rename(&staging, &target).map_err(on("installing", &target))?;
+            remove_other_builds(&kernels_dir(cache_dir), &target);
             Ok(target.join(BINARY))
         }
         Err(e) => {
@@ -247,6 +263,19 @@ fn lock(dir: &Path, progress: &mut dyn FnMut(&Progress)) -> Result<Flock<File>, 
             progress(&Progress::Waiting);
             Flock::lock(file, FlockArg::LockExclusive)
                 .map_err(|(_, errno)| KernelError::from(on("locking", &path)(errno.into())))
+        }
+    }
+}
+
+/// Builds of other versions or configurations are not used again: a new
+/// build replaces them, so the cache holds one kernel. (VMs running one of
+/// them keep their binary until they exit.)
+fn remove_other_builds(dir: &Path, keep: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.filter_map(Result::ok) {
+        let path = entry.path();
+        if path != keep && path.join(BINARY).exists() {
+            let _ = fs::remove_dir_all(&path);
         }
     }
 }
@@ -335,6 +364,20 @@ mod tests {
             .collect();
         assert!(left.is_empty(), "{left:?}");
         assert_eq!(cached(&cache), Some(built));
+        fs::remove_dir_all(&cache).unwrap();
+    }
+
+    #[test]
+    fn a_new_build_replaces_the_others() {
+        let cache = temp_cache("replaces");
+        let old = kernels_dir(&cache).join("linux-source-7.2_7.2.12-1-000000000000");
+        fs::create_dir_all(&old).unwrap();
+        fs::write(old.join(BINARY), b"").unwrap();
+        let count = std::sync::atomic::AtomicUsize::new(0);
+        let built = ensure_with(&cache, &mut |_| {}, &mut *slow_build(&count)).unwrap();
+        remove_other_builds(&kernels_dir(&cache), built.parent().unwrap());
+        assert!(!old.exists());
+        assert!(built.exists());
         fs::remove_dir_all(&cache).unwrap();
     }
 

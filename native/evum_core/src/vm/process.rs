@@ -56,6 +56,9 @@ pub struct Spawned {
     pub control_in: OwnedFd,
     /// The command channel, guest to evum (the child's fd 4).
     pub control_out: OwnedFd,
+    /// The process was pinned for its boot only: once the guest is up, its
+    /// processes may run on any of evum's CPUs again.
+    pub release_cpus_when_up: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -108,8 +111,9 @@ fn spawner() -> &'static Sender<(SpawnSpec, Reply)> {
 /// reaps children at once and throws their exit status away. evum must tell
 /// an owner how its VM ended, so it restores the default disposition, under
 /// which SIGCHLD is still not delivered to anyone but exited children stay
-/// until evum's I/O loop reaps them.
-fn keep_exit_statuses() {
+/// until evum's I/O loop reaps them (or, for the tools evum runs, such as
+/// the kernel build's, `std::process` waits for them).
+pub fn keep_exit_statuses() {
     use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
     let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
     // SAFETY: installs no handler, only the default disposition.
@@ -197,6 +201,7 @@ fn spawn_here(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
         console_out,
         control_in,
         control_out,
+        release_cpus_when_up: false,
     })
 }
 
