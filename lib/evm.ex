@@ -121,11 +121,10 @@ defmodule Evm do
       driver, the default) or `:daemon` (kernels up to 6.15 only).
     * `:umid`, `:uml_dir` - UML's own names for the VM and its directory.
     * `:verbose` - the kernel's boot log on the console.
-    * `:cpu` - the host CPUs the VM's processes run on: `:auto` (one CPU,
-      the next of those evum may use in turn), `:any` (wherever the host
-      scheduler puts them), or a CPU number or a list of them. Without it,
-      the VM boots as with `:auto` and is let free (`:any`) once its guest
-      is up; a guest of several `cpus` is never pinned unless asked. A
+    * `:cpu` - the host CPUs the VM's processes run on: `:auto` (the
+      default: one CPU, the next of those evum may use in turn), `:any`
+      (wherever the host scheduler puts them; the default with `cpus: n`
+      above 1), or a CPU number or a list of them. A
       UML guest hands control between host processes on every system
       call, which is much cheaper when they share a CPU: a pinned VM is
       faster when it has its CPU to itself, and waits for it when not. A CPU evum may not use is `{:error, {:bad_option, reason}}`.

@@ -51,9 +51,8 @@
 %% uml_switch speaks it), `{net, Name}' (or `{location,
 %% Name}': eth0 on a named network of the `networks' setting, with the next
 %% address from it), `{cpu, auto | any | N | [N]}' (the host CPUs the VM's
-%% processes run on: one evum picks in turn, anywhere, or these; without
-%% it, one in turn while the guest boots and anywhere once it is up; see
-%% README), `verbose' (the kernel's boot
+%% processes run on: one evum picks in turn, the default; anywhere, the
+%% default with `{cpus, N > 1}'; or these; see README), `verbose' (the kernel's boot
 %% log on the console), `{seccomp, true}' (the guest's processes run under a
 %% seccomp filter instead of ptrace: faster system calls, but the kernel's
 %% own help calls it insecure with an untrusted userspace, so for trusted

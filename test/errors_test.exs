@@ -7,18 +7,12 @@ defmodule EvumTest.ErrorsTest do
   # Debian's UML 6.1: neither seccomp mode nor SMP.
   @debian_kernel "/usr/bin/linux"
 
-  # A kernel with seccomp and SMP: the application's, unless that is still
-  # Debian's `linux` (or evum's own, not built yet).
+  # A kernel with seccomp and SMP: the application's (evum's own by default).
   defp kernel do
-    case Application.get_env(:evum, :kernel) do
+    case Application.get_env(:evum, :kernel, :evum) do
       :evum ->
-        case :evum_kernel.path() do
-          {:ok, path} -> path
-          {:error, :not_built} -> "/tmp/kproto/linux-source-7.2/linux"
-        end
-
-      k when k in ["linux", ~c"linux", nil] ->
-        "/tmp/kproto/linux-source-7.2/linux"
+        {:ok, path} = :evum_kernel.ensure()
+        path
 
       k ->
         k

@@ -173,17 +173,21 @@ mod tests {
     use std::io::Write;
 
     const DEBIAN_6_1: &str = "/usr/bin/linux";
-    const EVUM_7_2: &str = "/tmp/kproto/linux-source-7.2/linux";
 
     /// The real kernel at `path`, or None with the reason printed.
-    fn real_kernel(path: &str) -> Option<&Path> {
-        let path = Path::new(path);
+    fn real_kernel(path: &Path) -> Option<PathBuf> {
         if path.is_file() {
-            Some(path)
+            Some(path.to_path_buf())
         } else {
             eprintln!("skipped: no kernel at {}", path.display());
             None
         }
+    }
+
+    /// evum's kernel, as `make deps` built it.
+    fn evums_kernel() -> Option<PathBuf> {
+        let built = crate::kernel::cached(&crate::kernel::default_cache_dir());
+        real_kernel(&built.unwrap_or_else(|| PathBuf::from("evum's kernel (run make deps)")))
     }
 
     fn temp_file(name: &str, contents: &[u8]) -> PathBuf {
@@ -194,30 +198,32 @@ mod tests {
 
     #[test]
     fn debian_6_1_has_the_legacy_drivers_but_neither_seccomp_nor_smp() {
-        let Some(kernel) = real_kernel(DEBIAN_6_1) else { return };
+        let Some(kernel) = real_kernel(Path::new(DEBIAN_6_1)) else {
+            return;
+        };
         let want = Features {
             seccomp: false,
             smp: false,
             daemon_net: true,
             vector_net: true,
         };
-        assert_eq!(probe(kernel).unwrap(), want);
+        assert_eq!(probe(&kernel).unwrap(), want);
         // As the VM's spawn finds it: by its bare name, on PATH.
-        if resolve(Path::new("linux")).as_deref() == Some(kernel) {
+        if resolve(Path::new("linux")).as_deref() == Some(kernel.as_path()) {
             assert_eq!(probe(Path::new("linux")).unwrap(), want);
         }
     }
 
     #[test]
     fn evums_7_2_has_seccomp_smp_and_vector_but_no_daemon() {
-        let Some(kernel) = real_kernel(EVUM_7_2) else { return };
+        let Some(kernel) = evums_kernel() else { return };
         let want = Features {
             seccomp: true,
             smp: true,
             daemon_net: false,
             vector_net: true,
         };
-        assert_eq!(probe(kernel).unwrap(), want);
+        assert_eq!(probe(&kernel).unwrap(), want);
     }
 
     #[test]

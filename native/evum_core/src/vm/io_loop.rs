@@ -234,8 +234,6 @@ struct Vm {
     runtime_dir: Option<PathBuf>,
     on_gone: Option<Box<dyn FnOnce() + Send>>,
     exited: Arc<AtomicBool>,
-    /// Unpin the VM's processes when its guest reports it is up.
-    release_cpus_when_up: bool,
 }
 
 // Each VM owns five fds; the token says which VM (id) and which fd (slot).
@@ -375,7 +373,6 @@ impl IoLoop {
                 runtime_dir: a.runtime_dir,
                 on_gone: Some(a.on_gone),
                 exited: a.exited,
-                release_cpus_when_up: s.release_cpus_when_up,
             },
         );
     }
@@ -398,17 +395,9 @@ impl IoLoop {
                 }
             }
             CONTROL_OUT => {
-                let mut up = false;
                 let open = read_all(&mut vm.control_out, &mut self.buf, |bytes| {
-                    vm.control.feed(bytes, |event| {
-                        up |= event == ControlEvent::Ready;
-                        vm.events.control(event)
-                    });
+                    vm.control.feed(bytes, |event| vm.events.control(event));
                 });
-                if up && vm.release_cpus_when_up {
-                    vm.release_cpus_when_up = false;
-                    crate::vm::placement::release(vm.pid);
-                }
                 if !open {
                     self.close_reader(id, CONTROL_OUT);
                 }

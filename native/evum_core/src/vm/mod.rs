@@ -141,7 +141,7 @@ pub fn start(config: VmConfig, events: Box<dyn VmEvents>) -> Result<Vm, StartErr
             };
             process::spawn(spec).map_err(StartError::from)
         });
-    let mut spawned = match spawned {
+    let spawned = match spawned {
         Ok(spawned) => spawned,
         Err(e) => {
             if sandboxed {
@@ -151,7 +151,6 @@ pub fn start(config: VmConfig, events: Box<dyn VmEvents>) -> Result<Vm, StartErr
             return Err(e);
         }
     };
-    spawned.release_cpus_when_up = placement::pinned_for_boot_only(&config.options);
     let mconsole = uml_dir.join(&umid).join("mconsole");
     crate::vm::watchdog::watch(spawned.pid.as_raw(), &runtime_dir);
     let handle = io_loop::adopt(spawned, Some(runtime_dir.clone()), Box::new(release), events);

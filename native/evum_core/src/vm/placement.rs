@@ -9,19 +9,17 @@
 //! to one CPU keeps every hand-over local: guest TCP between two guests on
 //! two CPUs went from 580-740 to 780-950 Mbit/s on a 2-core machine, and a
 //! boot to the prompt from 105-126 to 59-72 ms on an idle one. The price is
-//! that a pinned VM waits for its CPU even when another is idle, and a
-//! busy BEAM thread on the same CPU slows it (console throughput to a pid
-//! fell by up to a third). So by default evum pins a VM to one CPU (the
-//! next in turn) for its boot only, when nothing else runs, and lets the
-//! host place its processes once the guest is up; `auto` pins it for good,
-//! `any` never. A guest of several virtual CPUs is left unpinned.
+//! that a pinned VM waits for its CPU even when another is idle; but a
+//! guest of one virtual CPU runs one thing at a time anyway (the kernel or
+//! one of its processes), so evum pins by default (`auto`: one CPU each,
+//! in turn), and leaves a guest of several virtual CPUs unpinned.
 //!
 //! The set is applied in the child before exec, and every process UML
 //! starts inherits it.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
+use nix::sched::{sched_getaffinity, CpuSet};
 use nix::unistd::Pid;
 
 use crate::vm::options::{BootOption, OptionError};
@@ -30,11 +28,11 @@ use crate::vm::options::{BootOption, OptionError};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CpuChoice {
     /// Wherever the host scheduler puts it (the default for a guest of
-    /// several virtual CPUs, and for any guest once it is up).
+    /// several virtual CPUs).
     Any,
     /// One CPU, evum's choice: the next of the CPUs evum may use, in turn,
     /// so that VMs started one after another spread over all of them (the
-    /// default while a guest boots).
+    /// default).
     Auto,
     /// These CPUs.
     List(Vec<usize>),
@@ -74,44 +72,6 @@ pub fn cpu_set(options: &[BootOption]) -> Result<Option<CpuSet>, OptionError> {
     }) {
         Some(choice) => choice_set(choice),
         None => choice_set(&default_choice(options)),
-    }
-}
-
-/// True when the VM is pinned by default, not by its options: then only
-/// for its boot, the time of the most hand-overs between its processes on
-/// an otherwise idle host. Afterwards the host scheduler places them, and
-/// moves them off a CPU that something else (the BEAM) keeps busy.
-pub fn pinned_for_boot_only(options: &[BootOption]) -> bool {
-    !options.iter().any(|o| matches!(o, BootOption::Cpu(_))) && default_choice(options) == CpuChoice::Auto
-}
-
-/// Lets every process of the VM whose UML process is `pid` (it, its
-/// threads, and the processes it started, recursively) run on every CPU
-/// evum may use. Best effort: a process that exits meanwhile is skipped.
-pub fn release(pid: Pid) {
-    // evum's own CPUs, as for `any`: the process's, not this thread's.
-    let Ok(all) = sched_getaffinity(Pid::this()) else {
-        return;
-    };
-    let mut pending = vec![pid.as_raw()];
-    // A VM has a few dozen processes; the bound only guards against a loop.
-    let mut left = 10_000;
-    while let Some(process) = pending.pop() {
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{process}/task")) else {
-            continue;
-        };
-        for task in tasks.filter_map(Result::ok) {
-            let Some(tid) = task.file_name().to_str().and_then(|t| t.parse::<i32>().ok()) else {
-                continue;
-            };
-            let _ = sched_setaffinity(Pid::from_raw(tid), &all);
-            let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-            pending.extend(children.split_whitespace().filter_map(|c| c.parse::<i32>().ok()));
-        }
-        left -= 1;
-        if left == 0 {
-            break;
-        }
     }
 }
 
@@ -217,14 +177,6 @@ mod tests {
         let pinned = (0..CpuSet::count()).filter(|&n| set.is_set(n).unwrap()).count();
         assert_eq!(pinned, 1);
         assert!(cpu_set(&[BootOption::Cpu(CpuChoice::Any)]).unwrap().is_none());
-    }
-
-    #[test]
-    fn only_a_default_pin_is_for_the_boot_alone() {
-        assert!(pinned_for_boot_only(&[]));
-        assert!(!pinned_for_boot_only(&[BootOption::Cpu(CpuChoice::Auto)]));
-        assert!(!pinned_for_boot_only(&[BootOption::Cpu(CpuChoice::Any)]));
-        assert!(!pinned_for_boot_only(&[BootOption::Cpus(2)]));
     }
 
     #[test]

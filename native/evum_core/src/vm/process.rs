@@ -56,9 +56,6 @@ pub struct Spawned {
     pub control_in: OwnedFd,
     /// The command channel, guest to evum (the child's fd 4).
     pub control_out: OwnedFd,
-    /// The process was pinned for its boot only: once the guest is up, its
-    /// processes may run on any of evum's CPUs again.
-    pub release_cpus_when_up: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -201,7 +198,6 @@ fn spawn_here(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
         console_out,
         control_in,
         control_out,
-        release_cpus_when_up: false,
     })
 }
 
