@@ -49,10 +49,12 @@ ensure() ->
 %% core); two at once, from this node or another program, build once.
 -spec ensure(fun((progress()) -> any())) -> {ok, binary()} | {error, term()}.
 ensure(Progress) when is_function(Progress, 1) ->
-    case path() of
-        {ok, Path} ->
+    %% A kernel built on another host of the same cache has no delay-loop
+    %% figure for this one yet: the native side measures it.
+    case {path(), lpj()} of
+        {{ok, Path}, Lpj} when Lpj =/= undefined ->
             {ok, Path};
-        {error, not_built} ->
+        _ ->
             Ref = make_ref(),
             case evum_nif:kernel_build(cache_dir(), mirror(), self(), Ref) of
                 ok -> wait_build(Ref, Progress, undefined);
@@ -61,7 +63,7 @@ ensure(Progress) when is_function(Progress, 1) ->
     end.
 
 %% @doc The delay-loop figure (`lpj=') measured on this host when the
-%% kernel was built, or `undefined'.
+%% kernel was built (or first ensured here), or `undefined'.
 -spec lpj() -> pos_integer() | undefined.
 lpj() ->
     evum_nif:kernel_lpj(cache_dir()).
