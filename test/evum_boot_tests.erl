@@ -65,12 +65,6 @@ owner_exit() ->
     after 15000 -> error(no_exit)
     end.
 
-flush() ->
-    receive
-        _ -> flush()
-    after 0 -> ok
-    end.
-
 has_line(Part, Lines) ->
     lists:any(fun(L) -> binary:match(L, Part) =/= nomatch end, Lines).
 
@@ -87,13 +81,13 @@ assert_no_uml_left() ->
 
 %% Runs Fun with a new VM, which is stopped whatever happens.
 with_vm(Options, Fun) ->
-    flush(),
+    evum_tests:flush(),
     {ok, Vm} = create(Options),
     try
         Fun(Vm)
     after
         evm:stop(Vm),
-        flush()
+        evum_tests:flush()
     end.
 
 %%% Cases
@@ -107,7 +101,7 @@ panic() ->
     assert_no_uml_left().
 
 panic(Kernel) ->
-    flush(),
+    evum_tests:flush(),
     {error, {boot_failed, How, Lines}} = create([{kernel, Kernel}, {append, "rdinit=/nonexistent"}]),
     ?assertEqual({signal, sigabrt}, How),
     ?assert(has_line(<<"Kernel panic - not syncing: VFS: Unable to mount root fs">>, Lines)),
@@ -115,17 +109,17 @@ panic(Kernel) ->
     assert_bounded(Lines),
     %% The owner is told as before, and got the lines as console messages.
     ?assertEqual(How, owner_exit()),
-    flush().
+    evum_tests:flush().
 
 %% A fatal error before the kernel even starts: too little memory.
 exit_in_boot() ->
-    flush(),
+    evum_tests:flush(),
     {error, {boot_failed, How, Lines}} = create([{kernel, kernel()}, {mem, "5M"}]),
     ?assertEqual({exit_status, 1}, How),
     ?assert(has_line(<<"Too few physical memory">>, Lines)),
     assert_bounded(Lines),
     ?assertEqual(How, owner_exit()),
-    flush().
+    evum_tests:flush().
 
 %% A script plays a kernel that prints 30 lines, one of them long and some
 %% of them a stack dump, then exits.
@@ -152,7 +146,7 @@ bounded_lines() ->
         Cut = list_to_binary(lists:duplicate(512, $x)),
         ?assertEqual([Line(N) || N <- lists:seq(9, 24)] ++ [Cut | [Line(N) || N <- [28, 29, 30]]], Lines),
         ?assertEqual(How, owner_exit()),
-        flush()
+        evum_tests:flush()
     end).
 
 %% Runs Fun with an executable script in the place of a kernel.
@@ -184,7 +178,7 @@ unsupported_host() ->
     ok = logger:set_handler_config(default, level, none),
     try
         with_fake_kernel(Script, fun(Fake) ->
-            flush(),
+            evum_tests:flush(),
             {error, {unsupported_host, Problem, Fix}} = create([{kernel, Fake}]),
             ?assert(is_binary(Problem) andalso binary:match(Problem, <<"XSAVE">>) =/= nomatch),
             ?assert(is_binary(Fix) andalso binary:match(Fix, <<"evum's own kernel">>) =/= nomatch),
@@ -195,7 +189,7 @@ unsupported_host() ->
     after
         logger:set_handler_config(default, level, Level),
         logger:remove_handler(?MODULE),
-        flush()
+        evum_tests:flush()
     end.
 
 %% The first error logged that has Part in it.
@@ -306,7 +300,7 @@ proc_status(Pid) ->
     end.
 
 bad_values() ->
-    flush(),
+    evum_tests:flush(),
     [
         ?assertEqual({error, {bad_option, Bad}}, evm:create([{kernel, kernel()}, Bad]))
      || Bad <- [{cpus, 0}, {cpus, 9}, {cpus, two}, {cpus, 2.0}, {seccomp, maybe}, {seccomp, "true"}]
@@ -323,7 +317,7 @@ bad_values() ->
 %% message comes to the owner, the label is free).
 unsupported_by_kernel() ->
     with_kernel(?DEBIAN_KERNEL, fun(Kernel) ->
-        flush(),
+        evum_tests:flush(),
         Path = list_to_binary(Kernel),
         Refused = [
             {[{seccomp, true}], seccomp},
@@ -387,7 +381,7 @@ turns() ->
             {ok, V} -> application:set_env(evum, boot_concurrency, V);
             undefined -> application:unset_env(evum, boot_concurrency)
         end,
-        flush()
+        evum_tests:flush()
     end.
 
 %% The gate's status every few milliseconds until N creates have answered,

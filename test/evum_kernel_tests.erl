@@ -48,12 +48,6 @@ cleanup(undefined) ->
 
 %%% Helpers
 
-flush() ->
-    receive
-        _ -> flush()
-    after 0 -> ok
-    end.
-
 %% A directory of its own for the test, readable by others (when the BEAM
 %% is root, some VMs run as an unprivileged user), removed afterwards.
 with_dir(Fun) ->
@@ -77,7 +71,7 @@ with_guest(Dir, Fun) ->
         Fun(Vm)
     after
         ok = evm:stop(Vm),
-        flush()
+        evum_tests:flush()
     end.
 
 %% A host program's exit status and output.
@@ -199,7 +193,7 @@ debian_kernel() ->
                     ?debugFmt("skipped: ~s does not run on this host: ~ts", [?DEBIAN_KERNEL, why(Reason)])
             end
     end,
-    flush().
+    evum_tests:flush().
 
 %% Why a kernel did not boot, in a line.
 why({unsupported_host, Problem, _Fix}) ->
@@ -246,7 +240,7 @@ cached_kernel() ->
         ?assertEqual([LpjArg], [A || A <- string:lexemes(binary_to_list(Cmdline), " \n"), lists:prefix("lpj=", A)])
     after
         ok = evm:stop(Vm),
-        flush()
+        evum_tests:flush()
     end.
 
 %% The whole build path from Erlang, up to apt: a mirror that does not exist
@@ -280,5 +274,5 @@ unreachable_source() ->
          || {K, Value} <- Before
         ],
         os:cmd("rm -rf " ++ Cache),
-        flush()
+        evum_tests:flush()
     end.

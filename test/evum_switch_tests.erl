@@ -234,7 +234,7 @@ host_os_session() ->
     Addresses = ["10.0.213.92", "10.0.213.93", "10.0.213.94"],
     [ok = evum:ifconfig(Vm, {A, "255.255.255.0", "10.0.213.1"}) || {Vm, A} <- lists:zip(Vms, Addresses)],
     timer:sleep(1000),
-    flush(),
+    evum_tests:flush(),
     ?assertMatch(<<_/binary>>, evum:send(R, "ifconfig -a")),
     wait_line_matching(<<"10.0.213.92">>),
     {ok, Sniffer} = evum:sniff(Switch),
@@ -246,7 +246,7 @@ host_os_session() ->
     ok = evum_ctl:stop(),
     [ok = evm:stop(Vm) || Vm <- Vms],
     evum_switch:stop(Switch),
-    flush().
+    evum_tests:flush().
 
 wait_line_matching(Part) ->
     receive
@@ -256,12 +256,6 @@ wait_line_matching(Part) ->
                 _ -> ok
             end
     after 10000 -> error({no_line_with, Part})
-    end.
-
-flush() ->
-    receive
-        _ -> flush()
-    after 0 -> ok
     end.
 
 %% Every kind of bad input at a switch on which two guests ping each other,
