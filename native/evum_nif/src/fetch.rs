@@ -14,14 +14,12 @@
 //! Should ReplyTo die, the download still runs to its end (and fills the
 //! cache for the next caller); nothing more is sent.
 
-use std::ffi::OsString;
-use std::os::unix::ffi::OsStringExt;
 use std::panic::{self, AssertUnwindSafe};
-use std::path::PathBuf;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::reply::{panic_text, path_binary, Replies};
+use crate::{path, text};
 use evum_core::image::fetch::{Checksum, FetchRequest, Progress};
 use rustler::{Encoder, Env, LocalPid, NifResult, Reference, Term};
 
@@ -35,17 +33,13 @@ mod atoms {
 /// Between two `bytes` events.
 const BYTES_INTERVAL: Duration = Duration::from_millis(100);
 
-fn binary_bytes(term: Term) -> NifResult<Vec<u8>> {
-    Ok(term.decode_as_binary()?.as_slice().to_vec())
-}
-
 /// `undefined`, `{sha256, Hex}` or `{md5, Hex}`.
 fn checksum(term: Term) -> NifResult<Option<Checksum>> {
     if term.decode::<rustler::Atom>().ok() == Some(atoms::undefined()) {
         return Ok(None);
     }
     let (kind, hex): (rustler::Atom, Term) = term.decode()?;
-    let hex = String::from_utf8(binary_bytes(hex)?).map_err(|_| rustler::Error::BadArg)?;
+    let hex = text(hex)?;
     if kind == atoms::sha256() {
         Ok(Some(Checksum::Sha256(hex)))
     } else if kind == atoms::md5() {
@@ -68,14 +62,9 @@ fn image_fetch<'a>(
     reply_to: LocalPid,
     reference: Reference<'a>,
 ) -> NifResult<Term<'a>> {
-    let uri = String::from_utf8(binary_bytes(uri)?).map_err(|_| rustler::Error::BadArg)?;
-    let dest = binary_bytes(dest)?;
-    if dest.is_empty() || dest.contains(&0) {
-        return Err(rustler::Error::BadArg);
-    }
     let request = FetchRequest {
-        uri,
-        dest: PathBuf::from(OsString::from_vec(dest)),
+        uri: text(uri)?,
+        dest: path(dest)?,
         checksum: checksum(checksum_term)?,
     };
     if let Err(e) = request.check() {

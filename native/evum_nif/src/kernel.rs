@@ -15,16 +15,14 @@
 //! {evum_kernel, Ref, {error, Message}}                        % or this one
 //! ```
 
-use std::ffi::OsString;
-use std::os::unix::ffi::OsStringExt;
 use std::panic::{self, AssertUnwindSafe};
-use std::path::PathBuf;
 use std::thread;
 
 use evum_core::kernel::{self, Progress};
 use rustler::{Encoder, Env, LocalPid, NifResult, Reference, Term};
 
 use crate::reply::{panic_text, path_binary, Replies};
+use crate::{path, text};
 
 mod atoms {
     rustler::atoms! {
@@ -33,18 +31,10 @@ mod atoms {
     }
 }
 
-fn path_arg(term: Term) -> NifResult<PathBuf> {
-    let bytes = term.decode_as_binary()?.as_slice().to_vec();
-    if bytes.is_empty() || bytes.contains(&0) {
-        return Err(rustler::Error::BadArg);
-    }
-    Ok(PathBuf::from(OsString::from_vec(bytes)))
-}
-
 /// `{ok, Path}` of the kernel built in this cache, or `not_built`.
 #[rustler::nif(schedule = "DirtyIo")]
 fn kernel_cached<'a>(env: Env<'a>, cache_dir: Term<'a>) -> NifResult<Term<'a>> {
-    Ok(match kernel::cached(&path_arg(cache_dir)?) {
+    Ok(match kernel::cached(&path(cache_dir)?) {
         Some(path) => (atoms::ok(), path_binary(env, &path)).encode(env),
         None => atoms::not_built().encode(env),
     })
@@ -53,7 +43,7 @@ fn kernel_cached<'a>(env: Env<'a>, cache_dir: Term<'a>) -> NifResult<Term<'a>> {
 /// This host's calibrated delay-loop figure, or `undefined`.
 #[rustler::nif(schedule = "DirtyIo")]
 fn kernel_lpj<'a>(env: Env<'a>, cache_dir: Term<'a>) -> NifResult<Term<'a>> {
-    Ok(match kernel::lpj::cached(&path_arg(cache_dir)?) {
+    Ok(match kernel::lpj::cached(&path(cache_dir)?) {
         Some(lpj) => lpj.encode(env),
         None => atoms::undefined().encode(env),
     })
@@ -70,12 +60,10 @@ fn kernel_build<'a>(
     reply_to: LocalPid,
     reference: Reference<'a>,
 ) -> NifResult<Term<'a>> {
-    let cache_dir = path_arg(cache_dir)?;
+    let cache_dir = path(cache_dir)?;
     let mirror = match mirror.decode::<rustler::Atom>() {
         Ok(atom) if atom == atoms::system() => None,
-        _ => Some(
-            String::from_utf8(mirror.decode_as_binary()?.as_slice().to_vec()).map_err(|_| rustler::Error::BadArg)?,
-        ),
+        _ => Some(text(mirror)?),
     };
     let mut replies = Replies::new(atoms::evum_kernel(), reply_to, reference);
     let spawned = thread::Builder::new().name("evum-kernel".into()).spawn(move || {

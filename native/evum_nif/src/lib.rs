@@ -11,6 +11,7 @@ mod kernel;
 mod reply;
 mod switch;
 
+use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -60,6 +61,15 @@ fn atom_map<'a>(env: Env<'a>, pairs: &[(Atom, Term<'a>)]) -> NifResult<Term<'a>>
 fn text(term: Term) -> NifResult<String> {
     let bin = term.decode_as_binary()?;
     String::from_utf8(bin.as_slice().to_vec()).map_err(|_| rustler::Error::BadArg)
+}
+
+/// A path as the binary's bytes, UTF-8 or not; empty or with a NUL is badarg.
+fn path(term: Term) -> NifResult<PathBuf> {
+    let bytes = term.decode_as_binary()?.as_slice().to_vec();
+    if bytes.is_empty() || bytes.contains(&0) {
+        return Err(rustler::Error::BadArg);
+    }
+    Ok(PathBuf::from(std::ffi::OsString::from_vec(bytes)))
 }
 
 /// `{Name, Index, Value}` with Index -1 for "none", as evum_opts:normalize/1 makes them.
