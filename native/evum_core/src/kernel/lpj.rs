@@ -13,7 +13,7 @@ use std::io::{self, BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, OnceLock};
 use std::time::Duration;
 
 use nix::sys::signal::{killpg, Signal};
@@ -110,23 +110,32 @@ fn figure_in(line: &str) -> Option<u64> {
 /// One file per CPU model and frequency (rounded to 100 MHz, which some
 /// hosts vary by a little from one reading to the next).
 fn figure_file(cache_dir: &Path) -> PathBuf {
-    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let field = |name: &str| {
-        cpuinfo
-            .lines()
-            .find_map(|l| {
-                let (key, value) = l.split_once(':')?;
-                (key.trim() == name).then(|| value.trim().to_string())
-            })
-            .unwrap_or_default()
-    };
-    let mhz = field("cpu MHz")
-        .parse::<f64>()
-        .map(|m| (m / 100.0).round() as u64 * 100)
-        .unwrap_or(0);
-    let mut hasher = DefaultHasher::new();
-    (field("model name"), mhz).hash(&mut hasher);
-    cache_dir.join("kernel").join(format!("lpj-{:016x}", hasher.finish()))
+    cache_dir.join("kernel").join(format!("lpj-{}", host_key()))
+}
+
+/// The host's CPU model and frequency, hashed: read once, since every VM
+/// start asks and /proc/cpuinfo grows with the number of CPUs.
+fn host_key() -> &'static str {
+    static KEY: OnceLock<String> = OnceLock::new();
+    KEY.get_or_init(|| {
+        let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let field = |name: &str| {
+            cpuinfo
+                .lines()
+                .find_map(|l| {
+                    let (key, value) = l.split_once(':')?;
+                    (key.trim() == name).then(|| value.trim().to_string())
+                })
+                .unwrap_or_default()
+        };
+        let mhz = field("cpu MHz")
+            .parse::<f64>()
+            .map(|m| (m / 100.0).round() as u64 * 100)
+            .unwrap_or(0);
+        let mut hasher = DefaultHasher::new();
+        (field("model name"), mhz).hash(&mut hasher);
+        format!("{:016x}", hasher.finish())
+    })
 }
 
 #[cfg(test)]
