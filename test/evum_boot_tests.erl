@@ -24,7 +24,8 @@ boot_test_() ->
             {"cpus on a kernel that has them: the guest sees them", cpus},
             {"bad seccomp and cpus values are bad options", bad_values},
             {"a kernel without seccomp or SMP is refused before a boot", unsupported_by_kernel},
-            {"VMs take turns to boot, as many at once as boot_concurrency says", turns}
+            {"VMs take turns to boot, as many at once as boot_concurrency says", turns},
+            {"init sets up what a shell and a network expect, with two processes of its own", guest_setup}
         ]
     ]}.
 
@@ -407,4 +408,47 @@ wait_until(Done, Tries) ->
         false ->
             timer:sleep(25),
             wait_until(Done, Tries - 1)
+    end.
+
+%% What evum's init (priv/guest/evum-init.c) does with system calls instead
+%% of a process per step: the file systems, the hostname, loopback, the
+%% switch's interface named eth0, a console shell with a controlling tty,
+%% and besides itself only the command loop and that shell.
+guest_setup() ->
+    {ok, Switch} = evum_switch:start(),
+    try
+        with_vm([{switch, Switch}, {hostname, "setup"}], fun(Vm) ->
+            {ok, 0, Mounts} = evum:cmd(Vm, "cut -d' ' -f1-3 /proc/mounts"),
+            [
+                ?assert(has_line(M, binary:split(Mounts, <<"\n">>, [global])))
+             || M <- [<<"proc /proc proc">>, <<"sysfs /sys sysfs">>, <<"devtmpfs /dev devtmpfs">>,
+                      <<"devpts /dev/pts devpts">>]
+            ],
+            ?assertEqual({ok, 0, <<"setup\n">>}, evum:cmd(Vm, "hostname")),
+            ?assertEqual({ok, 0, <<"eth0\nlo\n">>}, evum:cmd(Vm, "ls /sys/class/net")),
+            {ok, 0, Lo} = evum:cmd(Vm, "ifconfig lo"),
+            ?assertNotEqual(nomatch, binary:match(Lo, <<"inet addr:127.0.0.1  Mask:255.0.0.0">>)),
+            ?assertNotEqual(nomatch, binary:match(Lo, <<"UP LOOPBACK RUNNING">>)),
+            ?assertMatch({ok, 0, _}, evum:cmd(Vm, "ping -c 1 -W 2 127.0.0.1")),
+            ?assertEqual({ok, 0, <<"1777\n">>}, evum:cmd(Vm, "stat -c %a /dev/shm")),
+            %% PID 1 and its two children: the command loop (running this
+            %% command) and the console's login shell, which leads its own
+            %% session with the console's tty as its controlling terminal.
+            ?assertEqual({ok, 0, <<"2\n">>}, evum:cmd(Vm, "ps -o ppid | grep -cx ' *1'")),
+            evum_tests:flush(),
+            Check = "tty; cut -d' ' -f6 /proc/$$/stat; echo $$",
+            ?assertEqual(list_to_binary(Check), evum:send(Vm, Check)),
+            ?assertEqual(<<"/dev/tty0">>, next_console_line(Vm)),
+            Session = next_console_line(Vm),
+            ?assertEqual(Session, next_console_line(Vm))
+        end)
+    after
+        evum_switch:stop(Switch)
+    end.
+
+next_console_line(Vm) ->
+    receive
+        {evum, Vm, {console, Line}} -> Line;
+        Line when is_binary(Line) -> Line
+    after 5000 -> error(no_console_line)
     end.

@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-const INIT: &str = include_str!("../../../../priv/guest/busybox-init");
+/// PID 1, built from `priv/guest/evum-init.c` by build.rs.
+const INIT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/evum-init"));
+const ROOTFS_INIT: &str = include_str!("../../../../priv/guest/evum-rootfs");
 const CONTROL_LOOP: &str = include_str!("../../../../priv/guest/evum-ctl");
 const UDHCPC_SCRIPT: &str = include_str!("../../../../priv/guest/udhcpc-script");
 const PROFILE: &str = "export PS1='\\u@\\h:\\w\\$ '\n";
@@ -57,6 +59,7 @@ pub fn busybox_initramfs(busybox: &Path, cache_dir: &Path) -> Result<PathBuf, Im
         meta.mtime(),
         meta.ino(),
         INIT,
+        ROOTFS_INIT,
         CONTROL_LOOP,
         UDHCPC_SCRIPT,
         PROFILE,
@@ -169,7 +172,14 @@ fn write_archive(path: &Path, busybox: &[u8], applets: &[String]) -> io::Result<
     for applet in applets.iter().filter(|a| a.as_str() != "bin/busybox") {
         entry(applet, S_IFLNK | 0o777, b"/bin/busybox", None, &mut out)?;
     }
-    entry("init", S_IFREG | 0o755, INIT.as_bytes(), None, &mut out)?;
+    entry("init", S_IFREG | 0o755, INIT, None, &mut out)?;
+    entry(
+        "sbin/evum-rootfs",
+        S_IFREG | 0o755,
+        ROOTFS_INIT.as_bytes(),
+        None,
+        &mut out,
+    )?;
     entry(
         "sbin/evum-ctl",
         S_IFREG | 0o755,
@@ -221,6 +231,7 @@ mod tests {
             "init",
             "bin/sh",
             "sbin/evum-ctl",
+            "sbin/evum-rootfs",
             "dev/console",
             // Where Debian's busybox looks for it.
             "etc/udhcpc/default.script",
