@@ -110,7 +110,7 @@ create_vm(Options) ->
                 Error -> Error
             end
         end,
-        fun(#{label := Label, switch := Switch, mac := Mac, dist := {DistBoot, RunAs}} = VM) ->
+        fun(#{label := Label, switch := Switch, mac := Mac, dist := DistBoot} = VM) ->
             #{kernel := {Kernel, KernelBoot}} = VM,
             Network = network(Switch, Get(transport, bess), Mac),
             Config = fun(NifBoot) ->
@@ -120,7 +120,7 @@ create_vm(Options) ->
                     boot => NifBoot,
                     umid => bin(Get(umid, "")),
                     uml_dir => bin(Get(uml_dir, "")),
-                    run_as => RunAs,
+                    groups => switch_groups(Switch),
                     tagged => proplists:get_bool(tagged, Own),
                     switch => Switch,
                     boot_timeout => Get(timeout, DefaultTimeout)
@@ -151,8 +151,17 @@ create_vm(Options) ->
     end.
 
 with(Key, {ok, Value}, VM) -> {ok, VM#{Key => Value}};
-with(dist, {ok, DistBoot, RunAs}, VM) -> {ok, VM#{dist => {DistBoot, RunAs}}};
 with(_Key, Error, _VM) -> Error.
+
+%% The groups the VM's host user joins: its switch's, whose sockets only
+%% that group (and evum) may use.
+switch_groups(undefined) ->
+    [];
+switch_groups(Switch) ->
+    case evum_switch:group(Switch) of
+        undefined -> [];
+        Gid -> [Gid]
+    end.
 
 switch_of(undefined, Switch) ->
     {ok, Switch};

@@ -30,10 +30,44 @@ cow(Dist, Label, Base) ->
     Path = unicode:characters_to_binary(path(Label, Dist)),
     ok = filelib:ensure_dir(Path),
     case filelib:is_regular(Path) andalso evum_nif:disk_user(Path) of
-        false -> {ok, <<Path/binary, ",", Base/binary>>};
+        false -> make_cow(Path, Base);
         {ok, none} -> {ok, <<Path/binary, ",", Base/binary>>};
         {ok, OsPid} -> {error, {disk_in_use, Path, OsPid}};
         {error, Why} -> {error, {disk, Path, Why}}
+    end.
+
+%% A label's first boot: evum makes the COW (uml_mkcow, UML's own format)
+%% rather than the VM, whose host user may write the disk it is lent but
+%% not the directory that keeps every label's disks. Readable by its owner
+%% alone: it holds what the guest wrote.
+make_cow(Path, Base) ->
+    Mkcow = os:find_executable("uml_mkcow"),
+    Made =
+        Mkcow =/= false andalso
+            run(Mkcow, [Path, Base]),
+    case Made of
+        false ->
+            {error, {disk, Path, <<"cannot make a COW disk (install uml-utilities for uml_mkcow)">>}};
+        {error, Output} ->
+            {error, {disk, Path, Output}};
+        ok ->
+            ok = file:change_mode(Path, 8#600),
+            {ok, <<Path/binary, ",", Base/binary>>}
+    end.
+
+%% Runs a program to its end: ok, or {error, its output}.
+run(Program, Args) ->
+    Port = open_port({spawn_executable, Program}, [{args, Args}, exit_status, stderr_to_stdout, binary]),
+    collect(Port, <<>>).
+
+collect(Port, Output) ->
+    receive
+        {Port, {data, Data}} -> collect(Port, <<Output/binary, Data/binary>>);
+        {Port, {exit_status, 0}} -> ok;
+        {Port, {exit_status, _}} -> {error, Output}
+    after 30000 ->
+        port_close(Port),
+        {error, <<"uml_mkcow did not finish">>}
     end.
 
 %% @doc Removes a label's disks (one per dist it booted). A label whose VM

@@ -5,7 +5,7 @@
 %%   the host's static busybox. Needs no download; the guest's root is a tmpfs
 %%   in its own memory, so nothing it writes reaches the host or other VMs.</li>
 %% <li>`host': the host's own root, read-only over hostfs, as the original
-%%   `evum:start()' ran. When the BEAM runs as root, the VM runs as `nobody'.</li>
+%%   `evum:start()' ran.</li>
 %% <li>every image of the configuration (evum_config): its base image is
 %%   made on first use (evum_image) and each label gets a copy-on-write disk
 %%   over it (evum_disk); a `dir' image is a host directory, read-only over
@@ -16,7 +16,7 @@
 %% guest has the same boot signal and command channel.
 -module(evum_dist).
 
--export([boot_options/2, cache_dir/0, busybox_image/0, host_user/0]).
+-export([boot_options/2, cache_dir/0, busybox_image/0]).
 
 -type name() :: busybox | host | atom().
 -type context() :: #{
@@ -27,14 +27,12 @@
 }.
 -export_type([name/0]).
 
-%% @doc The boot options and the host user (`undefined' for evum's own) for
-%% a dist.
--spec boot_options(name(), context()) ->
-    {ok, [evum_opts:boot_option()], undefined | {non_neg_integer(), non_neg_integer()}}
-    | {error, term()}.
+%% @doc The boot options for a dist. (Which host user the VM runs as is
+%% not the dist's to say: every VM gets its own, see evum_core's vm/jail.rs.)
+-spec boot_options(name(), context()) -> {ok, [evum_opts:boot_option()]} | {error, term()}.
 boot_options(busybox, Context) ->
     case busybox_image() of
-        {ok, Image} -> {ok, initramfs(Image, Context), undefined};
+        {ok, Image} -> {ok, initramfs(Image, Context)};
         {error, _} = Error -> Error
     end;
 boot_options(host, Context) ->
@@ -51,13 +49,9 @@ boot_options(Dist, _) ->
 %% The root is a host directory, read-only over hostfs, which the kernel
 %% confines to that directory.
 hostfs_root(Dir, Context) ->
-    case {busybox_image(), host_user()} of
-        {{ok, Image}, {ok, RunAs}} ->
-            {ok, initramfs(Image, Context) ++ [{env, "EVUM_ROOT", "hostfs"}, {hostfs, Dir}], RunAs};
-        {{error, _} = Error, _} ->
-            Error;
-        {_, {error, _} = Error} ->
-            Error
+    case busybox_image() of
+        {ok, Image} -> {ok, initramfs(Image, Context) ++ [{env, "EVUM_ROOT", "hostfs"}, {hostfs, Dir}]};
+        {error, _} = Error -> Error
     end.
 
 %% The root is the first disk: the label's copy-on-write disk over the
@@ -68,7 +62,7 @@ disk_root(Dist, #{args := Args} = Image, #{label := Label, progress := Progress}
             case label_disk(Dist, Image, Label, Progress) of
                 {ok, Ubd} ->
                     Disk = [{ubd, 0, Ubd}, {env, "EVUM_ROOT", "ubda"}],
-                    {ok, initramfs(Initramfs, Context) ++ Disk ++ [kernel_arg(A) || A <- Args], undefined};
+                    {ok, initramfs(Initramfs, Context) ++ Disk ++ [kernel_arg(A) || A <- Args]};
                 {error, _} = Error ->
                     Error
             end;
@@ -100,21 +94,6 @@ initramfs(Image, #{hostname := Hostname} = Context) ->
             Command -> [{env, "EVUM_INIT", base64:encode(Command)}]
         end,
     [{initrd, Image}, {init, "/init"}, {env, "EVUM_HOSTNAME", Hostname}] ++ Init.
-
-%% @doc The host user `host' VMs run as: `undefined' for evum's own.
-%% As root, a guest's root could remount the host's root read-write and
-%% write through hostfs: such VMs run as an unprivileged user instead.
--spec host_user() -> {ok, undefined | {non_neg_integer(), non_neg_integer()}} | {error, term()}.
-host_user() ->
-    case evum_nif:effective_uid() of
-        0 ->
-            case evum_nif:lookup_user("nobody") of
-                {ok, Ids} -> {ok, Ids};
-                {error, not_found} -> {error, {no_unprivileged_user, nobody}}
-            end;
-        _ ->
-            {ok, undefined}
-    end.
 
 %% @doc The busybox initramfs, built into the cache on first use.
 -spec busybox_image() -> {ok, binary()} | {error, term()}.

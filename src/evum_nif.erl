@@ -5,6 +5,7 @@
 
 -export([
     vm_start/8,
+    jail_ids/2,
     vm_write/2,
     vm_run/3,
     vm_signal/3,
@@ -13,7 +14,8 @@
     busybox_initramfs/2,
     effective_uid/0,
     lookup_user/1,
-    switch_start/4,
+    switch_start/3,
+    switch_group/1,
     switch_stop/1,
     switch_sockets/1,
     switch_attach/5,
@@ -52,7 +54,8 @@ load() ->
 
 -define(NOT_LOADED, erlang:nif_error({not_loaded, ?MODULE, ?LINE})).
 
-vm_start(_Owner, _Server, _Tagged, _Kernel, _Options, _Umid, _UmlDir, _RunAs) -> ?NOT_LOADED.
+vm_start(_Owner, _Server, _Tagged, _Kernel, _Options, _Umid, _UmlDir, _Groups) -> ?NOT_LOADED.
+jail_ids(_First, _Count) -> ?NOT_LOADED.
 vm_write(_Vm, _Data) -> ?NOT_LOADED.
 vm_run(_Vm, _Id, _Command) -> ?NOT_LOADED.
 vm_signal(_Vm, _Signal, _WholeGroup) -> ?NOT_LOADED.
@@ -61,7 +64,8 @@ mconsole_request(_Socket, _Command, _TimeoutMs) -> ?NOT_LOADED.
 busybox_initramfs(_Busybox, _CacheDir) -> ?NOT_LOADED.
 effective_uid() -> ?NOT_LOADED.
 lookup_user(_Name) -> ?NOT_LOADED.
-switch_start(_Hub, _RunAs, _Cpu, _BusyPoll) -> ?NOT_LOADED.
+switch_start(_Hub, _Cpu, _BusyPoll) -> ?NOT_LOADED.
+switch_group(_Switch) -> ?NOT_LOADED.
 switch_stop(_Switch) -> ?NOT_LOADED.
 switch_sockets(_Switch) -> ?NOT_LOADED.
 switch_attach(_Switch, _Owner, _Server, _Mac, _Promiscuous) -> ?NOT_LOADED.

@@ -28,6 +28,7 @@
     counters/1,
     control_socket/1,
     bess_socket/1,
+    group/1,
     eth_option/2,
     bess_option/2,
     joined/3,
@@ -212,6 +213,12 @@ control_socket(Switch) -> gen_server:call(Switch, control_socket).
 -spec bess_socket(switch()) -> binary().
 bess_socket(Switch) -> gen_server:call(Switch, bess_socket).
 
+%% @doc The host group whose members may use the switch's sockets (besides
+%% evum's own user): its VMs' users join it. `undefined' when evum does not
+%% run as root (the sockets are then evum's user's only).
+-spec group(switch()) -> non_neg_integer() | undefined.
+group(Switch) -> gen_server:call(Switch, group).
+
 %% @doc The boot option that puts a VM's eth0 on this switch, with `Mac'.
 -spec eth_option(switch(), mac()) -> evum_opts:boot_option().
 eth_option(Switch, Mac) ->
@@ -282,10 +289,7 @@ addr(_) -> error.
 %%% gen_server
 
 init({Hub, Gateway, Cpu, BusyPoll}) ->
-    %% Its sockets go where VMs of the host dist, which may run as another
-    %% user, can reach them too.
-    {ok, RunAs} = evum_dist:host_user(),
-    case evum_nif:switch_start(Hub, RunAs, Cpu, BusyPoll) of
+    case evum_nif:switch_start(Hub, Cpu, BusyPoll) of
         {ok, Switch} ->
             {ok, Ctl, Bess} = evum_nif:switch_sockets(Switch),
             S = #state{switch = Switch, ctl = Ctl, bess = Bess},
@@ -360,6 +364,8 @@ handle_call(counters, _From, #state{switch = Switch} = S) ->
     {reply, evum_nif:switch_counters(Switch), S};
 handle_call(control_socket, _From, #state{ctl = Ctl} = S) ->
     {reply, Ctl, S};
+handle_call(group, _From, #state{switch = Switch} = S) ->
+    {reply, evum_nif:switch_group(Switch), S};
 handle_call(bess_socket, _From, #state{bess = Bess} = S) ->
     {reply, Bess, S};
 handle_call(gateway, _From, #state{gateway = undefined} = S) ->

@@ -25,7 +25,7 @@
     boot := [evum_opts:nif_option()],
     umid := binary(),
     uml_dir := binary(),
-    run_as := undefined | {non_neg_integer(), non_neg_integer()},
+    groups := [non_neg_integer()],
     tagged := boolean(),
     switch => pid() | atom() | undefined,
     boot_timeout := timeout()
@@ -172,11 +172,11 @@ start(#state{owner = Owner, config = Config, waiting_ready = Waiting} = S) ->
         boot := Boot,
         umid := Umid,
         uml_dir := UmlDir,
-        run_as := RunAs,
+        groups := Groups,
         tagged := Tagged,
         boot_timeout := BootTimeout
     } = Config,
-    case evum_nif:vm_start(Owner, self(), Tagged, Kernel, Boot, Umid, UmlDir, RunAs) of
+    case evum_nif:vm_start(Owner, self(), Tagged, Kernel, Boot, Umid, UmlDir, Groups) of
         {ok, Vm} ->
             erlang:send_after(BootTimeout, self(), boot_timeout),
             {noreply, S#state{vm = Vm}};

@@ -81,6 +81,14 @@ defmodule Evum.Switch do
   @spec bess_socket(switch()) :: binary()
   defdelegate bess_socket(switch), to: :evum_switch
 
+  @doc """
+  The host group whose members may use the switch's sockets besides evum's
+  own user (its VMs' host users join it), or `:undefined` when evum does not
+  run as root.
+  """
+  @spec group(switch()) :: non_neg_integer() | :undefined
+  defdelegate group(switch), to: :evum_switch
+
   @doc "Tells the switch that a VM is on it with a MAC, so `ports/1` names it (`Evm.create/1` does this)."
   @spec joined(switch(), pid(), binary()) :: :ok
   defdelegate joined(switch, vm, mac), to: :evum_switch

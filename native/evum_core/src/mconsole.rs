@@ -16,7 +16,9 @@
 //! into several datagrams with `more = 1` on all but the last.
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::linux::net::SocketAddrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -160,7 +162,15 @@ pub fn request(socket: &Path, command: &str, timeout: Duration) -> Result<Reply,
         at: deadline,
         timeout,
     };
-    let n = call.run(|c| c.send_to(&packet, socket))?;
+    // Through an open file of the socket: the path may be longer than an
+    // AF_UNIX address holds (a jailed VM's is under /proc/<pid>/root).
+    let n = call.run(|c| {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
+            .open(socket)?;
+        c.send_to(&packet, format!("/proc/self/fd/{}", file.as_raw_fd()))
+    })?;
     if n != packet.len() {
         // Datagram sends are all-or-nothing; this is only defensive.
         return Err(io_err(io::Error::new(

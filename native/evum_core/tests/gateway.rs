@@ -17,14 +17,15 @@ use common::{boot, BessClient, Guest, TempDir};
 
 use crossbeam_channel::{unbounded, Receiver};
 use evum_core::gateway::{FlowOrigin, FlowProto, Forward, Gateway, GatewayConfig, GatewayError, Proto};
-use evum_core::switch::{Switch, SwitchConfig};
+use evum_core::switch::Switch;
 use evum_core::BootOption;
 
 // ---------------------------------------------------------------- fixtures
 
 /// A switch with a gateway on it.
 struct Net {
-    dir: TempDir,
+    /// Removed with the net.
+    _dir: TempDir,
     switch: Switch,
     gateway: Option<Gateway>,
 }
@@ -32,7 +33,7 @@ struct Net {
 impl Net {
     fn new(tag: &str, tune: impl FnOnce(&mut GatewayConfig)) -> Net {
         let dir = TempDir::new(tag);
-        let switch = Switch::start(SwitchConfig::new(dir.0.join("switch"))).expect("switch starts");
+        let switch = Switch::start(common::switch_config(&dir.0.join("switch"))).expect("switch starts");
         let mut config = GatewayConfig {
             dns_forwarding: false,
             ..Default::default()
@@ -40,7 +41,7 @@ impl Net {
         tune(&mut config);
         let gateway = Gateway::start(config, &switch.bess_socket()).expect("gateway starts");
         Net {
-            dir,
+            _dir: dir,
             switch,
             gateway: Some(gateway),
         }
@@ -52,10 +53,11 @@ impl Net {
 
     /// A guest on the switch over the bess transport, with MAC 02:..:0n.
     fn guest(&self, n: u8) -> Guest {
-        let src = self.dir.0.join(format!("guest{n}.sock"));
+        // The guest's end is in its own runtime directory, the only place
+        // a jailed UML process may bind a socket.
         boot(BootOption::Append(format!(
-            "vec0:transport=bess,src={},dst={},mac=02:00:00:00:00:{n:02x}",
-            src.display(),
+            "vec0:transport=bess,src={}/bess,dst={},mac=02:00:00:00:00:{n:02x}",
+            evum_core::vm::options::RUNTIME_DIR,
             self.switch.bess_socket().display()
         )))
     }

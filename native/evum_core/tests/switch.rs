@@ -21,7 +21,7 @@ use evum_core::switch::{FrameSink, PortId, PortKind, Switch, SwitchConfig};
 // ---------------------------------------------------------------- fixtures
 
 fn start(dir: &TempDir, tune: impl FnOnce(&mut SwitchConfig)) -> Switch {
-    let mut config = SwitchConfig::new(dir.0.join("switch"));
+    let mut config = common::switch_config(&dir.0.join("switch"));
     tune(&mut config);
     Switch::start(config).expect("switch starts")
 }
@@ -854,10 +854,9 @@ mod guests {
         let switch = start(&dir, |_| {});
         let bess = switch.bess_socket();
         let vec = |n: u8| {
-            let src = dir.0.join(format!("guest{n}.sock"));
             BootOption::Append(format!(
-                "vec0:transport=bess,src={},dst={},mac=02:00:00:00:00:0{n}",
-                src.display(),
+                "vec0:transport=bess,src={}/bess,dst={},mac=02:00:00:00:00:0{n}",
+                evum_core::vm::options::RUNTIME_DIR,
                 bess.display()
             ))
         };
@@ -882,8 +881,8 @@ mod guests {
             ),
         );
         let b = boot(BootOption::Append(format!(
-            "vec0:transport=bess,src={},dst={},mac=02:00:00:00:00:02",
-            dir.0.join("guest.sock").display(),
+            "vec0:transport=bess,src={}/bess,dst={},mac=02:00:00:00:00:02",
+            evum_core::vm::options::RUNTIME_DIR,
             switch.bess_socket().display()
         )));
         ping_pair(&switch, a, b, "eth0", "eth0", [PortKind::Daemon, PortKind::Bess]);

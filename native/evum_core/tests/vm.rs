@@ -42,7 +42,7 @@ fn boot() -> (Vm, Receiver<Event>) {
         options: vec![BootOption::Initrd(initrd), BootOption::Init("/init".into())],
         umid: None,
         uml_dir: None,
-        run_as: None,
+        groups: Vec::new(),
     };
     let vm = evum_core::start(config, Box::new(ToChannel(tx))).expect("start");
     wait_for(&rx, Duration::from_secs(30), |e| {
@@ -172,7 +172,7 @@ fn a_missing_kernel_is_a_clear_error() {
         options: vec![],
         umid: None,
         uml_dir: None,
-        run_as: None,
+        groups: Vec::new(),
     };
     let err = evum_core::start(config, Box::new(ToChannel(tx))).unwrap_err();
     assert!(err.to_string().contains("not found"), "{err}");

@@ -26,7 +26,7 @@ mod atoms {
         ok, error, undefined, true_ = "true",
         not_running, bad_option, spawn, runtime_dir, bad_umid, image, mconsole,
         timeout, not_found, none, os_pid, umid, runtime_dir_key = "runtime_dir", mconsole_socket, running,
-        unsupported_by_kernel,
+        unsupported_by_kernel, jail,
     }
 }
 
@@ -109,6 +109,16 @@ fn boot_option(term: Term) -> Result<BootOption, String> {
     })
 }
 
+/// Sets the ids VMs and switches take their users and groups from (the
+/// `vm_ids` setting: `Count` ids from `First`).
+#[rustler::nif]
+fn jail_ids(env: Env, first: u32, count: u32) -> Term {
+    match vm::jail::set_range(vm::jail::IdRange { first, count }) {
+        Ok(()) => atoms::ok().encode(env),
+        Err(e) => error_tuple(env, atoms::bad_option(), e),
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 #[rustler::nif(schedule = "DirtyIo")]
 fn vm_start<'a>(
@@ -120,7 +130,7 @@ fn vm_start<'a>(
     options: Vec<Term<'a>>,
     umid: Term<'a>,
     uml_dir: Term<'a>,
-    run_as: Term<'a>,
+    groups: Vec<u32>,
 ) -> NifResult<Term<'a>> {
     let options: Result<Vec<BootOption>, String> = options.into_iter().map(boot_option).collect();
     let options = match options {
@@ -133,7 +143,7 @@ fn vm_start<'a>(
         options,
         umid: optional(umid)?,
         uml_dir: optional(uml_dir)?.map(PathBuf::from),
-        run_as: run_as.decode::<(u32, u32)>().ok(),
+        groups,
     };
     let events = events::Mailboxes::new(owner, server, tagged);
     match evum_core::start(config, Box::new(events)) {
@@ -154,6 +164,7 @@ fn vm_start<'a>(
                 vm::StartError::Option(_) => atoms::bad_option(),
                 vm::StartError::Spawn(_) | vm::StartError::KernelUnreadable { .. } => atoms::spawn(),
                 vm::StartError::RuntimeDir { .. } => atoms::runtime_dir(),
+                vm::StartError::Jail(_) => atoms::jail(),
                 vm::StartError::BadUmid(_) => atoms::bad_umid(),
                 vm::StartError::UnsupportedByKernel { .. } => atoms::unsupported_by_kernel(),
             };

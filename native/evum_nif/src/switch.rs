@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::atom_map;
 use evum_core::switch::{FrameSink, Mac, PortId, PortKind, Switch, SwitchConfig};
+use evum_core::vm::jail::{self, HeldId};
 use evum_core::vm::placement::{choice_set, CpuChoice};
 use rustler::{Binary, Encoder, Env, LocalPid, NewBinary, NifResult, OwnedEnv, ResourceArc, Term};
 
@@ -19,7 +20,7 @@ mod atoms {
         drops_send_error, queued, port, age_ms,
         bad_magic, bad_version, bad_type, bad_address, duplicate_address, short_request,
         oversized_request, request_timeout, too_many_pending, too_many_ports, control_garbage, runt,
-        oversized_frame, bad_option,
+        oversized_frame, bad_option, foreign_peer, foreign_address,
     }
 }
 
@@ -27,6 +28,9 @@ mod atoms {
 /// its sockets and directory.
 pub struct SwitchResource {
     switch: Mutex<Option<Switch>>,
+    /// The switch's group (when evum is root), held while the resource
+    /// lives: the VMs that join the switch get it.
+    group: Option<HeldId>,
     /// The watchdog removes the switch's directory if the BEAM dies before
     /// the switch's thread has: released only once that thread is done.
     watchdog_id: u64,
@@ -79,25 +83,32 @@ fn with_switch<'a>(env: Env<'a>, res: &SwitchResource, f: impl FnOnce(&Switch) -
     }
 }
 
-/// Starts a switch whose sockets live in a new private directory under
-/// evum's runtime base: that of VMs run as `run_as` (`{Uid, Gid}`), so they
-/// can join, or evum's own (`undefined`). `cpu` is the `cpu` option's text
+/// Starts a switch whose sockets live in a new directory under evum's
+/// runtime base, open to a group of the switch's own when evum is root (its
+/// VMs join it: see `evum_core::vm::jail`), else to evum's user only. `cpu`
+/// is the `cpu` option's text
 /// (`any`, `auto`, `0,2`) for the switch's thread; `busy_poll` the longest
 /// it polls for events before it sleeps, in microseconds (`default`: the
 /// switch's own default).
 #[rustler::nif(schedule = "DirtyIo")]
-fn switch_start<'a>(env: Env<'a>, hub: bool, run_as: Term<'a>, cpu: &str, busy_poll: Term<'a>) -> Term<'a> {
+fn switch_start<'a>(env: Env<'a>, hub: bool, cpu: &str, busy_poll: Term<'a>) -> Term<'a> {
     let cpus = match CpuChoice::parse(cpu).and_then(|choice| choice_set(&choice)) {
         Ok(cpus) => cpus,
         Err(e) => return (atoms::error(), (atoms::bad_option(), e.to_string())).encode(env),
     };
-    let dir = match evum_core::vm::switch_dir(run_as.decode::<(u32, u32)>().ok()) {
+    let group = match jail::jailed().then(jail::take_id).transpose() {
+        Ok(group) => group,
+        Err(e) => return switch_error(env, e),
+    };
+    let gid = group.as_ref().map(|held| held.id);
+    let dir = match evum_core::vm::switch_dir(gid) {
         Ok(dir) => dir,
         Err(e) => return switch_error(env, e),
     };
     let mut config = SwitchConfig::new(&dir);
     config.hub = hub;
     config.cpus = cpus;
+    config.group = gid;
     if let Ok(us) = busy_poll.decode::<u64>() {
         config.busy_poll = Duration::from_micros(us);
     }
@@ -105,6 +116,7 @@ fn switch_start<'a>(env: Env<'a>, hub: bool, run_as: Term<'a>, cpu: &str, busy_p
         Ok(switch) => {
             let resource = SwitchResource {
                 switch: Mutex::new(Some(switch)),
+                group,
                 watchdog_id: evum_core::vm::watchdog::keep(&dir),
             };
             (atoms::ok(), ResourceArc::new(resource)).encode(env)
@@ -113,6 +125,16 @@ fn switch_start<'a>(env: Env<'a>, hub: bool, run_as: Term<'a>, cpu: &str, busy_p
             evum_core::vm::remove_switch_dir(&dir);
             switch_error(env, e)
         }
+    }
+}
+
+/// The switch's group (`undefined` when evum is not root): a VM on the
+/// switch joins it.
+#[rustler::nif]
+fn switch_group(env: Env, resource: ResourceArc<SwitchResource>) -> Term {
+    match &resource.group {
+        Some(held) => held.id.encode(env),
+        None => atoms::undefined().encode(env),
     }
 }
 
@@ -297,6 +319,8 @@ fn switch_counters(env: Env, resource: ResourceArc<SwitchResource>) -> NifResult
                     (atoms::control_garbage(), c.control_garbage.encode(env)),
                     (atoms::runt(), c.runt.encode(env)),
                     (atoms::oversized_frame(), c.oversized_frame.encode(env)),
+                    (atoms::foreign_peer(), c.foreign_peer.encode(env)),
+                    (atoms::foreign_address(), c.foreign_address.encode(env)),
                 ],
             )?,
         )

@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -49,6 +49,8 @@ fn token(id: u64, slot: u64) -> Token {
 /// A control connection that has not yet sent its whole request.
 struct Pending {
     stream: UnixStream,
+    /// The uid at the other end.
+    peer: u32,
     bytes: Vec<u8>,
     deadline: Instant,
 }
@@ -177,10 +179,16 @@ impl SwitchLoop {
         let bess = sock::seqpacket_listener(&bess_file).map_err(bind_error(&bess_file))?;
         bound.push(bess_file);
         // Connecting to a unix socket takes write permission on its file:
-        // let any user who may enter the directory (its mode decides who)
-        // connect, so VMs that run as another user can join.
+        // the switch's group (its VMs) may, others may not.
         for path in bound.iter() {
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(bind_error(path))?;
+            let mode = match config.group {
+                Some(gid) => {
+                    nix::unistd::chown(path, None, Some(gid.into())).map_err(|e| bind_error(path)(e.into()))?;
+                    0o660
+                }
+                None => 0o600,
+            };
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(bind_error(path))?;
         }
         let registry = poll.registry();
         registry
@@ -405,12 +413,35 @@ impl SwitchLoop {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// The uid at the other end of a new connection if it may use the
+    /// switch: evum's own, or a VM's of this switch. Else None, counted;
+    /// the caller drops the connection.
+    fn admit_peer(&mut self, fd: RawFd) -> Option<u32> {
+        let allowed = |uid: u32| {
+            uid == nix::unistd::geteuid().as_raw()
+                || self
+                    .config
+                    .group
+                    .is_some_and(|gid| crate::vm::jail::is_member(gid, uid))
+        };
+        match sock::peer_uid(fd) {
+            Ok(uid) if allowed(uid) => Some(uid),
+            _ => {
+                self.counters.foreign_peer += 1;
+                None
+            }
+        }
+    }
+
     // ---- the daemon transport
 
     fn accept_control(&mut self) {
         loop {
             match self.control.accept() {
                 Ok((stream, _)) => {
+                    let Some(peer) = self.admit_peer(stream.as_raw_fd()) else {
+                        continue;
+                    };
                     if self.pending.len() >= self.config.max_pending {
                         self.counters.too_many_pending += 1;
                         continue;
@@ -432,6 +463,7 @@ impl SwitchLoop {
                         id,
                         Pending {
                             stream,
+                            peer,
                             bytes: Vec::new(),
                             deadline,
                         },
@@ -556,9 +588,13 @@ impl SwitchLoop {
                 return None;
             }
         };
-        if let Err(e) = sock::connect(&data, &request.addr) {
-            log::info!("evum switch: a VM's data address is unreachable: {e}");
-            self.counters.bad_address += 1;
+        if let Err(e) = sock::connect_owned_by(&data, &request.addr, pending.peer) {
+            if e.kind() == io::ErrorKind::PermissionDenied || e.raw_os_error() == Some(libc::ELOOP) {
+                self.counters.foreign_address += 1;
+            } else {
+                log::info!("evum switch: a VM's data address is unreachable: {e}");
+                self.counters.bad_address += 1;
+            }
             return None;
         }
         let registry = self.poll.registry();
@@ -582,6 +618,9 @@ impl SwitchLoop {
         loop {
             match sock::accept(self.bess.as_raw_fd()) {
                 Ok(conn) => {
+                    if self.admit_peer(conn.as_raw_fd()).is_none() {
+                        continue;
+                    }
                     if self.ports.len() >= self.config.max_ports {
                         // Dropping the connection closes it.
                         self.counters.too_many_ports += 1;

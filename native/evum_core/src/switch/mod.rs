@@ -18,6 +18,13 @@
 //! - Attached ports: a [`FrameSink`] in this process, fed on the loop thread,
 //!   and frames injected with [`Switch::inject`].
 //!
+//! Who may connect: the socket files are open to evum's user and the
+//! switch's group (its VMs' users join it), and each connection's peer
+//! credentials (SO_PEERCRED) must be evum's or a VM's of this switch. A
+//! daemon request's data address must be an abstract name or a socket file
+//! of the requester's own; the switch, which may run as root, never sends to
+//! anyone else's socket. Refusals are counted.
+//!
 //! Forwarding looks at the two MAC addresses only: the source is learned
 //! (with ageing; an attached port's own MAC is known from the start and
 //! stays with it), a known unicast destination gets the frame alone, group
@@ -112,6 +119,11 @@ pub struct Counters {
     pub short_request: u64,
     /// Control connections that sent more than one request at once.
     pub oversized_request: u64,
+    /// Connections (daemon control or bess) from a user that is neither
+    /// evum's nor one of this switch's VMs'.
+    pub foreign_peer: u64,
+    /// Daemon requests naming a socket file that is not the requester's.
+    pub foreign_address: u64,
     /// Control connections that did not complete a request in time.
     pub request_timeout: u64,
     /// Control connections refused because too many were pending.
@@ -177,6 +189,11 @@ pub struct SwitchConfig {
     /// CPU of a pinned VM that receives a stream, the VM is woken where the
     /// switch already runs and the sender keeps its own CPU.
     pub cpus: Option<CpuSet>,
+    /// The switch's group (see [`crate::vm::jail`]): its socket files are
+    /// open to it, and connections are taken from evum's user and from the
+    /// VMs that joined it, no one else. None: sockets open to evum's user
+    /// only.
+    pub group: Option<u32>,
 }
 
 impl SwitchConfig {
@@ -192,6 +209,7 @@ impl SwitchConfig {
             max_pending: 64,
             max_ports: 1024,
             cpus: None,
+            group: None,
         }
     }
 }

@@ -144,6 +144,54 @@ pub fn bound_datagram(local: &RawUnixAddr) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// The uid of the process at the other end of a connected socket.
+pub fn peer_uid(fd: RawFd) -> io::Result<u32> {
+    // SAFETY: ucred is plain old data; getsockopt writes at most `len` bytes
+    // into it.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    check(unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(cred.uid)
+}
+
+/// Connects a port's datagram socket to `vm` as [`connect`] does, if `vm`
+/// belongs to `owner`: an abstract name is taken as it is, but a socket
+/// file must be `owner`'s own. The file is opened without following a last
+/// symlink and checked, then connected to through that open file, so that
+/// what is connected is what was checked: a client cannot point the switch
+/// at another's socket (a VM's mconsole, a host service's).
+pub fn connect_owned_by(fd: &OwnedFd, vm: &RawUnixAddr, owner: u32) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+    if vm[2] == 0 {
+        return connect(fd, vm);
+    }
+    let end = vm[2..].iter().position(|&b| b == 0).map_or(vm.len(), |n| n + 2);
+    let path = std::ffi::OsStr::from_bytes(&vm[2..end]);
+    let file = std::fs::OpenOptions::new()
+        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .read(true)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.file_type().is_socket() || meta.uid() != owner {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "not a socket of the requester's own",
+        ));
+    }
+    let through = format!("/proc/self/fd/{}", file.as_raw_fd());
+    let addr = daemon::path_address(through.as_bytes()).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    connect(fd, &addr)
+}
+
 /// Connects a port's datagram socket to `vm`, the address the VM sends
 /// frames from and receives them on. Being connected, the socket takes
 /// datagrams from `vm` alone (the kernel refuses anyone else's with EPERM),

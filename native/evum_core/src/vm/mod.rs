@@ -4,6 +4,7 @@
 //! - [`options`]: boot options to the kernel command line.
 //! - [`placement`]: which host CPUs its processes run on.
 //! - [`process`]: the UML host process, spawned and contained.
+//! - [`jail`]: the host user and groups it runs as.
 //! - [`io_loop`]: the native thread that owns a running VM's descriptors.
 //! - [`console`]: the console's bytes cut into lines.
 //! - [`control`]: the command channel (`evum:cmd/2`) on the first serial line.
@@ -12,6 +13,7 @@
 pub mod console;
 pub mod control;
 pub mod io_loop;
+pub mod jail;
 pub mod options;
 pub mod placement;
 pub mod process;
@@ -26,8 +28,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use io_loop::{VmEvents, VmHandle};
+use jail::JailError;
 use options::{BootOption, Identity, OptionError};
-use process::{SpawnError, SpawnSpec};
+use process::{RunAs, SpawnError, SpawnSpec};
 
 /// Everything needed to start one VM.
 #[derive(Debug, Clone)]
@@ -40,8 +43,9 @@ pub struct VmConfig {
     /// Where UML puts the VM's directory (pid file, mconsole socket). evum
     /// uses a private directory of its own when none is given.
     pub uml_dir: Option<PathBuf>,
-    /// Run the UML process as this uid and gid.
-    pub run_as: Option<(u32, u32)>,
+    /// The groups of the switches the VM joins (see [`jail`]): their
+    /// sockets are open to these groups only.
+    pub groups: Vec<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +54,8 @@ pub enum StartError {
     Option(#[from] OptionError),
     #[error(transparent)]
     Spawn(#[from] SpawnError),
+    #[error(transparent)]
+    Jail(#[from] JailError),
     #[error("runtime directory {path}: {source}")]
     RuntimeDir {
         path: PathBuf,
@@ -92,36 +98,55 @@ pub fn start(config: VmConfig, events: Box<dyn VmEvents>) -> Result<Vm, StartErr
         Some(umid) => valid_umid(umid)?,
         None => fresh_umid(),
     };
-    // A VM that runs as another user gets a directory of its own, the only
-    // host directory it may write; others share evum's runtime base.
-    let (uml_dir, runtime_dir, shared_base) = match (config.uml_dir, config.run_as) {
+    // Taken first and dropped last: while the VM's processes may still be
+    // exiting, no other VM may have its uid.
+    let jailed = jail::vm_identity(&config.groups)?;
+    let run_as = jailed.as_ref().map(|identity| RunAs {
+        uid: identity.uid(),
+        gid: identity.gid(),
+        groups: identity.groups.clone(),
+    });
+    // A VM that runs as a user of its own gets a directory of its own, the
+    // only host directory it may write; others share evum's runtime base.
+    let (uml_dir, runtime_dir, shared_base) = match (config.uml_dir, &run_as) {
         (Some(dir), _) => (dir.clone(), dir.join(&umid), None),
         (None, None) => {
-            let base = default_base(None);
-            acquire_base(&base, None)?;
+            let base = default_base();
+            acquire_base(&base)?;
             (base.clone(), base.join(&umid), Some(base))
         }
-        (None, Some(ids)) => {
-            let base = default_base(Some(ids));
-            acquire_base(&base, Some(ids))?;
+        (None, Some(user)) => {
+            let base = default_base();
+            acquire_base(&base)?;
             let own = base.join(&umid);
-            if let Err(e) = private_dir(&own, ids) {
+            if let Err(e) = private_dir(&own, user.uid, user.gid, 0o700) {
                 release_base(&base);
                 return Err(e);
             }
             (own.clone(), own, Some(base))
         }
     };
+    // The disks the guest writes are lent to its user while it runs.
+    let lent = run_as
+        .as_ref()
+        .map(|user| lend_disks(&config.options, user))
+        .unwrap_or_default();
+    let writable_files = lent.clone();
     let release = move || {
         if let Some(base) = &shared_base {
             release_base(base);
         }
+        take_back(&lent);
+        drop(jailed);
     };
     let identity = Identity {
         umid: umid.clone(),
         uml_dir: uml_dir.clone(),
     };
-    let sandboxed = config.run_as.is_some();
+    let sandboxed = run_as.is_some();
+    // UML's memory file is as large as the guest's memory, and lives in the
+    // private /dev/shm; a little more for what UML and its helpers write.
+    let max_file_bytes = options::memory_bytes(&config.options).unwrap_or(0) + (64 << 20);
     let spawned = options::kernel_args(&identity, &config.options)
         .and_then(|args| Ok((args, placement::cpu_set(&config.options)?)))
         .map_err(StartError::from)
@@ -131,13 +156,16 @@ pub fn start(config: VmConfig, events: Box<dyn VmEvents>) -> Result<Vm, StartErr
                 kernel: config.kernel,
                 args,
                 cpus,
-                run_as: config.run_as,
+                run_as,
                 env: if sandboxed {
                     vec![("TMPDIR".into(), "/dev/shm".into())]
                 } else {
                     Vec::new()
                 },
                 read_only_host_but: sandboxed.then(|| uml_dir.clone()),
+                runtime_bytes: runtime_bytes(&config.options),
+                writable_files,
+                max_file_bytes,
             };
             process::spawn(spec).map_err(StartError::from)
         });
@@ -151,7 +179,12 @@ pub fn start(config: VmConfig, events: Box<dyn VmEvents>) -> Result<Vm, StartErr
             return Err(e);
         }
     };
-    let mconsole = uml_dir.join(&umid).join("mconsole");
+    let mut mconsole = uml_dir.join(&umid).join("mconsole");
+    if sandboxed {
+        // The runtime directory is a tmpfs in the VM's own mount namespace.
+        let root = PathBuf::from(format!("/proc/{}/root", spawned.pid));
+        mconsole = root.join(mconsole.strip_prefix("/").unwrap_or(&mconsole));
+    }
     crate::vm::watchdog::watch(spawned.pid.as_raw(), &runtime_dir);
     let handle = io_loop::adopt(spawned, Some(runtime_dir.clone()), Box::new(release), events);
     Ok(Vm {
@@ -160,6 +193,58 @@ pub fn start(config: VmConfig, events: Box<dyn VmEvents>) -> Result<Vm, StartErr
         runtime_dir,
         mconsole,
     })
+}
+
+/// The size of a jailed VM's runtime directory: room for UML's pid file
+/// and sockets, and for the copy-on-write disk a VM without a label keeps
+/// there, which may grow to the size of its backing file.
+fn runtime_bytes(options: &[BootOption]) -> u64 {
+    let cows: u64 = options
+        .iter()
+        .filter_map(|o| match o {
+            BootOption::Ubd(_, spec) if spec.contains(options::RUNTIME_DIR) => spec.split(',').nth(1),
+            _ => None,
+        })
+        .filter_map(|backing| fs::metadata(backing).ok())
+        .map(|m| m.len())
+        .sum();
+    (16 << 20) + cows
+}
+
+/// Makes the disk file each `ubd` option writes (the first file of its
+/// spec, `COW,BASE` or `FILE`) the VM user's, and returns them. Files in the
+/// VM's runtime directory are its own already; a missing file is left for
+/// UML to report.
+fn lend_disks(options: &[BootOption], user: &RunAs) -> Vec<PathBuf> {
+    let euid = nix::unistd::geteuid().as_raw();
+    options
+        .iter()
+        .filter_map(|o| match o {
+            BootOption::Ubd(_, spec) if !spec.contains(options::RUNTIME_DIR) => spec.split(',').next(),
+            _ => None,
+        })
+        .map(PathBuf::from)
+        .filter(|path| {
+            fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.uid() == euid)
+                && nix::unistd::chown(path, Some(user.uid.into()), Some(user.gid.into())).is_ok()
+        })
+        .collect()
+}
+
+/// Gives the lent disks back to evum's user once the VM is gone.
+fn take_back(disks: &[PathBuf]) {
+    for path in disks {
+        let owner = (nix::unistd::geteuid(), nix::unistd::getegid());
+        if let Err(e) = nix::unistd::fchownat(
+            None,
+            path,
+            Some(owner.0),
+            Some(owner.1),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) {
+            log::warn!("evum: cannot give disk {} back to evum's user: {e}", path.display());
+        }
+    }
 }
 
 /// Refuses options the kernel does not have, before anything is spawned: an
@@ -218,14 +303,16 @@ fn valid_umid(umid: String) -> Result<String, StartError> {
     }
 }
 
-/// evum's runtime base: `$XDG_RUNTIME_DIR/evum`, else `/tmp/evum-<uid>`
-/// (with the target uid appended when VMs run as another user).
-pub fn default_base(run_as: Option<(u32, u32)>) -> PathBuf {
-    let euid = nix::unistd::geteuid().as_raw();
-    match (run_as, std::env::var_os("XDG_RUNTIME_DIR")) {
-        (None, Some(xdg)) if !xdg.is_empty() => PathBuf::from(xdg).join("evum"),
-        (None, _) => std::env::temp_dir().join(format!("evum-{euid}")),
-        (Some((uid, _)), _) => std::env::temp_dir().join(format!("evum-{euid}-as-{uid}")),
+/// evum's runtime base: `/run/evum/vms` for root, else
+/// `$XDG_RUNTIME_DIR/evum`, else `/tmp/evum-<uid>`.
+pub fn default_base() -> PathBuf {
+    let euid = nix::unistd::geteuid();
+    if euid.is_root() {
+        return PathBuf::from("/run/evum/vms");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(xdg) if !xdg.is_empty() => PathBuf::from(xdg).join("evum"),
+        _ => std::env::temp_dir().join(format!("evum-{euid}")),
     }
 }
 
@@ -234,35 +321,37 @@ pub fn default_base(run_as: Option<(u32, u32)>) -> PathBuf {
 /// lock so a VM starting never sees its base vanish.
 static BASES: Mutex<Option<HashMap<PathBuf, usize>>> = Mutex::new(None);
 
-fn acquire_base(base: &Path, run_as: Option<(u32, u32)>) -> Result<(), StartError> {
+fn acquire_base(base: &Path) -> Result<(), StartError> {
     let err = |source| StartError::RuntimeDir {
         path: base.to_path_buf(),
         source,
     };
     let mut bases = BASES.lock().unwrap_or_else(|p| p.into_inner());
-    match fs::DirBuilder::new().mode(0o700).create(base) {
-        Ok(()) => {
-            if let Some((uid, gid)) = run_as {
-                nix::unistd::chown(base, Some(uid.into()), Some(gid.into())).map_err(|e| err(e.into()))?;
-            }
-        }
+    // Root's base is in /run, which only root may write; the parent is
+    // made as root's own.
+    if let Some(parent) = base.parent().filter(|_| nix::unistd::geteuid().is_root()) {
+        fs::DirBuilder::new()
+            .mode(0o755)
+            .recursive(true)
+            .create(parent)
+            .map_err(err)?;
+    }
+    match fs::DirBuilder::new().mode(MODE_OF_BASE).create(base) {
+        Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(err(e)),
     }
     // In a shared /tmp someone else may have made this path first: use it
-    // only if it is a real directory owned by whoever runs the VMs.
+    // only if it is a real directory owned by evum's user.
     let meta = fs::symlink_metadata(base).map_err(err)?;
-    let owner = run_as
-        .map(|(uid, _)| uid)
-        .unwrap_or_else(|| nix::unistd::geteuid().as_raw());
-    if !meta.is_dir() || meta.uid() != owner {
+    if !meta.is_dir() || meta.uid() != nix::unistd::geteuid().as_raw() {
         return Err(err(io::Error::new(
             io::ErrorKind::PermissionDenied,
-            "not a directory owned by the VM's user",
+            "not a directory owned by evum's user",
         )));
     }
-    if meta.permissions().mode() & 0o077 != 0 {
-        fs::set_permissions(base, fs::Permissions::from_mode(0o700)).map_err(err)?;
+    if meta.permissions().mode() & 0o777 != MODE_OF_BASE {
+        fs::set_permissions(base, fs::Permissions::from_mode(MODE_OF_BASE)).map_err(err)?;
     }
     *bases
         .get_or_insert_with(HashMap::new)
@@ -271,27 +360,22 @@ fn acquire_base(base: &Path, run_as: Option<(u32, u32)>) -> Result<(), StartErro
     Ok(())
 }
 
-/// A new private directory for a switch's sockets, under the runtime base
-/// of VMs that run as `run_as` (so that they may enter it) or of evum's own.
+/// A new directory for a switch's sockets in evum's runtime base, open to
+/// `group` (the switch's: its VMs join it) if given, else to evum only.
 /// [`remove_switch_dir`] takes it away again.
-pub fn switch_dir(run_as: Option<(u32, u32)>) -> Result<PathBuf, StartError> {
+pub fn switch_dir(group: Option<u32>) -> Result<PathBuf, StartError> {
     static NEXT: AtomicU64 = AtomicU64::new(1);
-    let base = default_base(run_as);
-    acquire_base(&base, run_as)?;
+    let base = default_base();
+    acquire_base(&base)?;
     let dir = base.join(format!(
         "switch-{}-{}",
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     ));
-    let made = match run_as {
-        Some(ids) => private_dir(&dir, ids),
-        None => fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|source| StartError::RuntimeDir {
-                path: dir.clone(),
-                source,
-            }),
+    let euid = nix::unistd::geteuid().as_raw();
+    let made = match group {
+        Some(gid) => private_dir(&dir, euid, gid, 0o750),
+        None => private_dir(&dir, euid, nix::unistd::getegid().as_raw(), 0o700),
     };
     match made {
         Ok(()) => Ok(dir),
@@ -311,13 +395,25 @@ pub fn remove_switch_dir(dir: &Path) {
     }
 }
 
-fn private_dir(dir: &Path, (uid, gid): (u32, u32)) -> Result<(), StartError> {
+/// evum's runtime base may be entered by the VMs' users (to reach their
+/// own directories and their switches') but not listed: each directory in
+/// it is closed to all but its own users.
+const MODE_OF_BASE: u32 = 0o711;
+
+/// Makes `dir` (which must not exist: a path someone else made first is an
+/// error, never used) with the owner, group and mode given. The directory
+/// is made closed (0700) and opened up only once it has its owner.
+fn private_dir(dir: &Path, uid: u32, gid: u32, mode: u32) -> Result<(), StartError> {
     let err = |source| StartError::RuntimeDir {
         path: dir.to_path_buf(),
         source,
     };
     fs::DirBuilder::new().mode(0o700).create(dir).map_err(err)?;
-    nix::unistd::chown(dir, Some(uid.into()), Some(gid.into())).map_err(|e| err(e.into()))
+    nix::unistd::chown(dir, Some(uid.into()), Some(gid.into())).map_err(|e| err(e.into()))?;
+    if mode != 0o700 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode)).map_err(err)?;
+    }
+    Ok(())
 }
 
 fn release_base(base: &Path) {

@@ -256,6 +256,29 @@ fn valid_mem(m: &str) -> Result<String, OptionError> {
     Ok(m.to_string())
 }
 
+/// The guest's memory in bytes, as the options give it (the default if
+/// they do not; None for a value [`kernel_args`] refuses). Without a suffix
+/// the kernel reads bytes.
+pub fn memory_bytes(options: &[BootOption]) -> Option<u64> {
+    let mem = options
+        .iter()
+        .rev()
+        .find_map(|o| match o {
+            BootOption::Mem(m) => Some(m.as_str()),
+            _ => None,
+        })
+        .unwrap_or(DEFAULT_MEM);
+    let valid = valid_mem(mem).ok()?;
+    let digits = valid.trim_end_matches(['K', 'M', 'G', 'k', 'm', 'g']);
+    let shift = match valid[digits.len()..].to_ascii_uppercase().as_str() {
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        _ => 0,
+    };
+    digits.parse::<u64>().ok()?.checked_mul(1 << shift)
+}
+
 fn valid_env(k: &str, v: &str) -> Result<String, OptionError> {
     // The kernel hands `KEY=VALUE` to init only for names it does not know
     // itself and that contain no dot; spaces would split the parameter.
@@ -274,6 +297,16 @@ fn valid_env(k: &str, v: &str) -> Result<String, OptionError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_in_bytes() {
+        assert_eq!(memory_bytes(&[]), Some(64 << 20));
+        assert_eq!(memory_bytes(&[BootOption::Mem("1G".into())]), Some(1 << 30));
+        assert_eq!(memory_bytes(&[BootOption::Mem("512k".into())]), Some(512 << 10));
+        assert_eq!(memory_bytes(&[BootOption::Mem("4096".into())]), Some(4096));
+        assert_eq!(memory_bytes(&[BootOption::Mem("lots".into())]), None);
+        assert_eq!(memory_bytes(&[BootOption::Mem("99999999999999G".into())]), None);
+    }
 
     fn id() -> Identity {
         Identity {

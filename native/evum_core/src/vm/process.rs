@@ -28,19 +28,44 @@ pub struct SpawnSpec {
     pub kernel: PathBuf,
     /// The kernel command line.
     pub args: Vec<String>,
-    /// Run as this uid and gid instead of evum's own (for the `host` dist
-    /// when evum runs as root).
-    pub run_as: Option<(u32, u32)>,
+    /// Run as this user instead of evum's own (every VM's own, when evum
+    /// runs as root: see [`crate::vm::jail`]).
+    pub run_as: Option<RunAs>,
     /// Extra environment for the UML process (TMPDIR, for one).
     pub env: Vec<(OsString, OsString)>,
     /// The CPUs the process (and every process it starts) may run on;
     /// None leaves it evum's own.
     pub cpus: Option<CpuSet>,
     /// Run the VM in a mount namespace of its own in which every host
-    /// filesystem is read-only but this directory (and a private /dev/shm
-    /// for UML's memory file). Needs root; used with `run_as`.
+    /// filesystem is read-only, with a private tmpfs of its own on this
+    /// directory (its runtime directory: see [`SpawnSpec::runtime_bytes`])
+    /// and another on /dev/shm for UML's memory file. Needs root; used with
+    /// `run_as`, whose user owns both.
     pub read_only_host_but: Option<PathBuf>,
+    /// The size of the private runtime directory.
+    pub runtime_bytes: u64,
+    /// Host files the VM writes (its disks), writable in its namespace.
+    pub writable_files: Vec<PathBuf>,
+    /// The most the UML process tree may write to its private /dev/shm
+    /// (where its memory file lives) and to any one file.
+    pub max_file_bytes: u64,
 }
+
+/// A host user for the UML process: uid, gid and the supplementary groups
+/// (a VM's switches').
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+}
+
+/// Open files the UML process tree may have: UML's own descriptors (tens),
+/// a few per guest device, one per guest address space in seccomp mode.
+const MAX_OPEN_FILES: u64 = 16384;
+/// Processes its uid may have: UML's helpers and one host process per guest
+/// process. The uid is the VM's own, so this counts only the VM's.
+const MAX_PROCESSES: u64 = 4096;
 
 /// A started VM's process and the host ends of its channels.
 #[derive(Debug)]
@@ -143,12 +168,19 @@ fn spawn_here(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
         ],
         exec_error: exec_error_child.as_raw_fd(),
     };
-    let run_as = spec.run_as;
+    let run_as = spec.run_as.clone();
     let cpus = spec.cpus;
     let sandbox = match &spec.read_only_host_but {
-        Some(dir) => Some(Sandbox::new(dir)?),
+        Some(dir) => Some(Sandbox::new(
+            dir,
+            spec.runtime_bytes,
+            spec.max_file_bytes,
+            spec.run_as.as_ref(),
+            &spec.writable_files,
+        )?),
         None => None,
     };
+    let limits = Limits::new(spec.max_file_bytes);
     let mut stack = vec![0u8; CHILD_STACK];
     // SAFETY: the child gets a copy-on-write copy of this process (no
     // CLONE_VM) in which only the calling thread exists, so it must not
@@ -156,7 +188,17 @@ fn spawn_here(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
     // system calls on data prepared above.
     let pid = unsafe {
         nix::sched::clone(
-            Box::new(|| child_main(parent, &child_fds, run_as, cpus.as_ref(), sandbox.as_ref(), &exec)),
+            Box::new(|| {
+                child_main(
+                    parent,
+                    &child_fds,
+                    run_as.as_ref(),
+                    &limits,
+                    cpus.as_ref(),
+                    sandbox.as_ref(),
+                    &exec,
+                )
+            }),
             &mut stack,
             nix::sched::CloneFlags::empty(),
             Some(libc::SIGCHLD),
@@ -285,12 +327,20 @@ impl Exec {
 /// the host as the UML process, so this, not the guest's own mount flags, is
 /// what keeps a guest root that remounts its hostfs root read-write from
 /// writing host files (world-writable ones included, which an unprivileged
-/// user could still write).
+/// user could still write). What it may write are two tmpfs of its own,
+/// each with a size limit: its runtime directory (hidden from the host,
+/// which reaches it as /proc/<pid>/root/<dir>) and /dev/shm.
 struct Sandbox {
     root: CString,
     writable: CString,
     shm: CString,
     tmpfs: CString,
+    /// The private /dev/shm's options: its size limit.
+    shm_options: CString,
+    /// The private runtime directory's: size, owner, mode.
+    runtime_options: CString,
+    /// Files bound writable over the read-only host.
+    files: Vec<CString>,
 }
 
 #[repr(C)]
@@ -305,13 +355,26 @@ const MOUNT_ATTR_RDONLY: u64 = 0x1;
 const AT_RECURSIVE: libc::c_uint = 0x8000;
 
 impl Sandbox {
-    fn new(writable: &Path) -> Result<Sandbox, SpawnError> {
+    fn new(
+        writable: &Path,
+        runtime_bytes: u64,
+        shm_bytes: u64,
+        owner: Option<&RunAs>,
+        files: &[PathBuf],
+    ) -> Result<Sandbox, SpawnError> {
+        let (uid, gid) = owner.map_or((0, 0), |user| (user.uid, user.gid));
         let c = |s: &[u8]| CString::new(s).map_err(|_| SpawnError::Sys("path", io::ErrorKind::InvalidInput.into()));
         Ok(Sandbox {
             root: c(b"/")?,
             writable: c(writable.as_os_str().as_bytes())?,
             shm: c(b"/dev/shm")?,
             tmpfs: c(b"tmpfs")?,
+            shm_options: c(format!("size={shm_bytes},mode=1777").as_bytes())?,
+            runtime_options: c(format!("size={runtime_bytes},uid={uid},gid={gid},mode=0700").as_bytes())?,
+            files: files
+                .iter()
+                .map(|f| c(f.as_os_str().as_bytes()))
+                .collect::<Result<_, _>>()?,
         })
     }
 
@@ -361,27 +424,54 @@ impl Sandbox {
                 self.tmpfs.as_ptr(),
                 self.shm.as_ptr(),
                 self.tmpfs.as_ptr(),
-                0,
-                std::ptr::null(),
+                // Not noexec: UML maps its memory file executable.
+                (libc::MS_NOSUID | libc::MS_NODEV) as libc::c_ulong,
+                self.shm_options.as_ptr().cast(),
             ) as libc::c_long)?;
             check(libc::mount(
+                self.tmpfs.as_ptr(),
                 self.writable.as_ptr(),
-                self.writable.as_ptr(),
-                none,
-                libc::MS_BIND,
-                std::ptr::null(),
+                self.tmpfs.as_ptr(),
+                (libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC) as libc::c_ulong,
+                self.runtime_options.as_ptr().cast(),
             ) as libc::c_long)?;
         }
-        set_attr(
-            &self.writable,
-            0,
-            MountAttr {
-                attr_set: 0,
-                attr_clr: MOUNT_ATTR_RDONLY,
-                propagation: 0,
-                userns_fd: 0,
-            },
-        )
+        for file in &self.files {
+            // SAFETY: as above.
+            check(unsafe {
+                libc::mount(file.as_ptr(), file.as_ptr(), none, libc::MS_BIND, std::ptr::null()) as libc::c_long
+            })?;
+            set_attr(
+                file,
+                0,
+                MountAttr {
+                    attr_set: 0,
+                    attr_clr: MOUNT_ATTR_RDONLY,
+                    propagation: 0,
+                    userns_fd: 0,
+                },
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Resource limits of a jailed UML process tree, made before the fork.
+struct Limits {
+    file_bytes: u64,
+}
+
+impl Limits {
+    fn new(file_bytes: u64) -> Limits {
+        Limits { file_bytes }
+    }
+
+    fn all(&self) -> [(libc::__rlimit_resource_t, libc::rlim_t); 3] {
+        [
+            (libc::RLIMIT_FSIZE, self.file_bytes),
+            (libc::RLIMIT_NOFILE, MAX_OPEN_FILES),
+            (libc::RLIMIT_NPROC, MAX_PROCESSES),
+        ]
     }
 }
 
@@ -397,7 +487,8 @@ struct ChildFds {
 fn child_main(
     parent: i32,
     fds: &ChildFds,
-    run_as: Option<(u32, u32)>,
+    run_as: Option<&RunAs>,
+    limits: &Limits,
     cpus: Option<&CpuSet>,
     sandbox: Option<&Sandbox>,
     exec: &Exec,
@@ -438,6 +529,10 @@ fn child_main(
         for signal in [libc::SIGPIPE, libc::SIGHUP, libc::SIGCHLD, libc::SIGINT, libc::SIGTERM] {
             libc::signal(signal, libc::SIG_DFL);
         }
+        // A write past RLIMIT_FSIZE (a guest filling a host file through
+        // hostfs) is then an error the guest sees, not a signal that kills
+        // the VM.
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
         let mut none: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut none);
         libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
@@ -460,8 +555,25 @@ fn child_main(
                 return fail(fds);
             }
         }
-        if let Some((uid, gid)) = run_as {
-            if libc::setgroups(0, std::ptr::null()) < 0 || libc::setgid(gid) < 0 || libc::setuid(uid) < 0 {
+        if let Some(user) = run_as {
+            // Limits first: RLIMIT_NPROC counts the new uid's processes.
+            for (resource, limit) in limits.all() {
+                let limit = libc::rlimit {
+                    rlim_cur: limit,
+                    rlim_max: limit,
+                };
+                if libc::setrlimit(resource, &limit) < 0 {
+                    return fail(fds);
+                }
+            }
+            // From root to another uid: every capability is dropped, and
+            // with no_new_privs no set-uid program or file capability can
+            // give one back.
+            if libc::setgroups(user.groups.len(), user.groups.as_ptr()) < 0
+                || libc::setgid(user.gid) < 0
+                || libc::setuid(user.uid) < 0
+                || libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0
+            {
                 return fail(fds);
             }
         }

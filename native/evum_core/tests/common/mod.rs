@@ -27,6 +27,25 @@ pub fn kernel() -> PathBuf {
         .unwrap_or_else(|| panic!("evum's kernel is not built in {}: run `make deps`", cache.display()))
 }
 
+/// The switch group the tests' switches and guests share when the tests run
+/// as root (guests then run as users of their own, see vm::jail), held for
+/// the whole test binary.
+pub fn switch_group() -> Option<u32> {
+    static GROUP: std::sync::OnceLock<Option<evum_core::vm::jail::HeldId>> = std::sync::OnceLock::new();
+    GROUP
+        .get_or_init(|| evum_core::vm::jail::jailed().then(|| evum_core::vm::jail::take_id().expect("a switch group")))
+        .as_ref()
+        .map(|held| held.id)
+}
+
+/// A switch's configuration as evum makes it: in `dir`, open to the tests'
+/// switch group.
+pub fn switch_config(dir: &Path) -> evum_core::switch::SwitchConfig {
+    let mut config = evum_core::switch::SwitchConfig::new(dir);
+    config.group = switch_group();
+    config
+}
+
 /// A fresh directory under cargo's test directory, removed when dropped.
 pub struct TempDir(pub PathBuf);
 
@@ -96,7 +115,7 @@ pub fn boot_on(kernel: &Path, net: BootOption) -> Guest {
         options: vec![BootOption::Initrd(initrd), BootOption::Init("/init".into()), net],
         umid: None,
         uml_dir: None,
-        run_as: None,
+        groups: switch_group().into_iter().collect(),
     };
     let vm = evum_core::start(config, Box::new(Events(tx))).expect("start");
     loop {
