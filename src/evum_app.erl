@@ -9,7 +9,9 @@ start(_Type, _Args) ->
     %% from First, none of which a host user or group may have.
     {First, Count} = application:get_env(evum, vm_ids, {16#70000000, 65536}),
     case evum_nif:jail_ids(First, Count) of
-        ok -> evum_sup:start_link();
+        ok ->
+            evum_disk:reclaim({First, Count}),
+            evum_sup:start_link();
         {error, Reason} -> {error, {vm_ids, Reason}}
     end.
 

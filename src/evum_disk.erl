@@ -4,7 +4,9 @@
 %% one in its runtime directory, which goes with the VM.
 -module(evum_disk).
 
--export([cow/3, destroy/1, dir/0]).
+-include_lib("kernel/include/file.hrl").
+
+-export([cow/3, destroy/1, dir/0, reclaim/1]).
 
 %% @doc Where labels' disks are kept: the `state_dir' application setting,
 %% or /var/lib/evum for root and the user's data directory otherwise.
@@ -68,6 +70,28 @@ collect(Port, Output) ->
     after 30000 ->
         port_close(Port),
         {error, <<"uml_mkcow did not finish">>}
+    end.
+
+%% @doc Gives back to evum's user (root) every label's disk still lent to a
+%% VM's host user, one of the ids `Count' from `First': a BEAM that died with
+%% VMs running could not, and the id may go to another VM next, which must
+%% not read this one's disk. A VM of another BEAM that runs meanwhile keeps
+%% the disk it has open.
+-spec reclaim({non_neg_integer(), pos_integer()}) -> ok.
+reclaim({First, Count}) ->
+    case evum_nif:effective_uid() of
+        0 ->
+            Lent = [
+                Disk
+             || Disk <- filelib:wildcard(filename:join([dir(), "disks", "*", "*.cow"])),
+                {ok, #file_info{uid = Uid}} <- [file:read_link_info(Disk)],
+                Uid >= First,
+                Uid < First + Count
+            ],
+            [file:change_owner(Disk, 0, 0) || Disk <- Lent],
+            ok;
+        _ ->
+            ok
     end.
 
 %% @doc Removes a label's disks (one per dist it booted). A label whose VM

@@ -4,6 +4,7 @@
 -module(evum_image_tests).
 
 -include_lib("eunit/include/eunit.hrl").
+-include_lib("kernel/include/file.hrl").
 
 -compile([export_all, nowarn_export_all]).
 
@@ -217,9 +218,26 @@ persistence(D = {Dir, _}) ->
     A = create([{label, keep}, {dist, tiny}]),
     <<>> = cmd(A, "echo kept > /root/state.txt"),
     ?assertEqual({error, {running, keep}}, evm:destroy(keep)),
-    ok = evm:stop(A),
     Cow = filename:join([Dir, "state", "disks", "keep", "tiny.cow"]),
+    %% Readable by no one else; lent to the VM's own host user while it
+    %% runs (when evum is root), given back after.
+    #{os_pid := OsPid} = evum:info(A),
+    {ok, #file_info{uid = VmUid}} = file:read_file_info("/proc/" ++ integer_to_list(OsPid)),
+    ?assertMatch({ok, #file_info{uid = VmUid, mode = Mode}} when Mode band 8#077 =:= 0, file:read_file_info(Cow)),
+    ok = evm:stop(A),
+    Evum = evum_nif:effective_uid(),
+    ?assertMatch({ok, #file_info{uid = Evum}}, file:read_file_info(Cow)),
     ?assert(filelib:is_regular(Cow)),
+    %% A disk a dead BEAM left lent is taken back when evum starts.
+    case evum_nif:effective_uid() of
+        0 ->
+            {ok, {First, Count}} = application:get_env(evum, vm_ids),
+            ok = file:change_owner(Cow, First + Count - 1, First + Count - 1),
+            ok = evum_disk:reclaim({First, Count}),
+            ?assertMatch({ok, #file_info{uid = 0, gid = 0}}, file:read_file_info(Cow));
+        _ ->
+            ok
+    end,
     A2 = create([{label, keep}, {dist, tiny}]),
     ?assertEqual(<<"kept\n">>, cmd(A2, "cat /root/state.txt")),
     ok = evm:stop(A2),

@@ -23,7 +23,8 @@ jail_test_() ->
             {"a daemon request naming another's socket is refused and counted; forwarding goes on",
                 foreign_address},
             {"a guest that writes without end into its runtime directory or /dev/shm stops at the limit",
-                bounded_writes}
+                bounded_writes},
+            {"under an ordinary user, a VM is walled off in a user namespace of its own", ordinary_user}
         ]
     ]}.
 
@@ -215,3 +216,47 @@ bounded_writes() ->
     after
         evm:stop(Vm)
     end.
+
+%% A BEAM run as the unprivileged user boots a `host' VM: the UML process
+%% is that user, in user and mount namespaces of its own, without
+%% capabilities, and its guest cannot write the host files that user owns.
+ordinary_user() ->
+    Home = "/tmp/evum-jail-user-" ++ os:getpid(),
+    ok = filelib:ensure_path(Home),
+    ok = file:change_owner(Home, list_to_integer(?OTHER_USER), list_to_integer(?OTHER_USER)),
+    {ok, Kernel} = application:get_env(evum, kernel),
+    KernelPath =
+        case Kernel of
+            evum -> {ok, P} = evum_kernel:ensure(), binary_to_list(P);
+            _ -> Kernel
+        end,
+    Script = lists:flatten(io_lib:format(
+        "application:load(evum),"
+        "[application:set_env(evum, K, V) || {K, V} <- [{cache_dir, ~p}, {state_dir, ~p}, {kernel, ~p}]],"
+        "{ok, _} = application:ensure_all_started(evum),"
+        "{ok, Vm} = evm:create([{dist, host}]),"
+        "#{os_pid := P} = evum:info(Vm),"
+        "Status = os:cmd(\"grep -E '^(Uid|CapEff|NoNewPrivs)' /proc/\" ++ integer_to_list(P) ++ \"/status\"),"
+        "Ns = [element(2, file:read_link(\"/proc/\" ++ Who ++ \"/ns/\" ++ N)) || Who <- [integer_to_list(P), \"self\"], N <- [\"user\", \"mnt\"]],"
+        "Write = evum:cmd(Vm, \"busybox mount -t hostfs -o ~s none /mnt 2>&1 && echo x > /mnt/from-guest 2>&1\"),"
+        "io:format(\"~~w.~~n\", [{Status, Ns, Write}]),"
+        "evm:stop(Vm).",
+        [Home ++ "/cache", Home ++ "/state", KernelPath, Home]
+    )),
+    Probe = filename:join(Home, "probe.escript"),
+    ok = file:write_file(Probe, [
+        "#!/usr/bin/env escript\n%%! -pa ", filename:dirname(code:which(evm)), "\nmain(_) -> ", Script, "\n"
+    ]),
+    {0, Out} = as_other_user("env HOME=" ++ Home ++ " XDG_RUNTIME_DIR= escript " ++ Probe),
+    {ok, Tokens, _} = erl_scan:string(binary_to_list(lists:last(binary:split(string:trim(Out), <<"\n">>, [global])))),
+    {ok, {Status, [VmUser, VmMnt, BeamUser, BeamMnt], {ok, _, Refusal}}} = erl_parse:parse_term(Tokens),
+    ?assertNotEqual(nomatch, string:find(Status, "Uid:\t" ++ ?OTHER_USER)),
+    ?assertNotEqual(nomatch, string:find(Status, "CapEff:\t0000000000000000")),
+    ?assertNotEqual(nomatch, string:find(Status, "NoNewPrivs:\t1")),
+    ?assertNotEqual(BeamUser, VmUser),
+    ?assertNotEqual(BeamMnt, VmMnt),
+    %% The user's own directory: writable to it, not to its guest, which
+    %% mounts it over hostfs.
+    ?assertNot(filelib:is_file(filename:join(Home, "from-guest"))),
+    ?assertNotEqual(nomatch, binary:match(Refusal, <<"Read-only file system">>)),
+    os:cmd("rm -rf " ++ Home).

@@ -17,7 +17,10 @@
 //! a BEAM taking it); they are empty files in a tmpfs.
 //!
 //! When evum does not run as root there is no other uid to take: VMs run as
-//! the BEAM's own user, which evum says once in a logged warning.
+//! the BEAM's own user, each in an unprivileged user namespace of its own
+//! (where the host allows them: [`user_namespaces`]) with the same mount
+//! walls; without, evum says once in a logged warning that VMs run
+//! unwalled.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
@@ -26,7 +29,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, Once};
+use std::sync::Mutex;
 
 /// Where the id locks live (a root-owned directory, mode 0700).
 pub const LOCK_DIR: &str = "/run/evum/ids";
@@ -202,13 +205,6 @@ impl VmIdentity {
 /// when evum is not root (see the module's comment).
 pub fn vm_identity(groups: &[u32]) -> Result<Option<VmIdentity>, JailError> {
     if !jailed() {
-        static WARNED: Once = Once::new();
-        WARNED.call_once(|| {
-            log::warn!(
-                "evum: not running as root, so VMs run as evum's own user: a guest that breaks out of its UML \
-                 kernel is that user"
-            )
-        });
         return Ok(None);
     }
     let held = take_id()?;
@@ -238,6 +234,25 @@ impl Drop for VmIdentity {
             }
         }
     }
+}
+
+/// Whether this host lets an unprivileged process make a user namespace
+/// (checked once; a warning says so when it does not).
+pub fn user_namespaces() -> bool {
+    static ALLOWED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ALLOWED.get_or_init(|| {
+        let read = |path: &str| fs::read_to_string(path).ok().map(|s| s.trim().to_string());
+        let allowed = read("/proc/sys/user/max_user_namespaces").is_some_and(|n| n != "0")
+            && read("/proc/sys/kernel/unprivileged_userns_clone").is_none_or(|v| v == "1")
+            && read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns").is_none_or(|v| v == "0");
+        if !allowed {
+            log::warn!(
+                "evum: not running as root and user namespaces are off here, so VMs run as evum's own user \
+                 without walls: a guest that breaks out of its UML kernel is that user"
+            );
+        }
+        allowed
+    })
 }
 
 /// The uids of the running VMs of each switch group.

@@ -106,32 +106,46 @@ pub fn start(config: VmConfig, events: Box<dyn VmEvents>) -> Result<Vm, StartErr
         gid: identity.gid(),
         groups: identity.groups.clone(),
     });
-    // A VM that runs as a user of its own gets a directory of its own, the
-    // only host directory it may write; others share evum's runtime base.
-    let (uml_dir, runtime_dir, shared_base) = match (config.uml_dir, &run_as) {
-        (Some(dir), _) => (dir.clone(), dir.join(&umid), None),
-        (None, None) => {
+    // Not root: walls of the same kind in a user namespace, where the host
+    // allows them.
+    let user_namespace = run_as.is_none() && config.uml_dir.is_none() && jail::user_namespaces();
+    let sandboxed = run_as.is_some() || user_namespace;
+    // A jailed VM gets a directory of its own, the only host directory it
+    // may write (a tmpfs of its own over it, in its namespace); others share
+    // evum's runtime base.
+    let owner = match &run_as {
+        Some(user) => (user.uid, user.gid),
+        None => (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw()),
+    };
+    let (uml_dir, runtime_dir, shared_base) = match config.uml_dir {
+        Some(dir) => (dir.clone(), dir.join(&umid), None),
+        None if !sandboxed => {
             let base = default_base();
             acquire_base(&base)?;
             (base.clone(), base.join(&umid), Some(base))
         }
-        (None, Some(user)) => {
+        None => {
             let base = default_base();
             acquire_base(&base)?;
             let own = base.join(&umid);
-            if let Err(e) = private_dir(&own, user.uid, user.gid, 0o700) {
+            if let Err(e) = private_dir(&own, owner.0, owner.1, 0o700) {
                 release_base(&base);
                 return Err(e);
             }
             (own.clone(), own, Some(base))
         }
     };
-    // The disks the guest writes are lent to its user while it runs.
-    let lent = run_as
-        .as_ref()
-        .map(|user| lend_disks(&config.options, user))
-        .unwrap_or_default();
-    let writable_files = lent.clone();
+    // The disks the guest writes: writable in its namespace, and lent to
+    // its user while it runs.
+    let writable_files = if sandboxed {
+        written_disks(&config.options)
+    } else {
+        Vec::new()
+    };
+    let lent = match &run_as {
+        Some(user) => lend(&writable_files, user),
+        None => Vec::new(),
+    };
     let release = move || {
         if let Some(base) = &shared_base {
             release_base(base);
@@ -143,7 +157,6 @@ pub fn start(config: VmConfig, events: Box<dyn VmEvents>) -> Result<Vm, StartErr
         umid: umid.clone(),
         uml_dir: uml_dir.clone(),
     };
-    let sandboxed = run_as.is_some();
     // UML's memory file is as large as the guest's memory, and lives in the
     // private /dev/shm; a little more for what UML and its helpers write.
     let max_file_bytes = options::memory_bytes(&config.options).unwrap_or(0) + (64 << 20);
@@ -164,6 +177,7 @@ pub fn start(config: VmConfig, events: Box<dyn VmEvents>) -> Result<Vm, StartErr
                 },
                 read_only_host_but: sandboxed.then(|| uml_dir.clone()),
                 runtime_bytes: runtime_bytes(&config.options),
+                user_namespace,
                 writable_files,
                 max_file_bytes,
             };
@@ -211,11 +225,11 @@ fn runtime_bytes(options: &[BootOption]) -> u64 {
     (16 << 20) + cows
 }
 
-/// Makes the disk file each `ubd` option writes (the first file of its
-/// spec, `COW,BASE` or `FILE`) the VM user's, and returns them. Files in the
-/// VM's runtime directory are its own already; a missing file is left for
-/// UML to report.
-fn lend_disks(options: &[BootOption], user: &RunAs) -> Vec<PathBuf> {
+/// The disk file each `ubd` option writes (the first file of its spec,
+/// `COW,BASE` or `FILE`) where it is a regular file of evum's user. Files in
+/// the VM's runtime directory are its own already; a missing file is left
+/// for UML to report.
+fn written_disks(options: &[BootOption]) -> Vec<PathBuf> {
     let euid = nix::unistd::geteuid().as_raw();
     options
         .iter()
@@ -224,10 +238,16 @@ fn lend_disks(options: &[BootOption], user: &RunAs) -> Vec<PathBuf> {
             _ => None,
         })
         .map(PathBuf::from)
-        .filter(|path| {
-            fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.uid() == euid)
-                && nix::unistd::chown(path, Some(user.uid.into()), Some(user.gid.into())).is_ok()
-        })
+        .filter(|path| fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.uid() == euid))
+        .collect()
+}
+
+/// Makes the disks the VM user's; those it could, to be given back.
+fn lend(disks: &[PathBuf], user: &RunAs) -> Vec<PathBuf> {
+    disks
+        .iter()
+        .filter(|path| nix::unistd::chown(path.as_path(), Some(user.uid.into()), Some(user.gid.into())).is_ok())
+        .cloned()
         .collect()
 }
 
@@ -423,8 +443,12 @@ fn release_base(base: &Path) {
         *count -= 1;
         if *count == 0 {
             users.remove(base);
-            // Fails harmlessly while another program's VMs still use it.
-            let _ = fs::remove_dir(base);
+            // Root's base in /run stays: another BEAM may be about to make
+            // a VM's directory in it. Elsewhere it goes with the last VM
+            // (failing harmlessly while another program's VMs still use it).
+            if !nix::unistd::geteuid().is_root() {
+                let _ = fs::remove_dir(base);
+            }
         }
     }
 }

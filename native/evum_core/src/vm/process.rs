@@ -44,6 +44,11 @@ pub struct SpawnSpec {
     pub read_only_host_but: Option<PathBuf>,
     /// The size of the private runtime directory.
     pub runtime_bytes: u64,
+    /// Enter an unprivileged user namespace of its own first (evum's uid
+    /// and gid mapped to themselves), in which the mount namespace above
+    /// can be made without root: how a VM is walled off when evum is not
+    /// root.
+    pub user_namespace: bool,
     /// Host files the VM writes (its disks), writable in its namespace.
     pub writable_files: Vec<PathBuf>,
     /// The most the UML process tree may write to its private /dev/shm
@@ -168,7 +173,6 @@ fn spawn_here(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
         ],
         exec_error: exec_error_child.as_raw_fd(),
     };
-    let run_as = spec.run_as.clone();
     let cpus = spec.cpus;
     let sandbox = match &spec.read_only_host_but {
         Some(dir) => Some(Sandbox::new(
@@ -180,7 +184,16 @@ fn spawn_here(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
         )?),
         None => None,
     };
-    let limits = Limits::new(spec.max_file_bytes);
+    let walls = Walls {
+        run_as: spec.run_as.clone(),
+        user_namespace: if spec.user_namespace {
+            Some(UserNamespace::new()?)
+        } else {
+            None
+        },
+        limits: Limits::new(spec.max_file_bytes, spec.run_as.is_some()),
+        sandbox,
+    };
     let mut stack = vec![0u8; CHILD_STACK];
     // SAFETY: the child gets a copy-on-write copy of this process (no
     // CLONE_VM) in which only the calling thread exists, so it must not
@@ -188,17 +201,7 @@ fn spawn_here(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
     // system calls on data prepared above.
     let pid = unsafe {
         nix::sched::clone(
-            Box::new(|| {
-                child_main(
-                    parent,
-                    &child_fds,
-                    run_as.as_ref(),
-                    &limits,
-                    cpus.as_ref(),
-                    sandbox.as_ref(),
-                    &exec,
-                )
-            }),
+            Box::new(|| child_main(parent, &child_fds, &walls, cpus.as_ref(), &exec)),
             &mut stack,
             nix::sched::CloneFlags::empty(),
             Some(libc::SIGCHLD),
@@ -362,7 +365,10 @@ impl Sandbox {
         owner: Option<&RunAs>,
         files: &[PathBuf],
     ) -> Result<Sandbox, SpawnError> {
-        let (uid, gid) = owner.map_or((0, 0), |user| (user.uid, user.gid));
+        let (uid, gid) = owner.map_or_else(
+            || (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw()),
+            |user| (user.uid, user.gid),
+        );
         let c = |s: &[u8]| CString::new(s).map_err(|_| SpawnError::Sys("path", io::ErrorKind::InvalidInput.into()));
         Ok(Sandbox {
             root: c(b"/")?,
@@ -456,22 +462,89 @@ impl Sandbox {
     }
 }
 
+/// What walls the child in, made before the fork: the user it becomes, the
+/// namespaces it enters, its limits.
+struct Walls {
+    run_as: Option<RunAs>,
+    user_namespace: Option<UserNamespace>,
+    limits: Limits,
+    sandbox: Option<Sandbox>,
+}
+
 /// Resource limits of a jailed UML process tree, made before the fork.
 struct Limits {
     file_bytes: u64,
+    /// Whether the uid is the VM's own: RLIMIT_NPROC counts every process
+    /// of the uid, so it is only for a uid no one else has.
+    own_uid: bool,
 }
 
 impl Limits {
-    fn new(file_bytes: u64) -> Limits {
-        Limits { file_bytes }
+    fn new(file_bytes: u64, own_uid: bool) -> Limits {
+        Limits { file_bytes, own_uid }
     }
 
-    fn all(&self) -> [(libc::__rlimit_resource_t, libc::rlim_t); 3] {
+    fn all(&self) -> impl Iterator<Item = (libc::__rlimit_resource_t, libc::rlim_t)> + '_ {
         [
             (libc::RLIMIT_FSIZE, self.file_bytes),
             (libc::RLIMIT_NOFILE, MAX_OPEN_FILES),
-            (libc::RLIMIT_NPROC, MAX_PROCESSES),
         ]
+        .into_iter()
+        .chain(self.own_uid.then_some((libc::RLIMIT_NPROC, MAX_PROCESSES)))
+    }
+}
+
+/// An unprivileged user namespace in which evum's own uid and gid are
+/// mapped to themselves: inside it the child may make its mount namespace;
+/// outside, its processes are evum's user, with no privilege over anything.
+struct UserNamespace {
+    setgroups: CString,
+    uid_map_file: CString,
+    gid_map_file: CString,
+    uid_map: Vec<u8>,
+    gid_map: Vec<u8>,
+}
+
+impl UserNamespace {
+    fn new() -> Result<UserNamespace, SpawnError> {
+        let c = |s: &str| CString::new(s).map_err(|_| SpawnError::Sys("path", io::ErrorKind::InvalidInput.into()));
+        let (uid, gid) = (nix::unistd::geteuid(), nix::unistd::getegid());
+        Ok(UserNamespace {
+            setgroups: c("/proc/self/setgroups")?,
+            uid_map_file: c("/proc/self/uid_map")?,
+            gid_map_file: c("/proc/self/gid_map")?,
+            uid_map: format!("{uid} {uid} 1\n").into_bytes(),
+            gid_map: format!("{gid} {gid} 1\n").into_bytes(),
+        })
+    }
+
+    /// Runs in the child: only system calls, no allocation.
+    fn enter(&self) -> Result<(), ()> {
+        let write = |path: &CString, bytes: &[u8]| {
+            // SAFETY: open, write and close on a valid path and buffer.
+            unsafe {
+                let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(());
+                }
+                let written = libc::write(fd, bytes.as_ptr().cast(), bytes.len());
+                libc::close(fd);
+                if written == bytes.len() as isize {
+                    Ok(())
+                } else {
+                    Err(())
+                }
+            }
+        };
+        // SAFETY: unshare takes flags only.
+        if unsafe { libc::unshare(libc::CLONE_NEWUSER) } < 0 {
+            return Err(());
+        }
+        // An unprivileged process may map only its own ids, and a gid only
+        // once setgroups is denied.
+        write(&self.setgroups, b"deny")?;
+        write(&self.uid_map_file, &self.uid_map)?;
+        write(&self.gid_map_file, &self.gid_map)
     }
 }
 
@@ -484,15 +557,8 @@ struct ChildFds {
 
 /// Runs in the child between clone and exec. Returns only on failure, after
 /// writing the errno to the exec error pipe.
-fn child_main(
-    parent: i32,
-    fds: &ChildFds,
-    run_as: Option<&RunAs>,
-    limits: &Limits,
-    cpus: Option<&CpuSet>,
-    sandbox: Option<&Sandbox>,
-    exec: &Exec,
-) -> isize {
+fn child_main(parent: i32, fds: &ChildFds, walls: &Walls, cpus: Option<&CpuSet>, exec: &Exec) -> isize {
+    let sandbox = walls.sandbox.as_ref();
     const ADDR_NO_RANDOMIZE: libc::c_ulong = 0x0040000;
     let fail = |fds: &ChildFds| -> isize {
         let errno = io::Error::last_os_error()
@@ -550,14 +616,19 @@ fn child_main(
                 return fail(fds);
             }
         }
+        if let Some(namespace) = &walls.user_namespace {
+            if namespace.enter().is_err() {
+                return fail(fds);
+            }
+        }
         if let Some(sandbox) = sandbox {
             if sandbox.enter().is_err() {
                 return fail(fds);
             }
         }
-        if let Some(user) = run_as {
+        if sandbox.is_some() {
             // Limits first: RLIMIT_NPROC counts the new uid's processes.
-            for (resource, limit) in limits.all() {
+            for (resource, limit) in walls.limits.all() {
                 let limit = libc::rlimit {
                     rlim_cur: limit,
                     rlim_max: limit,
@@ -566,16 +637,26 @@ fn child_main(
                     return fail(fds);
                 }
             }
-            // From root to another uid: every capability is dropped, and
-            // with no_new_privs no set-uid program or file capability can
-            // give one back.
-            if libc::setgroups(user.groups.len(), user.groups.as_ptr()) < 0
-                || libc::setgid(user.gid) < 0
-                || libc::setuid(user.uid) < 0
-                || libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0
+        }
+        if let Some(user) = &walls.run_as {
+            // From root to another uid: every capability is dropped. Raw
+            // system calls, not glibc's setuid family: in a process with
+            // threads glibc makes every thread it knows of change too,
+            // under a lock that another thread of evum's may have held at
+            // the clone, and the child, which has no other threads, would
+            // wait for it for ever.
+            if libc::syscall(libc::SYS_setgroups, user.groups.len(), user.groups.as_ptr()) < 0
+                || libc::syscall(libc::SYS_setresgid, user.gid, user.gid, user.gid) < 0
+                || libc::syscall(libc::SYS_setresuid, user.uid, user.uid, user.uid) < 0
             {
                 return fail(fds);
             }
+        }
+        // With no_new_privs no set-uid program or file capability can give
+        // a capability back. (In a user namespace, exec as a non-zero uid
+        // drops the namespace's capabilities.)
+        if sandbox.is_some() && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
+            return fail(fds);
         }
         libc::execve(exec.path.as_ptr(), exec.argv.as_ptr(), exec.envp.as_ptr());
     }
