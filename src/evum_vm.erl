@@ -44,8 +44,12 @@
     %% The caller of boot and callers of stop, answered when the phase changes.
     waiting_ready = [] :: [gen_server:from()],
     waiting_exit = [] :: [gen_server:from()],
-    %% Commands in flight: Id => {From, Timer}.
+    %% Commands whose callers wait: Id => {From, Timer}.
     commands = #{} :: #{non_neg_integer() => {gen_server:from(), reference()}},
+    %% The command the guest's loop runs now (one at a time: the serial line
+    %% holds little, and what overflows it is lost), and those waiting.
+    running :: undefined | non_neg_integer(),
+    queued = queue:new() :: queue:queue({non_neg_integer(), binary()}),
     next_id = 1 :: pos_integer(),
     exit :: undefined | term(),
     stop_requested = false :: boolean(),
@@ -60,6 +64,12 @@
 -define(KILL_GRACE, 5000).
 %% The command id of a stop's sync; users' commands count from 1.
 -define(SYNC_ID, 0).
+%% The longest command, in bytes: its request (in base64 if need be) must
+%% fit the guest's 4 KB terminal buffer, or the terminal line loses bytes.
+%% Longer ones are refused, not cut.
+-define(MAX_COMMAND, 2048).
+%% Commands that may wait for the guest's command loop.
+-define(MAX_QUEUED, 64).
 
 -spec start_link(pid(), config()) -> {ok, pid()} | {error, term()}.
 start_link(Owner, #{label := undefined} = Config) ->
@@ -91,14 +101,23 @@ started_call({write, Data}, _From, #state{vm = Vm, tagged = Tagged} = S) ->
         ok -> {reply, {ok, Tagged}, S};
         {error, _} = Error -> {reply, Error, S}
     end;
+started_call({cmd, Command, _}, _From, #state{phase = ready} = S) when byte_size(Command) > ?MAX_COMMAND ->
+    {reply, {error, {too_large, ?MAX_COMMAND}}, S};
 started_call({cmd, Command, Timeout}, From, #state{phase = ready} = S) ->
-    #state{vm = Vm, next_id = Id, commands = Commands} = S,
-    case evum_nif:vm_run(Vm, Id, Command) of
-        ok ->
+    #state{next_id = Id, commands = Commands, queued = Queued} = S,
+    case {binary:match(Command, <<0>>), queue:len(Queued) >= ?MAX_QUEUED} of
+        {{_, _}, _} ->
+            {reply, {error, {bad_command, contains_nul}}, S};
+        {nomatch, true} ->
+            {reply, {error, busy}, S};
+        {nomatch, false} ->
             Timer = erlang:send_after(Timeout, self(), {cmd_timeout, Id}),
-            {noreply, S#state{next_id = Id + 1, commands = Commands#{Id => {From, Timer}}}};
-        {error, _} = Error ->
-            {reply, Error, S}
+            Waiting = S#state{
+                next_id = Id + 1,
+                commands = Commands#{Id => {From, Timer}},
+                queued = queue:in({Id, Command}, Queued)
+            },
+            {noreply, run_next(Waiting)}
     end;
 started_call({cmd, _, _}, _From, #state{phase = booting} = S) ->
     {reply, {error, booting}, S};
@@ -127,26 +146,27 @@ handle_info({evum_ctl, ready}, #state{phase = booting, waiting_ready = W} = S) -
     evum_boot_gate:done(),
     [gen_server:reply(From, ok) || From <- W],
     {noreply, S#state{phase = ready, waiting_ready = []}};
-handle_info({evum_ctl, ready}, S) ->
-    %% After a reboot the command loop comes up again.
-    {noreply, S};
+handle_info({evum_ctl, ready}, #state{running = Running} = S) ->
+    %% After a reboot the command loop comes up again, and what the old one
+    %% ran has no answer coming.
+    Answered =
+        case Running of
+            undefined -> S;
+            Id -> answer(Id, {error, rebooted}, S)
+        end,
+    {noreply, run_next(Answered)};
 handle_info({evum_ctl, {result, ?SYNC_ID, _, _}}, S) ->
     {noreply, stop_step(halt, S)};
-handle_info({evum_ctl, {result, Id, Status, Output}}, #state{commands = Commands} = S) ->
-    case maps:take(Id, Commands) of
-        {{From, Timer}, Rest} ->
-            erlang:cancel_timer(Timer),
-            gen_server:reply(From, {ok, Status, Output}),
-            {noreply, S#state{commands = Rest}};
-        error ->
-            %% Its caller timed out already.
-            {noreply, S}
-    end;
-handle_info({cmd_timeout, Id}, #state{commands = Commands} = S) ->
+handle_info({evum_ctl, {result, Id, Status, Output}}, S) ->
+    {noreply, run_next(answer(Id, {ok, Status, Output}, S))};
+handle_info({evum_ctl, {output_too_large, Id, Length}}, S) ->
+    {noreply, run_next(answer(Id, {error, {output_too_large, Length}}, S))};
+handle_info({cmd_timeout, Id}, #state{commands = Commands, queued = Queued} = S) ->
     case maps:take(Id, Commands) of
         {{From, _}, Rest} ->
             gen_server:reply(From, {error, timeout}),
-            {noreply, S#state{commands = Rest}};
+            %% If it was still waiting its turn, it no longer takes a place.
+            {noreply, S#state{commands = Rest, queued = queue:filter(fun({I, _}) -> I =/= Id end, Queued)}};
         error ->
             {noreply, S}
     end;
@@ -184,6 +204,43 @@ start(#state{owner = Owner, config = Config, waiting_ready = Waiting} = S) ->
             [gen_server:reply(From, Error) || From <- Waiting],
             {stop, normal, S#state{phase = exited, waiting_ready = []}}
     end.
+
+%% Answers command Id's caller, if it still waits; the guest's loop is free
+%% again if Id was what it ran.
+answer(Id, Reply, #state{commands = Commands, running = Running} = S) ->
+    Answered =
+        case maps:take(Id, Commands) of
+            {{From, Timer}, Rest} ->
+                erlang:cancel_timer(Timer),
+                gen_server:reply(From, Reply),
+                S#state{commands = Rest};
+            error ->
+                %% Its caller timed out already, or the guest made it up.
+                S
+        end,
+    case Running of
+        Id -> Answered#state{running = undefined};
+        _ -> Answered
+    end.
+
+%% Sends the next waiting command whose caller still waits, if the guest's
+%% loop is free.
+run_next(#state{running = undefined, queued = Queued, commands = Commands, vm = Vm} = S) ->
+    case queue:out(Queued) of
+        {empty, _} ->
+            S;
+        {{value, {Id, _}}, Rest} when not is_map_key(Id, Commands) ->
+            run_next(S#state{queued = Rest});
+        {{value, {Id, Command}}, Rest} ->
+            case evum_nif:vm_run(Vm, Id, Command) of
+                ok ->
+                    S#state{running = Id, queued = Rest};
+                {error, _} = Error ->
+                    run_next(answer(Id, Error, S#state{queued = Rest}))
+            end
+    end;
+run_next(S) ->
+    S.
 
 %% Stops the guest as gently as it allows: a sync in the guest (so what it
 %% wrote to its disks is on them), mconsole halt, then SIGTERM to the UML

@@ -25,7 +25,8 @@ boot_test_() ->
             {"bad seccomp and cpus values are bad options", bad_values},
             {"a kernel without seccomp or SMP is refused before a boot", unsupported_by_kernel},
             {"VMs take turns to boot, as many at once as boot_concurrency says", turns},
-            {"init sets up what a shell and a network expect, with two processes of its own", guest_setup}
+            {"init sets up what a shell and a network expect, with two processes of its own", guest_setup},
+            {"no value splits the kernel's command line into parameters of its choosing", injection}
         ]
     ]}.
 
@@ -452,3 +453,20 @@ next_console_line(Vm) ->
         Line when is_binary(Line) -> Line
     after 5000 -> error(no_console_line)
     end.
+
+%% The kernel splits its command line at any byte its isspace() takes,
+%% 0x0b and 0xa0 (in a UTF-8 `à') included: a value carrying one would add
+%% a parameter (here, the host's /etc/shadow as a disk). Each is refused
+%% before anything starts.
+injection() ->
+    Injected = [
+        [{hostname, "evm\vubd2r=/etc/shadow"}],
+        [{hostname, <<"evm", 16#a0, "ubd2r=/etc/shadow">>}],
+        [{hostname, "évm"}],
+        [{rootflags, "ro\fubd1=/etc/passwd"}],
+        [{append, "panic=0\vubd1=/etc/shadow"}],
+        [{append, "quiet mem=4G"}],
+        [{env, "EVUM_X", "a\rubd3=/etc/shadow"}]
+    ],
+    [?assertMatch({error, {bad_option, _}}, create(Options), Options) || Options <- Injected],
+    assert_no_uml_left().

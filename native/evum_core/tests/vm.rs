@@ -69,7 +69,9 @@ fn wait_for(rx: &Receiver<Event>, timeout: Duration, want: impl Fn(&Event) -> bo
 }
 
 fn run(vm: &Vm, rx: &Receiver<Event>, id: u64, cmd: &str) -> (i32, Vec<u8>) {
-    vm.handle.write_control(control::run_request(id, cmd)).unwrap();
+    vm.handle
+        .write_control(control::run_request(id, cmd.as_bytes()))
+        .unwrap();
     let seen = wait_for(
         rx,
         Duration::from_secs(10),

@@ -14,7 +14,7 @@ use evum_core::{ControlEvent, Exit, VmEvents};
 use rustler::{Binary, Encoder, Env, LocalPid, NewBinary, OwnedEnv, Term};
 
 mod atoms {
-    rustler::atoms! { evum, console, evum_ctl, ready, result, evum_exit, exit_status, signal }
+    rustler::atoms! { evum, console, evum_ctl, ready, result, output_too_large, evum_exit, exit_status, signal }
 }
 
 pub struct Mailboxes {
@@ -139,6 +139,9 @@ impl VmEvents for Mailboxes {
             ControlEvent::Ready => (atoms::evum_ctl(), atoms::ready()).encode(env),
             ControlEvent::Result { id, status, output } => {
                 (atoms::evum_ctl(), (atoms::result(), id, status, binary(env, &output))).encode(env)
+            }
+            ControlEvent::OutputTooLarge { id, length } => {
+                (atoms::evum_ctl(), (atoms::output_too_large(), id, length)).encode(env)
             }
         });
     }

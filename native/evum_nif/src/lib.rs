@@ -197,10 +197,10 @@ fn vm_write<'a>(env: Env<'a>, resource: ResourceArc<VmResource>, data: Binary<'a
 /// Asks the guest's command loop to run `command` as request `id`; the
 /// result comes to the VM's server as `{evum_ctl, {result, Id, Status, Output}}`.
 #[rustler::nif]
-fn vm_run<'a>(env: Env<'a>, resource: ResourceArc<VmResource>, id: u64, command: Term<'a>) -> NifResult<Term<'a>> {
-    let command = text(command)?;
-    let request = control::run_request(id, &command);
-    Ok(queued(env, with_vm(&resource, |vm| vm.handle.write_control(request))))
+fn vm_run<'a>(env: Env<'a>, resource: ResourceArc<VmResource>, id: u64, command: Binary<'a>) -> Term<'a> {
+    // Any bytes: the guest's shell takes them as they are.
+    let request = control::run_request(id, command.as_slice());
+    queued(env, with_vm(&resource, |vm| vm.handle.write_control(request)))
 }
 
 /// Signals the UML process (`whole_group` false) or its whole process group.

@@ -251,7 +251,12 @@ impl Image {
     /// Where the root filesystem comes from; `Err((key, what))` when the
     /// entry names none, or more than one, or a bad checksum or argument.
     pub fn source(&self) -> Result<Source<'_>, Problem> {
-        for arg in &self.args {
+        // Every parameter of every arg: one arg may hold several.
+        for arg in self
+            .args
+            .iter()
+            .flat_map(|a| a.split(|c: char| c.is_whitespace() || c == '\u{a0}'))
+        {
             let name = arg.split('=').next().unwrap_or_default();
             let base = name.trim_end_matches(|c: char| c.is_ascii_digit());
             if RESERVED_ARGS.contains(&base) {
@@ -475,6 +480,11 @@ mod tests {
                 "[image.x]\nfile = \"a\"\nargs = [\"ssl0=fd:0,fd:1\"]",
                 "image.x.args",
                 "ssl0 is set by evum",
+            ),
+            (
+                "[image.x]\nfile = \"a\"\nargs = [\"panic=0 ubd1=/etc/shadow\"]",
+                "image.x.args",
+                "ubd1 is set by evum",
             ),
             (
                 "[image.x]\nfrom_dir = \"/a\"\nsize = \"lots\"",

@@ -6,7 +6,13 @@
 //!
 //! ```text
 //! RUN <id> <line count>\n<command text, that many lines>\n
+//! RUNB <id> <line count>\n<the command in base64, that many lines>\n
 //! ```
+//!
+//! A command of printable ASCII, tabs and newlines in short lines goes as it
+//! is. Anything else would reach the guest's terminal line, which does not
+//! pass every byte (0xff wedges it) nor lines of about 4 KB whole, so such a
+//! command goes in base64, in lines of 76, and the loop decodes it.
 //!
 //! Guest to host:
 //!
@@ -17,13 +23,29 @@
 //!
 //! Anything else the guest writes there is noise and is skipped, so a stray
 //! program writing to the serial line cannot confuse the framing for long.
+//! A result longer than [`MAX_OUTPUT`] is not kept: it is reported as
+//! [`ControlEvent::OutputTooLarge`] and its bytes skipped as noise, so a
+//! guest claiming any length cannot make evum hold more than that.
 
 /// What the guest said on the command channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ControlEvent {
     Ready,
-    Result { id: u64, status: i32, output: Vec<u8> },
+    Result {
+        id: u64,
+        status: i32,
+        output: Vec<u8>,
+    },
+    /// A result claimed `length` bytes, more than [`MAX_OUTPUT`].
+    OutputTooLarge {
+        id: u64,
+        length: u64,
+    },
 }
+
+/// The most output one command may return (16 MiB): what the BEAM may be
+/// made to hold for one result.
+pub const MAX_OUTPUT: u64 = 16 << 20;
 
 const MARK: u8 = 0x01;
 const MAX_HEADER: usize = 128;
@@ -81,11 +103,16 @@ impl ControlParser {
                                 emit(ControlEvent::Ready);
                                 State::Noise
                             }
+                            Some(Header::Result { id, length, .. }) if length > MAX_OUTPUT => {
+                                emit(ControlEvent::OutputTooLarge { id, length });
+                                State::Noise
+                            }
                             Some(Header::Result { id, status, length }) => State::Body {
                                 id,
                                 status,
-                                remaining: length,
-                                output: Vec::with_capacity(length.min(1 << 20)),
+                                // At most MAX_OUTPUT: fits.
+                                remaining: length as usize,
+                                output: Vec::with_capacity((length as usize).min(1 << 20)),
                             },
                             None => State::Noise,
                         };
@@ -109,7 +136,7 @@ impl ControlParser {
 
 enum Header {
     Ready,
-    Result { id: u64, status: i32, length: usize },
+    Result { id: u64, status: i32, length: u64 },
 }
 
 fn parse_header(line: &[u8]) -> Option<Header> {
@@ -129,10 +156,28 @@ fn parse_header(line: &[u8]) -> Option<Header> {
     }
 }
 
+/// The longest line a command may have to go as it is.
+const MAX_PLAIN_LINE: usize = 512;
+
 /// The bytes that ask the guest to run `command` as request `id`.
-pub fn run_request(id: u64, command: &str) -> Vec<u8> {
-    let lines = command.split('\n').count();
-    format!("RUN {id} {lines}\n{command}\n").into_bytes()
+pub fn run_request(id: u64, command: &[u8]) -> Vec<u8> {
+    let plain = command
+        .iter()
+        .all(|&b| b == b'\n' || b == b'\t' || (b' '..=b'~').contains(&b))
+        && command.split(|&b| b == b'\n').all(|line| line.len() <= MAX_PLAIN_LINE);
+    if plain {
+        let lines = command.split(|&b| b == b'\n').count();
+        return [format!("RUN {id} {lines}\n").as_bytes(), command, b"\n"].concat();
+    }
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(command);
+    let lines: Vec<&[u8]> = encoded.as_bytes().chunks(76).collect();
+    let mut request = format!("RUNB {id} {}\n", lines.len()).into_bytes();
+    for line in lines {
+        request.extend_from_slice(line);
+        request.push(b'\n');
+    }
+    request
 }
 
 #[cfg(test)]
@@ -146,6 +191,29 @@ mod tests {
             p.feed(c, |e| out.push(e));
         }
         out
+    }
+
+    #[test]
+    fn a_claimed_length_over_the_limit_is_reported_and_not_kept() {
+        let huge = format!("\x01EVUM RESULT 9 0 {}\n", MAX_OUTPUT + 1);
+        let zeros = vec![0u8; 1 << 20];
+        let events = parse(&[huge.as_bytes(), &zeros, &zeros, b"\x01EVUM RESULT 10 0 2\nok"]);
+        assert_eq!(
+            events,
+            vec![
+                ControlEvent::OutputTooLarge {
+                    id: 9,
+                    length: MAX_OUTPUT + 1
+                },
+                ControlEvent::Result {
+                    id: 10,
+                    status: 0,
+                    output: b"ok".to_vec()
+                },
+            ]
+        );
+        // A length no integer holds is no header at all.
+        assert!(parse(&[b"\x01EVUM RESULT 1 0 99999999999999999999999\n"]).is_empty());
     }
 
     #[test]
@@ -197,6 +265,9 @@ mod tests {
 
     #[test]
     fn request_counts_lines() {
-        assert_eq!(run_request(3, "echo a\necho b"), b"RUN 3 2\necho a\necho b\n");
+        assert_eq!(run_request(3, b"echo a\necho b"), b"RUN 3 2\necho a\necho b\n");
+        assert_eq!(run_request(4, b"printf '\xff'"), b"RUNB 4 1\ncHJpbnRmICf/Jw==\n");
+        let long = run_request(5, &[0xfe; 100]);
+        assert!(long.starts_with(b"RUNB 5 2\n"), "{}", String::from_utf8_lossy(&long));
     }
 }

@@ -144,7 +144,14 @@ pub fn kernel_args(id: &Identity, options: &[BootOption]) -> Result<Vec<String>,
             BootOption::Write(w) => write = *w,
             BootOption::Hostfs(dir) => hostfs = dir.clone(),
             BootOption::Env(k, v) => tail.push(valid_env(k, v)?),
-            BootOption::Append(a) => tail.push(a.replace(RUNTIME_DIR, &runtime_dir)),
+            // Several parameters may be given in one, space-separated;
+            // each is checked on its own below.
+            BootOption::Append(a) => {
+                for parameter in a.split(' ').filter(|p| !p.is_empty()) {
+                    reserved_parameter(parameter)?;
+                    tail.push(parameter.replace(RUNTIME_DIR, &runtime_dir));
+                }
+            }
             // Applied to the process, not passed to the kernel.
             BootOption::Cpu(_) => {}
             // Rendered once below: `cpus` implies seccomp too.
@@ -179,7 +186,42 @@ pub fn kernel_args(id: &Identity, options: &[BootOption]) -> Result<Vec<String>,
         args.push(format!("ncpus={n}"));
     }
     args.extend(tail);
+    for arg in &args {
+        one_parameter(arg)?;
+    }
     Ok(args)
+}
+
+/// Parameters only evum sets: an `append` may not give them.
+const RESERVED_PARAMETERS: [&str; 10] = [
+    "umid", "uml_dir", "con", "con0", "ssl", "ssl0", "hostfs", "mem", "seccomp", "ncpus",
+];
+
+fn reserved_parameter(parameter: &str) -> Result<(), OptionError> {
+    let key = parameter.split('=').next().unwrap_or_default();
+    if RESERVED_PARAMETERS.contains(&key) {
+        return Err(OptionError::Reserved(key.to_string()));
+    }
+    Ok(())
+}
+
+/// Checks that `arg` reaches the kernel as the one parameter it is. The
+/// kernel splits its command line at every byte its `isspace()` takes
+/// (tab to carriage return, space, and 0xa0, which a UTF-8 `à` or
+/// no-break space carries) and treats `"` as a quote, so a value with any
+/// of them would become parameters of its choosing (`ubd2r=/etc/shadow`).
+/// Only printable ASCII but `"` passes; nothing evum builds needs more.
+fn one_parameter(arg: &str) -> Result<(), OptionError> {
+    match arg.bytes().find(|&b| !(0x21..=0x7e).contains(&b) || b == b'"') {
+        None => Ok(()),
+        Some(byte) => Err(OptionError::BadValue {
+            name: arg.split('=').next().unwrap_or_default().to_string(),
+            why: format!(
+                "byte {byte:#04x} would split or quote the kernel's command line: only printable ASCII \
+                 without spaces or quotes"
+            ),
+        }),
+    }
 }
 
 /// The option's name as the user wrote it, for error messages.
@@ -297,6 +339,38 @@ fn valid_env(k: &str, v: &str) -> Result<String, OptionError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_value_splits_or_quotes_the_command_line() {
+        let id = Identity {
+            umid: "u".into(),
+            uml_dir: "/run/x".into(),
+        };
+        // Every byte the kernel's isspace() takes, a quote, control bytes
+        // and non-ASCII, in every kind of value.
+        for bad in [
+            "\u{b}", "\u{c}", "\t", "\r", "\n", " ", "\"", "\u{a0}", "à", "\u{1}", "\u{7f}",
+        ] {
+            let injected = format!("evm{bad}ubd2r=/etc/shadow");
+            for option in [
+                BootOption::Env("EVUM_HOSTNAME".into(), injected.clone()),
+                BootOption::RootFlags(injected.clone()),
+                BootOption::Init(injected.clone()),
+                BootOption::Ubd(1, injected.clone()),
+                BootOption::Eth(0, injected.clone()),
+            ] {
+                assert!(kernel_args(&id, std::slice::from_ref(&option)).is_err(), "{option:?} passed");
+            }
+        }
+        // An append is split at spaces, and each parameter checked.
+        assert_eq!(
+            kernel_args(&id, &[BootOption::Append("panic=0 mem=4G".into())]),
+            Err(OptionError::Reserved("mem".into()))
+        );
+        assert!(kernel_args(&id, &[BootOption::Append("panic=0\u{b}ubd1=/etc/shadow".into())]).is_err());
+        let args = kernel_args(&id, &[BootOption::Append("panic=0  oops=panic".into())]).unwrap();
+        assert!(args.ends_with(&["panic=0".to_string(), "oops=panic".to_string()]));
+    }
 
     #[test]
     fn memory_in_bytes() {

@@ -133,7 +133,10 @@ impl Guest {
     pub fn run(&mut self, cmd: &str) -> (i32, String) {
         let id = self.next;
         self.next += 1;
-        self.vm.handle.write_control(control::run_request(id, cmd)).unwrap();
+        self.vm
+            .handle
+            .write_control(control::run_request(id, cmd.as_bytes()))
+            .unwrap();
         loop {
             match self.rx.recv_timeout(Duration::from_secs(30)) {
                 Ok(ControlEvent::Result { id: i, status, output }) if i == id => {
