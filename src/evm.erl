@@ -29,6 +29,7 @@
     | {location, atom()}
     | {init_cmd, string() | binary()}
     | {progress, evum_image:progress_fun()}
+    | {console_backlog, pos_integer() | infinity}
     | evum_opts:boot_option().
 
 %% @doc Boots a VM and waits until its guest is up. The caller becomes the
@@ -42,7 +43,10 @@
 %% instead of a login shell; the VM halts when it exits), `progress' (a
 %% fun called with the progress of a download or build of the image, or of
 %% evum's kernel, see evum_kernel),
-%% `tagged' (console lines as `{evum, Vm, {console, Line}}'), `hostname',
+%% `tagged' (console lines as `{evum, Vm, {console, Line}}'),
+%% `{console_backlog, N}' (while the owner has more than N messages waiting,
+%% 10000 by default, evum stops reading the console and the guest's output
+%% waits, as on a terminal nobody reads; `infinity': never), `hostname',
 %% `kernel' (`evum', the default: evum's own kernel, built on first use,
 %% see evum_kernel; or the path of any UML binary), `umid', `uml_dir',
 %% `switch' (eth0 on that evum_switch, its MAC derived from the label),
@@ -92,6 +96,12 @@ create_vm(Options) ->
     %% Each step adds to what the ones before found, or ends with an error.
     Steps = [
         fun(VM) -> with(label, label(Get(label, undefined)), VM) end,
+        fun(VM) ->
+            case Get(console_backlog, 10000) of
+                N when is_integer(N), N > 0; N =:= infinity -> {ok, VM};
+                Bad -> {error, {bad_option, {console_backlog, Bad}}}
+            end
+        end,
         fun(VM) -> with(switch, switch_of(Net, Get(switch, undefined)), VM) end,
         fun(#{label := Label} = VM) -> {ok, VM#{mac => mac_for(Label)}} end,
         fun(#{label := Label} = VM) ->
@@ -122,6 +132,7 @@ create_vm(Options) ->
                     uml_dir => bin(Get(uml_dir, "")),
                     groups => switch_groups(Switch),
                     tagged => proplists:get_bool(tagged, Own),
+                    console_backlog => Get(console_backlog, 10000),
                     switch => Switch,
                     boot_timeout => Get(timeout, DefaultTimeout)
                 }
@@ -237,7 +248,21 @@ start(Config) ->
 
 is_create_option({Key, _}) ->
     lists:member(Key, [
-        label, dist, timeout, tagged, hostname, kernel, umid, uml_dir, switch, transport, net, location, init_cmd, progress
+        label,
+        dist,
+        timeout,
+        tagged,
+        hostname,
+        kernel,
+        umid,
+        uml_dir,
+        switch,
+        transport,
+        net,
+        location,
+        init_cmd,
+        progress,
+        console_backlog
     ]);
 is_create_option(tagged) ->
     true;

@@ -27,6 +27,7 @@
     uml_dir := binary(),
     groups := [non_neg_integer()],
     tagged := boolean(),
+    console_backlog => pos_integer() | infinity,
     switch => pid() | atom() | undefined,
     boot_timeout := timeout()
 }.
@@ -50,6 +51,11 @@
     %% holds little, and what overflows it is lost), and those waiting.
     running :: undefined | non_neg_integer(),
     queued = queue:new() :: queue:queue({non_neg_integer(), binary()}),
+    %% The most messages the owner may have waiting before the console is
+    %% held (no longer read: the guest's console output waits), and whether
+    %% it is.
+    backlog :: pos_integer() | infinity,
+    console_held = false :: boolean(),
     next_id = 1 :: pos_integer(),
     exit :: undefined | term(),
     stop_requested = false :: boolean(),
@@ -70,6 +76,10 @@
 -define(MAX_COMMAND, 2048).
 %% Commands that may wait for the guest's command loop.
 -define(MAX_QUEUED, 64).
+%% The default `console_backlog'.
+-define(CONSOLE_BACKLOG, 10000).
+%% How often a held console looks whether its owner has caught up.
+-define(BACKLOG_CHECK, 50).
 
 -spec start_link(pid(), config()) -> {ok, pid()} | {error, term()}.
 start_link(Owner, #{label := undefined} = Config) ->
@@ -81,7 +91,8 @@ init({Owner, Config}) ->
     process_flag(trap_exit, true),
     monitor(process, Owner),
     #{tagged := Tagged, label := Label} = Config,
-    {ok, #state{owner = Owner, label = Label, tagged = Tagged, config = Config}}.
+    Backlog = maps:get(console_backlog, Config, ?CONSOLE_BACKLOG),
+    {ok, #state{owner = Owner, label = Label, tagged = Tagged, config = Config, backlog = Backlog}}.
 
 %% The VM is started by the first call, not in init/1: a VM that cannot start
 %% is the caller's error, answered as one, not a crash of this process; and
@@ -155,6 +166,10 @@ handle_info({evum_ctl, ready}, #state{running = Running} = S) ->
             Id -> answer(Id, {error, rebooted}, S)
         end,
     {noreply, run_next(Answered)};
+handle_info(evum_console, S) ->
+    {noreply, check_backlog(S)};
+handle_info(check_backlog, #state{console_held = true} = S) ->
+    {noreply, check_backlog(S)};
 handle_info({evum_ctl, {result, ?SYNC_ID, _, _}}, S) ->
     {noreply, stop_step(halt, S)};
 handle_info({evum_ctl, {result, Id, Status, Output}}, S) ->
@@ -204,6 +219,23 @@ start(#state{owner = Owner, config = Config, waiting_ready = Waiting} = S) ->
             [gen_server:reply(From, Error) || From <- Waiting],
             {stop, normal, S#state{phase = exited, waiting_ready = []}}
     end.
+
+%% Holds the console while the owner has more than `backlog' messages
+%% waiting, and lets it go once it is down to half that: a guest writing
+%% without end then waits on its console, and the owner's mailbox (and the
+%% BEAM's memory) stays bounded.
+check_backlog(#state{backlog = infinity} = S) ->
+    S;
+check_backlog(#state{owner = Owner, backlog = Backlog, console_held = Held, vm = Vm} = S) ->
+    Waiting =
+        case erlang:process_info(Owner, message_queue_len) of
+            {message_queue_len, N} -> N;
+            undefined -> 0
+        end,
+    Hold = Waiting > Backlog orelse (Held andalso Waiting > Backlog div 2),
+    Hold =/= Held andalso evum_nif:vm_hold_console(Vm, Hold),
+    Hold andalso erlang:send_after(?BACKLOG_CHECK, self(), check_backlog),
+    S#state{console_held = Hold}.
 
 %% Answers command Id's caller, if it still waits; the guest's loop is free
 %% again if Id was what it ran.

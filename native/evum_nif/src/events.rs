@@ -14,7 +14,7 @@ use evum_core::{ControlEvent, Exit, VmEvents};
 use rustler::{Binary, Encoder, Env, LocalPid, NewBinary, OwnedEnv, Term};
 
 mod atoms {
-    rustler::atoms! { evum, console, evum_ctl, ready, result, output_too_large, evum_exit, exit_status, signal }
+    rustler::atoms! { evum, console, evum_console, evum_ctl, ready, result, output_too_large, evum_exit, exit_status, signal }
 }
 
 pub struct Mailboxes {
@@ -25,7 +25,13 @@ pub struct Mailboxes {
     /// Set when a send to the owner fails: it is dead, stop building terms.
     owner_gone: bool,
     boot_log: BootLog,
+    /// Console lines sent to the owner: every [`REPORT_EVERY`] the server
+    /// hears, and checks the owner keeps up.
+    lines_sent: u64,
 }
+
+/// How often (in console lines) the VM's server is told lines are flowing.
+const REPORT_EVERY: u64 = 1000;
 
 /// The console's last lines while the guest boots, for the exit to carry:
 /// they went to the owner's mailbox, but the caller of evm:create/1 needs
@@ -93,6 +99,7 @@ impl Mailboxes {
             tagged,
             owner_gone: false,
             boot_log: BootLog::default(),
+            lines_sent: 0,
         }
     }
 
@@ -129,6 +136,10 @@ impl VmEvents for Mailboxes {
             }
         });
         self.owner_gone = sent.is_err();
+        self.lines_sent += 1;
+        if self.lines_sent.is_multiple_of(REPORT_EVERY) {
+            self.tell_server(|env| atoms::evum_console().encode(env));
+        }
     }
 
     fn control(&mut self, event: ControlEvent) {

@@ -203,6 +203,12 @@ fn vm_run<'a>(env: Env<'a>, resource: ResourceArc<VmResource>, id: u64, command:
     queued(env, with_vm(&resource, |vm| vm.handle.write_control(request)))
 }
 
+/// Stops (`true`) or resumes reading the guest's console.
+#[rustler::nif]
+fn vm_hold_console(env: Env, resource: ResourceArc<VmResource>, hold: bool) -> Term {
+    queued(env, with_vm(&resource, |vm| vm.handle.hold_console(hold)))
+}
+
 /// Signals the UML process (`whole_group` false) or its whole process group.
 #[rustler::nif]
 fn vm_signal<'a>(

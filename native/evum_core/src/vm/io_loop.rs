@@ -8,6 +8,11 @@
 //! in the pipe, removes the VM's runtime directory and only then reports the
 //! exit, so an owner never sees an exit before the last line.
 //!
+//! A VM's console can be held ([`VmHandle::hold_console`]): the loop stops
+//! reading it, the pipe fills, and the guest's writes to its console wait,
+//! as on a terminal whose reader has stopped. Its owner decides when (see
+//! evum_vm's backlog), so a guest cannot fill a mailbox that is not read.
+//!
 //! Other threads talk to the loop through a channel and a mio [`Waker`].
 
 use std::collections::{HashMap, VecDeque};
@@ -98,6 +103,11 @@ impl VmHandle {
         })
     }
 
+    /// Stops (`true`) or resumes reading the guest's console.
+    pub fn hold_console(&self, hold: bool) -> Result<(), NotRunning> {
+        self.command(Command::HoldConsole { id: self.id, hold })
+    }
+
     /// Sends `signal` to the UML main process, or to its whole process group.
     pub fn signal(&self, signal: Signal, whole_group: bool) -> Result<(), NotRunning> {
         self.command(Command::Signal {
@@ -171,6 +181,7 @@ enum Command {
     Adopt(Box<Adopted>),
     Write { id: u64, channel: Channel, data: Vec<u8> },
     Signal { id: u64, signal: Signal, whole_group: bool },
+    HoldConsole { id: u64, hold: bool },
 }
 
 struct LoopHandle {
@@ -229,6 +240,8 @@ struct Vm {
     control: ControlParser,
     events: Box<dyn VmEvents>,
     flush_partial_at: Option<Instant>,
+    /// The console is not being read (see the module's comment).
+    console_held: bool,
     exit: Option<Exit>,
     give_up_drain_at: Option<Instant>,
     runtime_dir: Option<PathBuf>,
@@ -319,6 +332,7 @@ impl IoLoop {
                     flush_writer(&self.poll, writer, token(id, slot));
                 }
             }
+            Command::HoldConsole { id, hold } => self.hold_console(id, hold),
             Command::Signal {
                 id,
                 signal,
@@ -333,6 +347,30 @@ impl IoLoop {
                     };
                 }
             }
+        }
+    }
+
+    /// Stops or resumes watching the console pipe. Registering it again
+    /// reports it readable at once if output waits in it.
+    fn hold_console(&mut self, id: u64, hold: bool) {
+        let Some(vm) = self.vms.get_mut(&id) else { return };
+        if vm.console_held == hold {
+            return;
+        }
+        vm.console_held = hold;
+        let Some(pipe) = &vm.console_out else { return };
+        let mut source = SourceFd(&pipe.as_raw_fd());
+        let registry = self.poll.registry();
+        let result = if hold {
+            registry.deregister(&mut source)
+        } else {
+            registry.register(&mut source, token(id, CONSOLE_OUT), Interest::READABLE)
+        };
+        if let Err(e) = result {
+            log::error!(
+                "evum: cannot {} a VM's console: {e}",
+                if hold { "hold" } else { "resume" }
+            );
         }
     }
 
@@ -368,6 +406,7 @@ impl IoLoop {
                 control: ControlParser::default(),
                 events: a.events,
                 flush_partial_at: None,
+                console_held: false,
                 exit: None,
                 give_up_drain_at: None,
                 runtime_dir: a.runtime_dir,
@@ -381,6 +420,8 @@ impl IoLoop {
         let Some(vm) = self.vms.get_mut(&id) else { return };
         match slot {
             PIDFD => self.process_exited(id),
+            // An event from before a hold.
+            CONSOLE_OUT if vm.console_held => {}
             CONSOLE_OUT => {
                 let open = read_all(&mut vm.console_out, &mut self.buf, |bytes| {
                     vm.lines.feed(bytes, |line| vm.events.console_line(line));
@@ -445,6 +486,8 @@ impl IoLoop {
             let _ = self.poll.registry().deregister(&mut SourceFd(&pidfd.as_raw_fd()));
         }
         vm.give_up_drain_at = Some(Instant::now() + DRAIN_AFTER_EXIT);
+        // What is left in the pipe is bounded by its size: deliver it.
+        self.hold_console(id, false);
         self.finish_if_done(id);
     }
 

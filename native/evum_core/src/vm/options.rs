@@ -359,7 +359,10 @@ mod tests {
                 BootOption::Ubd(1, injected.clone()),
                 BootOption::Eth(0, injected.clone()),
             ] {
-                assert!(kernel_args(&id, std::slice::from_ref(&option)).is_err(), "{option:?} passed");
+                assert!(
+                    kernel_args(&id, std::slice::from_ref(&option)).is_err(),
+                    "{option:?} passed"
+                );
             }
         }
         // An append is split at spaces, and each parameter checked.
