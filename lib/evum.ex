@@ -132,6 +132,11 @@ defmodule Evum do
 
   `{:error, :timeout}` when it takes longer, `{:error, :booting}` while the
   guest boots, `{:error, :not_running}` once it has ended.
+
+  Commands run one at a time, in the order called. A command is any bytes
+  but NUL, up to 2048 (`{:error, {:too_large, 2048}}`); output over 16 MiB
+  is `{:error, {:output_too_large, bytes}}`; `{:error, :busy}` when 64
+  wait already; `{:error, :rebooted}` when a reboot cut it short.
   """
   @spec cmd(Evm.vm(), iodata()) :: {:ok, integer(), binary()} | {:error, term()}
   defdelegate cmd(vm, command), to: :evum

@@ -196,7 +196,11 @@ write_line(Vm, Line) ->
 
 %% @doc Runs a shell command in the guest and returns its exit status and
 %% exact output (stdout and stderr), with no echo or prompt. Commands run on
-%% a channel of their own, never on the console.
+%% a channel of their own, never on the console, one at a time in the order
+%% called. A command is any bytes but NUL, up to 2048 (`{error, {too_large,
+%% 2048}}'); output over 16 MiB is `{error, {output_too_large, Bytes}}';
+%% `{error, busy}' when 64 wait already; `{error, rebooted}' when a reboot
+%% cut it short.
 -spec cmd(evm:vm(), iodata()) -> {ok, integer(), binary()} | {error, term()}.
 cmd(Vm, Command) ->
     cmd(Vm, Command, ?CMD_TIMEOUT).
