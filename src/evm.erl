@@ -269,11 +269,24 @@ is_create_option(tagged) ->
 is_create_option(_) ->
     false.
 
-label(undefined) -> {ok, undefined};
-label(Label) when is_atom(Label) -> {ok, Label};
-label(Label) when is_list(Label) -> {ok, list_to_atom(Label)};
-label(Label) when is_binary(Label) -> {ok, binary_to_atom(Label)};
-label(Label) -> {error, {bad_option, {label, Label}}}.
+%% A label becomes an atom (the registered name): at most 255 characters,
+%% an atom's limit, checked here rather than raised as system_limit.
+label(undefined) ->
+    {ok, undefined};
+label(Label) when is_atom(Label) ->
+    {ok, Label};
+label(Label) when is_list(Label) ->
+    case unicode:characters_to_binary(Label) of
+        Bin when is_binary(Bin) -> label(Bin);
+        _ -> {error, {bad_option, {label, Label}}}
+    end;
+label(Label) when is_binary(Label) ->
+    case string:length(Label) of
+        N when is_integer(N), N > 0, N =< 255 -> {ok, binary_to_atom(Label)};
+        _ -> {error, {bad_option, {label, Label}}}
+    end;
+label(Label) ->
+    {error, {bad_option, {label, Label}}}.
 
 %% A dist's boot options but those the user gave (an image's mem).
 overridden(DistBoot, Boot) ->

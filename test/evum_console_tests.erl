@@ -11,7 +11,7 @@
 console_test_() ->
     {setup, fun() -> {ok, _} = application:ensure_all_started(evum) end, fun(_) -> ok end, [
         {timeout, 120, {"a guest running yes cannot fill its owner's mailbox", fun backlog/0}},
-        {timeout, 60, {"bad backlogs are bad options", fun bad_backlog/0}}
+        {timeout, 60, {"bad backlogs and labels are bad options", fun bad_backlog/0}}
     ]}.
 
 waiting() ->
@@ -46,4 +46,8 @@ bad_backlog() ->
     [
         ?assertEqual({error, {bad_option, {console_backlog, Bad}}}, evm:create([{console_backlog, Bad}]))
      || Bad <- [0, -5, lots]
-    ].
+    ],
+    %% Labels become atoms: a too long one is a bad option, not system_limit.
+    Long = lists:duplicate(300, $a),
+    ?assertEqual({error, {bad_option, {label, list_to_binary(Long)}}}, evm:create([{label, Long}])),
+    ?assertEqual({error, {bad_option, {label, <<>>}}}, evm:create([{label, ""}])).

@@ -568,6 +568,26 @@ fn file_uris_are_copied_and_unpacked() {
 }
 
 #[test]
+fn a_file_not_every_user_may_read_is_not_copied_into_the_cache() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("unshared");
+    let source = dir.join("secret.img");
+    std::fs::write(&source, content(1000, 11)).unwrap();
+    std::fs::set_permissions(&source, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let dest = dir.join("disk.img");
+    let uri = format!("file://{}", source.display());
+    let err = fetch(&request(uri.clone(), &dest, None), &mut |_| {}).expect_err("refused");
+    assert!(matches!(err, FetchError::UnsharedSource { .. }), "{err:?}");
+    assert!(!dest.exists());
+    // Nor anything that is not a file, such as a directory or a device.
+    for other in ["/etc", "/dev/zero"] {
+        let err = fetch(&request(format!("file://{other}"), &dest, None), &mut |_| {}).expect_err(other);
+        assert!(matches!(err, FetchError::UnsharedSource { .. }), "{other}: {err:?}");
+    }
+    assert!(!dest.exists());
+}
+
+#[test]
 fn unsupported_uris_are_refused() {
     let dir = TempDir::new("unsupported");
     for uri in ["ftp://example.org/disk.img", "disk.img", "file://relative/disk.img"] {

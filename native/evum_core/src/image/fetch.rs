@@ -140,6 +140,8 @@ pub enum FetchError {
     },
     #[error("{uri}: {why}")]
     Request { uri: String, why: String },
+    #[error("{}: {why}", .path.display())]
+    UnsharedSource { path: PathBuf, why: &'static str },
     #[error("{uri}: the server answered HTTP {status}")]
     Status { uri: String, status: u16 },
     #[error(
@@ -429,7 +431,9 @@ fn parse_content_range(value: &str) -> Option<(u64, Option<u64>)> {
 
 fn open_file(path: &Path, resume_from: u64) -> Result<Opened, FetchError> {
     let mut file = File::open(path).map_err(io_error("opening", path))?;
-    let total = file.metadata().map_err(io_error("reading", path))?.len();
+    let meta = file.metadata().map_err(io_error("reading", path))?;
+    shareable(path, &meta)?;
+    let total = meta.len();
     let start = if resume_from <= total { resume_from } else { 0 };
     file.seek(SeekFrom::Start(start)).map_err(io_error("reading", path))?;
     Ok(Opened {
@@ -437,6 +441,26 @@ fn open_file(path: &Path, resume_from: u64) -> Result<Opened, FetchError> {
         start,
         total: Some(total),
     })
+}
+
+/// A `file://` source must be a regular file every user may read: the
+/// cache makes images readable by all (the VMs' users read them), so a
+/// file of narrower mode would be copied out of its owner's reach. evum run
+/// as root reads any file, which is why the mode, not the open, decides.
+fn shareable(path: &Path, meta: &std::fs::Metadata) -> Result<(), FetchError> {
+    let refuse = |why| {
+        Err(FetchError::UnsharedSource {
+            path: path.to_path_buf(),
+            why,
+        })
+    };
+    if !meta.is_file() {
+        return refuse("not a regular file");
+    }
+    if meta.permissions().mode() & 0o004 == 0 {
+        return refuse("not readable by every user (mode o+r), as the cached image would be");
+    }
+    Ok(())
 }
 
 fn verify(uri: &str, part: &Path, checksum: &Checksum) -> Result<(), FetchError> {
