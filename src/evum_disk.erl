@@ -43,33 +43,14 @@ cow(Dist, Label, Base) ->
 %% not the directory that keeps every label's disks. Readable by its owner
 %% alone: it holds what the guest wrote.
 make_cow(Path, Base) ->
-    Mkcow = os:find_executable("uml_mkcow"),
-    Made =
-        Mkcow =/= false andalso
-            run(Mkcow, [Path, Base]),
-    case Made of
-        false ->
-            {error, {disk, Path, <<"cannot make a COW disk (install uml-utilities for uml_mkcow)">>}};
-        {error, Output} ->
-            {error, {disk, Path, Output}};
+    case evum_image:run("uml_mkcow", [Path, Base]) of
         ok ->
             ok = file:change_mode(Path, 8#600),
-            {ok, <<Path/binary, ",", Base/binary>>}
-    end.
-
-%% Runs a program to its end: ok, or {error, its output}.
-run(Program, Args) ->
-    Port = open_port({spawn_executable, Program}, [{args, Args}, exit_status, stderr_to_stdout, binary]),
-    collect(Port, <<>>).
-
-collect(Port, Output) ->
-    receive
-        {Port, {data, Data}} -> collect(Port, <<Output/binary, Data/binary>>);
-        {Port, {exit_status, 0}} -> ok;
-        {Port, {exit_status, _}} -> {error, Output}
-    after 30000 ->
-        port_close(Port),
-        {error, <<"uml_mkcow did not finish">>}
+            {ok, <<Path/binary, ",", Base/binary>>};
+        {error, {not_found, _}} ->
+            {error, {disk, Path, <<"cannot make a COW disk (install uml-utilities for uml_mkcow)">>}};
+        {error, {_, _, Output}} ->
+            {error, {disk, Path, Output}}
     end.
 
 %% @doc Gives back to evum's user (root) every label's disk still lent to a

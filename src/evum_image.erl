@@ -7,7 +7,7 @@
 %% final name. Progress goes to the logger and to an optional function.
 -module(evum_image).
 
--export([base/3, dir/0]).
+-export([base/3, dir/0, run/2]).
 
 -type progress() ::
     {started, Total :: non_neg_integer() | undefined, ResumedFrom :: non_neg_integer()}
@@ -182,7 +182,9 @@ read_lines(File) ->
         {error, _} -> []
     end.
 
-%% Runs a tool to completion; its output is kept for the error.
+%% @doc Runs a host tool (found on PATH or in sbin) to completion: `ok', or
+%% `{error, {not_found, Tool}}' or `{error, {Tool, Status, OutputTail}}'.
+-spec run(string(), [string() | binary()]) -> ok | {error, term()}.
 run(Tool, Args) ->
     case find(Tool) of
         false ->

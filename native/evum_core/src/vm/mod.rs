@@ -119,20 +119,18 @@ pub fn start(config: VmConfig, events: Box<dyn VmEvents>) -> Result<Vm, StartErr
     };
     let (uml_dir, runtime_dir, shared_base) = match config.uml_dir {
         Some(dir) => (dir.clone(), dir.join(&umid), None),
-        None if !sandboxed => {
-            let base = default_base();
-            acquire_base(&base)?;
-            (base.clone(), base.join(&umid), Some(base))
-        }
         None => {
             let base = default_base();
             acquire_base(&base)?;
             let own = base.join(&umid);
-            if let Err(e) = private_dir(&own, owner.0, owner.1, 0o700) {
+            if !sandboxed {
+                (base.clone(), own, Some(base))
+            } else if let Err(e) = private_dir(&own, owner.0, owner.1, 0o700) {
                 release_base(&base);
                 return Err(e);
+            } else {
+                (own.clone(), own, Some(base))
             }
-            (own.clone(), own, Some(base))
         }
     };
     // The disks the guest writes: writable in its namespace, and lent to
@@ -213,13 +211,9 @@ pub fn start(config: VmConfig, events: Box<dyn VmEvents>) -> Result<Vm, StartErr
 /// and sockets, and for the copy-on-write disk a VM without a label keeps
 /// there, which may grow to the size of its backing file.
 fn runtime_bytes(options: &[BootOption]) -> u64 {
-    let cows: u64 = options
-        .iter()
-        .filter_map(|o| match o {
-            BootOption::Ubd(_, spec) if spec.contains(options::RUNTIME_DIR) => spec.split(',').nth(1),
-            _ => None,
-        })
-        .filter_map(|backing| fs::metadata(backing).ok())
+    let cows: u64 = ubd_files(options)
+        .filter(|(written, _)| written.contains(options::RUNTIME_DIR))
+        .filter_map(|(_, backing)| fs::metadata(backing?).ok())
         .map(|m| m.len())
         .sum();
     (16 << 20) + cows
@@ -231,15 +225,23 @@ fn runtime_bytes(options: &[BootOption]) -> u64 {
 /// for UML to report.
 fn written_disks(options: &[BootOption]) -> Vec<PathBuf> {
     let euid = nix::unistd::geteuid().as_raw();
-    options
-        .iter()
-        .filter_map(|o| match o {
-            BootOption::Ubd(_, spec) if !spec.contains(options::RUNTIME_DIR) => spec.split(',').next(),
-            _ => None,
-        })
-        .map(PathBuf::from)
+    ubd_files(options)
+        .filter(|(written, _)| !written.contains(options::RUNTIME_DIR))
+        .map(|(written, _)| PathBuf::from(written))
         .filter(|path| fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.uid() == euid))
         .collect()
+}
+
+/// Each `ubd` option's files: the one the guest writes (the first of
+/// `COW,BASE` or `FILE`) and the backing file of a copy-on-write disk.
+fn ubd_files(options: &[BootOption]) -> impl Iterator<Item = (&str, Option<&str>)> {
+    options.iter().filter_map(|o| match o {
+        BootOption::Ubd(_, spec) => {
+            let mut files = spec.split(',');
+            Some((files.next().unwrap_or_default(), files.next()))
+        }
+        _ => None,
+    })
 }
 
 /// Makes the disks the VM user's; those it could, to be given back.
@@ -253,8 +255,8 @@ fn lend(disks: &[PathBuf], user: &RunAs) -> Vec<PathBuf> {
 
 /// Gives the lent disks back to evum's user once the VM is gone.
 fn take_back(disks: &[PathBuf]) {
+    let owner = (nix::unistd::geteuid(), nix::unistd::getegid());
     for path in disks {
-        let owner = (nix::unistd::geteuid(), nix::unistd::getegid());
         if let Err(e) = nix::unistd::fchownat(
             None,
             path,
