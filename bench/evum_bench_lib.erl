@@ -793,8 +793,18 @@ start_peer_switch(Kind, Tmp, Tag) ->
         end,
     P = (start_peer(Kind, Cmd, [Dir], Dir))#{ctl => Ctl},
     wait_socket(P, 5000),
+    open_to_vms(Tmp, Dir, Ctl),
     io:format("~s: pid ~b, control socket ~s~n", [Kind, maps:get(pgid, P), Ctl]),
     P.
+
+%% A jailed VM runs as a user of its own (see README, Security), which must
+%% reach the peer's control socket: the directories on the way are made
+%% passable and the socket writable by all. The peer has no uplink, and
+%% only this benchmark's guests know where it is.
+open_to_vms(Tmp, Dir, Ctl) ->
+    ok = file:change_mode(Tmp, 8#711),
+    ok = file:change_mode(Dir, 8#755),
+    ok = file:change_mode(Ctl, 8#666).
 
 %% A peer process (`sh -c Cmd sh Args...') in its own process group, as an
 %% Erlang port so that its stdin stays open (the peer switches exit on EOF);

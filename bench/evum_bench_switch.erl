@@ -7,6 +7,15 @@
 
 -export([run/1]).
 
+%% evum_switch:start/1's options that turn off every limit and check.
+-define(NO_LIMITS, [
+    {storm_limit, infinity},
+    {port_rate, infinity},
+    {port_security, false},
+    {max_macs, 4294967295},
+    {mac_table_size, 4294967295}
+]).
+
 -import(evum_bench_lib, [
     env_int/2, header/1, median/1, mean/1, rounds/4, figure/6, ratio/5, no_regression/4, ab_compare/2, flush/0,
     now_us/0, kernel/0, debian_kernel/0, guest/2, guest_if/1, wait_listening/3, with_peer_switch/4, peer_ctl/1,
@@ -41,13 +50,16 @@ run(Tmp) ->
     end,
     {ok, _} = application:ensure_all_started(evum),
     {ok, S} = evum_switch:start([{name, evum_bench_switch}]),
+    %% The same switch with every limit and check off: what they cost.
+    {ok, Open} = evum_switch:start([{name, evum_bench_open_switch} | ?NO_LIMITS]),
     try
-        switch_bench(S, Load, Secs, Rounds, Tmp)
+        switch_bench({S, Open}, Load, Secs, Rounds, Tmp)
     after
-        catch evum_switch:stop(S)
+        catch evum_switch:stop(S),
+        catch evum_switch:stop(Open)
     end.
 
-switch_bench(S, Load, Secs, Rounds, Tmp) ->
+switch_bench({S, Open}, Load, Secs, Rounds, Tmp) ->
     Sizes = [64, 1514],
     Tag = netns_tag(),
     %% Frame-level figures boot no guest: no kernel in them ([]).
@@ -93,9 +105,17 @@ switch_bench(S, Load, Secs, Rounds, Tmp) ->
     ),
     io:format("~n-- 3. guests: ping and TCP over evum's switch (bess) and, on Debian's 6.1, evum's switch against "
               "uml_switch (daemon) --~n"),
-    Guests = guests(S, Tmp),
+    Guests = guests(S, Open, Tmp),
     io:format("~n-- 4. 64-byte frames from a daemon client to an attached Erlang process --~n"),
     Attached = [attached_run(S, Ctl, Load, Secs, I) || I <- lists:seq(1, Rounds)],
+    io:format("~n-- 5. overload: A sends 64-byte frames as fast as it can, B takes one per recv() as UML's "
+              "daemon driver does --~n"),
+    Overload = with_peer_switch(uml_switch, Tmp, "uml-overload", fun(Uml) ->
+        overload_rounds([{evum, Ctl}, {uml_switch, peer_ctl(Uml)}], Load, Secs, Rounds)
+    end),
+    io:format("~n-- 6. evum's switch with its limits and checks (the defaults) and without (~p) --~n",
+              [?NO_LIMITS]),
+    Limits = limits_rounds(S, Open, Load, Secs, Rounds),
     %% The figures.
     Med = fun(Key, L) -> median([maps:get(Key, R) || R <- L]) end,
     Fps = fun(Kind, Size) -> Med(fps, maps:get({Kind, Size}, Daemon)) end,
@@ -140,6 +160,8 @@ switch_bench(S, Load, Secs, Rounds, Tmp) ->
     Ratio("switch bess 1514-byte frames/s evum bess/uml_switch daemon", B1514 / Fps(uml_switch, 1514), '>=', 1.0),
     Figure("switch attached-process 64-byte frames/s (half evum daemon's)", round(AttFps), "", '>=', round(E64 / 2)),
     Ratio("switch 64-byte frames/s attached Erlang process/evum daemon", AttFps / E64, '>=', 0.5),
+    overload_figures(Overload, Figure, Ratio),
+    limits_figures(Limits, Ratio),
     io:format("~n"),
     daemon_guest_figures(Guests, Tag),
     bess_guest_figures(Guests, Tag).
@@ -170,7 +192,7 @@ daemon_guest_figures(_, _) ->
 
 %% The guests over evum's bess transport, on the benchmarks' kernel.
 bess_guest_figures(#{bess_rtt := {BRtt, BRttMed}, bess_tcp := BTcp, bess_unpinned_tcp := FTcp,
-                     bess_placed_tcp := PTcp}, Tag) ->
+                     bess_placed_tcp := PTcp, bess_open_tcp := OTcp}, Tag) ->
     io:format("  guests over evum's bess transport, pinned with {cpu, auto}: ping avg ~.3f ms, median ~.3f ms; "
               "TCP ~.1f Mbit/s (~.1f Mbit/s unpinned; ~.1f Mbit/s with the switch's thread on the receiver's CPU)~n",
               [BRtt, BRttMed, BTcp, FTcp, PTcp]),
@@ -180,7 +202,58 @@ bess_guest_figures(#{bess_rtt := {BRtt, BRttMed}, bess_tcp := BTcp, bess_unpinne
     figure("switch guest TCP over evum bess, guests and switch thread pinned" ++ Tag, PTcp, "Mbit/s", '>=', 878, On),
     ratio("switch guest TCP over evum bess guests pinned/unpinned" ++ Tag, BTcp / FTcp, '>=', 1.0, On),
     ratio("switch guest TCP over evum bess switch thread on the receiver's CPU/left to the host" ++ Tag,
-          PTcp / BTcp, '>=', 1.0, On).
+          PTcp / BTcp, '>=', 1.0, On),
+    io:format("  guests over evum's bess transport, pinned, on a switch without limits and checks: TCP ~.1f Mbit/s~n",
+              [OTcp]),
+    ratio("switch guest TCP over evum bess limits on/off" ++ Tag, BTcp / OTcp, '>=', 0.95, On).
+
+%% Rounds of the overload load on each switch in turn, 64-byte frames:
+%% Kind => [Result].
+overload_rounds(Kinds, Load, Secs, Rounds) ->
+    ByKind = rounds(Kinds, Rounds, fun({Kind, Path}, I) ->
+        R = load(Load, ["overload", Path, 64, Secs]),
+        print_load(Kind, I, R),
+        R
+    end, -1),
+    maps:from_list([{Kind, L} || {{Kind, _}, L} <- maps:to_list(ByKind)]).
+
+overload_figures(Overload, Figure, Ratio) ->
+    Med = fun(Kind, Key) -> median([maps:get(Key, R) || R <- maps:get(Kind, Overload)]) end,
+    [io:format("  overload ~-10s: ~8b frames/s delivered, ~4.1f% of those sent dropped (medians)~n",
+               [Kind, round(Med(Kind, fps)), 100 * Med(Kind, drop_share)])
+     || Kind <- [evum, uml_switch]],
+    Ratio("switch overload 64-byte frames/s delivered to a plain recv() receiver evum/uml_switch",
+          Med(evum, fps) / Med(uml_switch, fps), '>=', 1.0),
+    Figure("switch overload evum % of frames sent dropped (uml_switch's)", 100 * Med(evum, drop_share), "%", '=<',
+           100 * Med(uml_switch, drop_share)).
+
+%% Rounds of the daemon and bess loads, 64-byte frames, on evum's switch
+%% with its limits (the defaults) and without, in turn: {Kind, Transport}
+%% => [Result].
+limits_rounds(S, Open, Load, Secs, Rounds) ->
+    Sockets = fun(Sw) -> {binary_to_list(evum_switch:control_socket(Sw)), binary_to_list(evum_switch:bess_socket(Sw))} end,
+    ByKind = rounds([{limits_on, Sockets(S)}, {limits_off, Sockets(Open)}], Rounds, fun({Kind, {Ctl, Bess}}, I) ->
+        maps:from_list([
+            begin
+                R = load(Load, [atom_to_list(Transport), Path, 64, Secs]),
+                print_load(list_to_atom(atom_to_list(Kind) ++ "/" ++ atom_to_list(Transport)), I, R),
+                {Transport, R}
+            end
+         || {Transport, Path} <- [{daemon, Ctl}, {bess, Bess}]
+        ])
+    end, -1),
+    maps:from_list([{{Kind, T}, [maps:get(T, R) || R <- L]} || {{Kind, _}, L} <- maps:to_list(ByKind),
+                                                               T <- [daemon, bess]]).
+
+limits_figures(Limits, Ratio) ->
+    Fps = fun(Key) -> median([maps:get(fps, R) || R <- maps:get(Key, Limits)]) end,
+    [begin
+         On = Fps({limits_on, T}),
+         Off = Fps({limits_off, T}),
+         io:format("  ~s 64-byte: ~b frames/s with limits and checks, ~b without~n", [T, round(On), round(Off)]),
+         Ratio("switch " ++ atom_to_list(T) ++ " 64-byte frames/s limits on/off", On / Off, '>=', 0.95)
+     end
+     || T <- [daemon, bess]].
 
 %% Runs the load generator and returns its RESULT line as a map of numbers.
 load(Load, Args) ->
@@ -285,13 +358,13 @@ sample_queue(Pid, Max) ->
 %% uml_switch (the A/A comparison: what two identical switches differ by in
 %% this run), all booted with {kernel, Debian's} explicitly. All are up at
 %% once; the ping and TCP runs alternate between the switches and the pairs.
-guests(S, Tmp) ->
+guests(S, Open, Tmp) ->
     Runs = env_int("EVUM_BENCH_SWITCH_TCP_RUNS", 5),
     MB = env_int("EVUM_BENCH_SWITCH_TCP_MB", 128),
     {Sender, Receiver} = two_cpus(),
     {ok, Placed} = evum_switch:start([{name, evum_bench_placed_switch}, {cpu, Receiver}]),
     try
-        guests(S, Placed, {Sender, Receiver}, Tmp, Runs, MB)
+        guests({S, Open}, Placed, {Sender, Receiver}, Tmp, Runs, MB)
     after
         catch evum_switch:stop(Placed)
     end.
@@ -310,8 +383,10 @@ guests(S, Placed, Cpus, Tmp, Runs, MB) ->
             guest_pairs(S, Placed, Cpus, none, Runs, MB)
     end.
 
-guest_pairs(S, Placed, {Sender, Receiver}, Daemon, Runs, MB) ->
+guest_pairs({S, Open}, Placed, {Sender, Receiver}, Daemon, Runs, MB) ->
     Bess = [
+        {bess_open, [guest(evum_bench_sw_o1, [{switch, Open}, {transport, bess}, {cpu, auto}]),
+                     guest(evum_bench_sw_o2, [{switch, Open}, {transport, bess}, {cpu, auto}])]},
         {evum_bess, [guest(evum_bench_sw_b1, [{switch, S}, {transport, bess}, {cpu, auto}]),
                      guest(evum_bench_sw_b2, [{switch, S}, {transport, bess}, {cpu, auto}])]},
         {bess_unpinned, [guest(evum_bench_sw_f1, [{switch, S}, {transport, bess}, {cpu, any}]),
@@ -390,6 +465,7 @@ guest_runs(Pairs, Pinger, Runs, MB) ->
     Bess = #{bess_rtt => maps:get(evum_bess, Rtt),
              bess_tcp => median(maps:get(evum_bess, Tcp)),
              bess_placed_tcp => median(maps:get(bess_placed, Tcp)),
+             bess_open_tcp => median(maps:get(bess_open, Tcp)),
              bess_unpinned_tcp => median(maps:get(bess_unpinned, Tcp))},
     case Pinger of
         [] ->
@@ -440,6 +516,7 @@ permutations(L) -> [[H | T] || H <- L, T <- permutations(L -- [H])].
 addresses(evum_bess) -> {"10.0.0.3", "10.0.0.4"};
 addresses(bess_unpinned) -> {"10.0.0.5", "10.0.0.6"};
 addresses(bess_placed) -> {"10.0.0.7", "10.0.0.8"};
+addresses(bess_open) -> {"10.0.0.9", "10.0.0.10"};
 addresses(_) -> {"10.0.0.1", "10.0.0.2"}.
 
 %% busybox ping's average, and every reply's time (for a median).

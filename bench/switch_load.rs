@@ -22,6 +22,9 @@
 //!   switch_load bess PATH SIZE SECS      MAC, then A sends SIZE-byte frames
 //!                                        to B's MAC for SECS seconds while B
 //!                                        counts what arrives
+//!   switch_load overload CTL SIZE SECS   as daemon, but B takes one frame per
+//!                                        recv(), as UML's daemon driver does:
+//!                                        A overloads the switch
 //!   switch_load inject CTL MAC SIZE SECS one client that sends SIZE-byte
 //!                                        frames to MAC (12 hex digits) for
 //!                                        SECS seconds
@@ -177,6 +180,14 @@ impl RecvBatch {
         } else {
             Ok(r as usize)
         }
+    }
+
+    /// Takes one message with a plain recv(), into the first buffer;
+    /// returns 1.
+    fn recv_one(&mut self, end: &dyn End) -> std::io::Result<usize> {
+        let len = end.recv(&mut self.bufs[0])?;
+        self.msgs[0].len = len as u32;
+        Ok(1)
     }
 
     fn get(&self, i: usize) -> &[u8] {
@@ -373,7 +384,16 @@ fn blast(end: &dyn End, f: &[u8], secs: f64) -> (u64, u64, f64) {
     (sent, errors, t0.elapsed().as_secs_f64())
 }
 
-fn pair(a: Arc<dyn End>, b: Arc<dyn End>, size: usize, secs: f64) {
+/// How the receiver of a pair takes its frames.
+#[derive(Clone, Copy)]
+enum Reader {
+    /// Up to BATCH a call (recvmmsg), as UML's vector driver.
+    Batched,
+    /// One frame per recv(), as UML's daemon driver.
+    Plain,
+}
+
+fn pair(a: Arc<dyn End>, b: Arc<dyn End>, size: usize, secs: f64, reader: Reader) {
     // Both announce themselves so the switch learns both MACs.
     b.send(&frame(BROADCAST, MAC_B, 60, 0))
         .unwrap_or_else(|e| die(format!("send: {e}")));
@@ -399,7 +419,11 @@ fn pair(a: Arc<dyn End>, b: Arc<dyn End>, size: usize, secs: f64) {
             let mut last = t0;
             let mut stopped_at: Option<Instant> = None;
             loop {
-                match batch.recv(b.fd()) {
+                let received = match reader {
+                    Reader::Batched => batch.recv(b.fd()),
+                    Reader::Plain => batch.recv_one(&*b),
+                };
+                match received {
                     Ok(count) => {
                         for i in 0..count {
                             let buf = batch.get(i);
@@ -464,12 +488,17 @@ fn main() {
         ["daemon", ctl, size, secs] => {
             let a = Arc::new(Daemon::connect(ctl));
             let b = Arc::new(Daemon::connect(ctl));
-            pair(a, b, num(size), num(secs));
+            pair(a, b, num(size), num(secs), Reader::Batched);
+        }
+        ["overload", ctl, size, secs] => {
+            let a = Arc::new(Daemon::connect(ctl));
+            let b = Arc::new(Daemon::connect(ctl));
+            pair(a, b, num(size), num(secs), Reader::Plain);
         }
         ["bess", path, size, secs] => {
             let a = Arc::new(Bess::connect(path));
             let b = Arc::new(Bess::connect(path));
-            pair(a, b, num(size), num(secs));
+            pair(a, b, num(size), num(secs), Reader::Batched);
         }
         ["inject", ctl, mac, size, secs] => {
             let a = Daemon::connect(ctl);
@@ -487,6 +516,6 @@ fn main() {
             // Keep the port until the frames sent have been counted.
             thread::sleep(Duration::from_millis(300));
         }
-        _ => die("usage: switch_load daemon CTL SIZE SECS | bess PATH SIZE SECS | inject CTL MAC SIZE SECS"),
+        _ => die("usage: switch_load daemon CTL SIZE SECS | overload CTL SIZE SECS | bess PATH SIZE SECS | inject CTL MAC SIZE SECS"),
     }
 }

@@ -149,7 +149,7 @@ create_vm(Options) ->
                 Error -> Error
             end
         end,
-        fun(#{pid := Pid, label := Label} = VM) -> with(pid, join(Net, Label, Pid), VM) end,
+        fun(#{pid := Pid, label := Label, mac := Mac} = VM) -> with(pid, join(Net, Label, Pid, Mac), VM) end,
         fun(#{pid := Pid, switch := Switch, mac := Mac} = VM) ->
             %% The switch names the VM as the peer of the port with its MAC.
             Switch =:= undefined orelse evum_switch:joined(Switch, Pid, Mac),
@@ -191,10 +191,11 @@ mac_for(Label) ->
         end,
     <<2, 16#ee, Id:32>>.
 
-%% Gives a booted VM its address on a named network, as the original did.
-join(undefined, _Label, Pid) ->
+%% Gives a booted VM its address on a named network, as the original did,
+%% and binds it to the VM's MAC on the network's switch (ARP guard).
+join(undefined, _Label, Pid, _Mac) ->
     {ok, Pid};
-join(Net, Label, Pid) ->
+join(Net, Label, Pid, Mac) ->
     Key =
         case Label of
             undefined -> {vm, Pid};
@@ -202,9 +203,12 @@ join(Net, Label, Pid) ->
         end,
     Configured =
         case evum_net:lease(Net, Key) of
-            {ok, #{address := Address, netmask := Mask, gateway := Gateway}} ->
+            {ok, #{switch := Switch, address := Address, netmask := Mask, gateway := Gateway}} ->
                 Command = ["ifconfig eth0 ", Address, " netmask ", Mask, " up && route add default gw ", Gateway],
-                evum:cmd(Pid, Command);
+                case evum_switch:bind(Switch, Address, Mac) of
+                    ok -> evum:cmd(Pid, Command);
+                    Error -> Error
+                end;
             Error ->
                 Error
         end,

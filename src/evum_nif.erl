@@ -15,13 +15,14 @@
     busybox_initramfs/2,
     effective_uid/0,
     lookup_user/1,
-    switch_start/3,
+    switch_start/4,
     switch_group/1,
     switch_stop/1,
     switch_sockets/1,
     switch_attach/5,
     switch_detach/2,
     switch_inject/3,
+    switch_bind/3,
     switch_ports/1,
     switch_mac_table/1,
     switch_counters/1,
@@ -66,20 +67,21 @@ mconsole_request(_Socket, _Command, _TimeoutMs) -> ?NOT_LOADED.
 busybox_initramfs(_Busybox, _CacheDir) -> ?NOT_LOADED.
 effective_uid() -> ?NOT_LOADED.
 lookup_user(_Name) -> ?NOT_LOADED.
-switch_start(_Hub, _Cpu, _BusyPoll) -> ?NOT_LOADED.
+switch_start(_Hub, _Cpu, _BusyPoll, _Limits) -> ?NOT_LOADED.
 switch_group(_Switch) -> ?NOT_LOADED.
 switch_stop(_Switch) -> ?NOT_LOADED.
 switch_sockets(_Switch) -> ?NOT_LOADED.
 switch_attach(_Switch, _Owner, _Server, _Mac, _Promiscuous) -> ?NOT_LOADED.
 switch_detach(_Switch, _Port) -> ?NOT_LOADED.
 switch_inject(_Switch, _Port, _Frame) -> ?NOT_LOADED.
+switch_bind(_Switch, _Address, _Mac) -> ?NOT_LOADED.
 switch_ports(_Switch) -> ?NOT_LOADED.
 switch_mac_table(_Switch) -> ?NOT_LOADED.
 switch_counters(_Switch) -> ?NOT_LOADED.
 config_load(_Layers) -> ?NOT_LOADED.
 image_fetch(_Uri, _Dest, _Checksum, _ReplyTo, _Ref) -> ?NOT_LOADED.
 disk_user(_Path) -> ?NOT_LOADED.
-gateway_start(_BessSocket, _Config) -> ?NOT_LOADED.
+gateway_start(_Switch, _Config) -> ?NOT_LOADED.
 gateway_stop(_Gateway) -> ?NOT_LOADED.
 gateway_add_forward(_Gateway, _Forward) -> ?NOT_LOADED.
 gateway_remove_forward(_Gateway, _Forward) -> ?NOT_LOADED.

@@ -32,6 +32,7 @@
     eth_option/2,
     bess_option/2,
     joined/3,
+    bind/3,
     forward/3,
     unforward/2,
     forwards/1,
@@ -40,6 +41,8 @@
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
 
 -define(IS_PORT(P), (is_integer(P) andalso P >= 0 andalso P =< 65535)).
+%% A limit's count: what the switch's settings (u32, usize) all hold.
+-define(IS_COUNT(N), (is_integer(N) andalso N > 0 andalso N < 1 bsl 32)).
 %% The longest busy_poll taken, in microseconds: polling longer than a
 %% millisecond before each sleep would be a core spent on waiting.
 -define(MAX_BUSY_POLL_US, 1000).
@@ -83,7 +86,19 @@ start() ->
 %% (0-1000, default 32: the longest the switch's thread polls for frames
 %% before it sleeps, as QEMU's `poll-max-ns'; it adapts, growing while
 %% frames flow densely and falling to nothing when they do not; 0 never
-%% polls, for the least CPU when a core is scarce). Gateway settings, a
+%% polls, for the least CPU when a core is scarce). Limits, each counted
+%% in ports/1 or counters/1 where it bites: `{max_macs, N}' (64: source
+%% MACs one port may have in the MAC table; a frame from one more is
+%% dropped, `drops_mac_limit'), `{mac_table_size, N}' (8192: in all; new
+%% sources past it go unlearned, `mac_table_full'), `{storm_limit, N}'
+%% (10000: broadcast and multicast frames a second per port, in bursts of
+%% N/5; `drops_storm'), `{port_rate, N}' (infinity: frames a second per
+%% port; `drops_rate'), `{port_security, Bool}' (true: a VM's port is
+%% locked to the VM's MAC, which no other port may use; `drops_spoofed';
+%% with a gateway, ARP and DHCP are checked against the port they come
+%% from; `drops_guard'), `{max_hold, Ms}' (50: how long a port's peer may
+%% take no frame while its queue is congested before its senders are no
+%% longer held back for it, and it drops instead). Gateway settings, a
 %% map, all optional: `network' (10.0.2.0), `prefix_len' (24), `gateway'
 %% (10.0.2.2), `dns' (10.0.2.3), `dhcp_start' (10.0.2.15), `dns_forwarding'
 %% (true), `host_loopback' (false: guests do not reach the host's
@@ -92,7 +107,10 @@ start() ->
 %% not know is `{error, {bad_option, Option}}'.
 -spec start([{name, atom()} | anonymous | hub | {hub, boolean()} | gateway | {gateway, map()} |
              {cpu, any | auto | non_neg_integer() | [non_neg_integer()]} |
-             {busy_poll, 0..?MAX_BUSY_POLL_US}]) ->
+             {busy_poll, 0..?MAX_BUSY_POLL_US} | {max_macs, pos_integer()} |
+             {mac_table_size, pos_integer()} | {storm_limit, pos_integer() | infinity} |
+             {port_rate, pos_integer() | infinity} | {port_security, boolean()} |
+             {max_hold, pos_integer()}]) ->
     {ok, pid()} | {error, term()}.
 start(Options) ->
     case check_options(Options) of
@@ -109,7 +127,7 @@ start_checked(Options) ->
         end,
     {ok, Cpu} = evum_opts:cpu(proplists:get_value(cpu, Options, any)),
     BusyPoll = proplists:get_value(busy_poll, Options, default),
-    Init = {proplists:get_bool(hub, Options), Gateway, Cpu, BusyPoll},
+    Init = {proplists:get_bool(hub, Options), Gateway, Cpu, BusyPoll, limits(Options)},
     Name =
         case {proplists:get_bool(anonymous, Options), proplists:get_value(name, Options)} of
             {true, _} -> none;
@@ -151,7 +169,26 @@ good_option(gateway) -> true;
 good_option({gateway, Settings}) -> is_boolean(Settings) orelse is_map(Settings);
 good_option({cpu, Cpu}) -> element(1, evum_opts:cpu(Cpu)) =:= ok;
 good_option({busy_poll, Us}) -> is_integer(Us) andalso Us >= 0 andalso Us =< ?MAX_BUSY_POLL_US;
+good_option({max_macs, N}) -> ?IS_COUNT(N);
+good_option({mac_table_size, N}) -> ?IS_COUNT(N);
+good_option({storm_limit, N}) -> N =:= infinity orelse ?IS_COUNT(N);
+good_option({port_rate, N}) -> N =:= infinity orelse ?IS_COUNT(N);
+good_option({port_security, On}) -> is_boolean(On);
+good_option({max_hold, Ms}) -> ?IS_COUNT(Ms);
 good_option(_) -> false.
+
+%% The limits given, for the NIF (which has the defaults), by its names.
+limits(Options) ->
+    Names = [
+        {max_macs, max_macs},
+        {mac_table_size, mac_table_size},
+        {storm_limit, storm_limit},
+        {port_rate, port_rate},
+        {port_security, port_security},
+        {max_hold, max_hold_ms}
+    ],
+    %% The first of a name counts, as in proplists.
+    maps:from_list(lists:reverse([{Nif, V} || {Option, Nif} <- Names, {O, V} <- Options, O =:= Option])).
 
 -spec stop(switch()) -> ok.
 stop(Switch) ->
@@ -228,8 +265,11 @@ eth_option(Switch, Mac) ->
 %% driver's bess mode (kernels after 6.15 have no daemon transport).
 -spec bess_option(switch(), mac()) -> evum_opts:boot_option().
 bess_option(Switch, Mac) ->
+    %% The name of the VM's end tells the switch the VM's MAC, to which its
+    %% port is then locked (port security).
+    Hex = lists:flatten([io_lib:format("~2.16.0b", [B]) || <<B>> <= Mac]),
     {append,
-        "vec0:transport=bess,src={runtime_dir}/bess,dst=" ++ binary_to_list(bess_socket(Switch)) ++
+        "vec0:transport=bess,src={runtime_dir}/bess-" ++ Hex ++ ",dst=" ++ binary_to_list(bess_socket(Switch)) ++
             ",mac=" ++ evum_sniff:format_mac(Mac)}.
 
 %% @doc Tells the switch that VM `Vm' is on it with `Mac', so that ports/1
@@ -237,6 +277,19 @@ bess_option(Switch, Mac) ->
 -spec joined(switch(), pid(), mac()) -> ok.
 joined(Switch, Vm, Mac) ->
     gen_server:cast(Switch, {joined, Vm, Mac}).
+
+%% @doc Binds IPv4 `Address' to `Mac' on the switch (evm:create/1 does
+%% this for the address it gives a VM on a named network): ARP claiming
+%% the address from another MAC is dropped and counted (`drops_guard').
+-spec bind(switch(), address(), mac()) -> ok | {error, term()}.
+bind(Switch, Address, Mac) ->
+    case addr(Address) of
+        {ok, A} when is_binary(Mac), byte_size(Mac) =:= 6 ->
+            {ok, {B1, B2, B3, B4}} = inet:parse_ipv4strict_address(binary_to_list(A)),
+            gen_server:call(Switch, {bind, <<B1, B2, B3, B4>>, Mac});
+        _ ->
+            {error, {bad_address, {Address, Mac}}}
+    end.
 
 %% @doc Forwards `HostAddress:HostPort' on the host to `GuestAddress:GuestPort'
 %% through the switch's gateway: `{ok, BoundHostPort}'. With a `For' process
@@ -288,12 +341,12 @@ addr(_) -> error.
 
 %%% gen_server
 
-init({Hub, Gateway, Cpu, BusyPoll}) ->
-    case evum_nif:switch_start(Hub, Cpu, BusyPoll) of
+init({Hub, Gateway, Cpu, BusyPoll, Limits}) ->
+    case evum_nif:switch_start(Hub, Cpu, BusyPoll, Limits) of
         {ok, Switch} ->
             {ok, Ctl, Bess} = evum_nif:switch_sockets(Switch),
             S = #state{switch = Switch, ctl = Ctl, bess = Bess},
-            case start_gateway(Gateway, Bess) of
+            case start_gateway(Gateway, Switch) of
                 {ok, G} ->
                     {ok, S#state{gateway = G}};
                 {error, Reason} ->
@@ -304,11 +357,11 @@ init({Hub, Gateway, Cpu, BusyPoll}) ->
             {stop, {shutdown, Reason}}
     end.
 
-start_gateway(undefined, _Bess) ->
+start_gateway(undefined, _Switch) ->
     {ok, undefined};
-start_gateway(Settings, Bess) ->
+start_gateway(Settings, Switch) ->
     try
-        evum_nif:gateway_start(Bess, Settings)
+        evum_nif:gateway_start(Switch, Settings)
     catch
         error:badarg -> {error, {bad_option, {gateway, Settings}}}
     end.
@@ -362,6 +415,8 @@ handle_call(mac_table, _From, #state{switch = Switch} = S) ->
     {reply, evum_nif:switch_mac_table(Switch), S};
 handle_call(counters, _From, #state{switch = Switch} = S) ->
     {reply, evum_nif:switch_counters(Switch), S};
+handle_call({bind, Address, Mac}, _From, #state{switch = Switch} = S) ->
+    {reply, evum_nif:switch_bind(Switch, Address, Mac), S};
 handle_call(control_socket, _From, #state{ctl = Ctl} = S) ->
     {reply, Ctl, S};
 handle_call(group, _From, #state{switch = Switch} = S) ->

@@ -103,7 +103,10 @@ bess() ->
             0 -> filename:join(["/proc/" ++ integer_to_list(OsPid) ++ "/root" ++ binary_to_list(Dir), Umid]);
             _ -> Dir
         end,
-    ?assertMatch({ok, _}, file:read_link_info(filename:join(Seen, "bess"))),
+    %% It is named after the VM's MAC, which the switch locks its port to.
+    {ok, 0, Mac} = evum:cmd(Bess, "cat /sys/class/net/eth0/address"),
+    Name = "bess-" ++ string:replace(string:trim(binary_to_list(Mac)), ":", "", all),
+    ?assertMatch({ok, _}, file:read_link_info(filename:join(Seen, Name))),
     ?assertEqual({error, {bad_option, {transport, carrier_pigeon}}},
                  evm:create([{switch, S}, {transport, carrier_pigeon}])),
     ok = evm:stop(Bess),

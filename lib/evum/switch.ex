@@ -3,8 +3,9 @@ defmodule Evum.Switch do
   An Ethernet switch for VMs, owned by an Elixir process: the Elixir face of
   the Erlang module `:evum_switch`.
 
-  VMs join it with `Evm.create(switch: s)` (eth0 over UML's daemon
-  transport, with a MAC derived from the VM's label). Any process can join
+  VMs join it with `Evm.create(switch: s)` (eth0 over UML's vector
+  driver in bess mode, with a MAC derived from the VM's label, to which
+  the VM's port is locked). Any process can join
   it too with `attach/1,2`; it then receives each frame for its port as
 
       {:evum_frame, switch, port, frame}
@@ -28,7 +29,15 @@ defmodule Evum.Switch do
   host CPUs its thread may run on, as `Evm.create/1`'s `cpu`),
   `busy_poll: microseconds` (0-1000, default 32: the longest its thread
   polls for frames before it sleeps; it adapts to the traffic, and 0 never
-  polls). An unknown option is `{:error, {:bad_option, option}}`.
+  polls). Limits, each counted in `ports/1` or `counters/1` where it
+  bites: `max_macs: n` (64 source MACs per port), `mac_table_size: n`
+  (8192 in all), `storm_limit: n | :infinity` (10000 broadcast and
+  multicast frames a second per port), `port_rate: n | :infinity` (frames
+  a second per port; none by default), `port_security: bool` (true: a VM's
+  port is locked to its MAC; with a gateway, ARP and DHCP are checked),
+  `max_hold: ms` (50: how long a congested port's peer may take nothing
+  before its senders are no longer held for it). An unknown option is
+  `{:error, {:bad_option, option}}`.
   """
   @spec start(keyword()) :: {:ok, pid()} | {:error, term()}
   defdelegate start(options), to: :evum_switch

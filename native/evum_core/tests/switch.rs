@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{BessClient, TempDir};
+use common::{frame, mac, BessClient, TempDir, BROADCAST};
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use evum_core::switch::daemon::{encode_request, RawUnixAddr, SOCKADDR_UN_LEN};
@@ -24,22 +24,6 @@ fn start(dir: &TempDir, tune: impl FnOnce(&mut SwitchConfig)) -> Switch {
     let mut config = common::switch_config(&dir.0.join("switch"));
     tune(&mut config);
     Switch::start(config).expect("switch starts")
-}
-
-const ETHERTYPE: [u8; 2] = [0x88, 0xb5]; // local experimental
-const BROADCAST: [u8; 6] = [0xff; 6];
-
-fn mac(n: u8) -> [u8; 6] {
-    [2, 0, 0, 0, 0, n]
-}
-
-fn frame(dst: [u8; 6], src: [u8; 6], tag: u8) -> Vec<u8> {
-    let mut f = Vec::with_capacity(60);
-    f.extend_from_slice(&dst);
-    f.extend_from_slice(&src);
-    f.extend_from_slice(&ETHERTYPE);
-    f.extend(std::iter::repeat_n(tag, 46));
-    f
 }
 
 fn sockaddr(addr: &RawUnixAddr) -> libc::sockaddr_un {

@@ -9,13 +9,13 @@
 //! on a dirty I/O scheduler.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, UNIX_EPOCH};
 
 use evum_core::gateway::{FlowOrigin, FlowProto, Forward, Gateway, GatewayConfig, GatewayError, Proto};
 use rustler::{Atom, Encoder, Env, NifResult, ResourceArc, Term};
 
+use crate::switch::{try_with_switch, SwitchResource};
 use crate::{atom_map, text};
 
 mod atoms {
@@ -137,20 +137,25 @@ fn gateway_config(map: Term) -> NifResult<GatewayConfig> {
     Ok(config)
 }
 
-/// Connects a gateway to the switch whose bess socket is at `bess_socket`:
-/// `{ok, Gateway}`.
+/// Connects a gateway to `switch` and gives it the gateway's addresses
+/// (`Switch::guard`): `{ok, Gateway}`.
 #[rustler::nif(schedule = "DirtyIo")]
-fn gateway_start<'a>(env: Env<'a>, bess_socket: Term<'a>, config: Term<'a>) -> NifResult<Term<'a>> {
-    let path = PathBuf::from(text(bess_socket)?);
+fn gateway_start<'a>(env: Env<'a>, switch: ResourceArc<SwitchResource>, config: Term<'a>) -> NifResult<Term<'a>> {
     let config = gateway_config(config)?;
-    Ok(match Gateway::start(config, &path) {
-        Ok(gateway) => {
-            let resource = GatewayResource {
-                gateway: Mutex::new(Some(gateway)),
-            };
-            (atoms::ok(), ResourceArc::new(resource)).encode(env)
+    let guarded = vec![config.gateway, config.dns];
+    try_with_switch(env, &switch, |switch| {
+        let gateway = match Gateway::start(config, &switch.bess_socket()) {
+            Ok(gateway) => gateway,
+            Err(e) => return Ok(gateway_error(env, e)),
+        };
+        if switch.guard(guarded).is_err() {
+            gateway.stop();
+            return Ok((atoms::error(), atoms::not_running()).encode(env));
         }
-        Err(e) => gateway_error(env, e),
+        let resource = GatewayResource {
+            gateway: Mutex::new(Some(gateway)),
+        };
+        Ok((atoms::ok(), ResourceArc::new(resource)).encode(env))
     })
 }
 

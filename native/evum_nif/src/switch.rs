@@ -20,7 +20,9 @@ mod atoms {
         drops_send_error, queued, port, age_ms,
         bad_magic, bad_version, bad_type, bad_address, duplicate_address, short_request,
         oversized_request, request_timeout, too_many_pending, too_many_ports, control_garbage, runt,
-        oversized_frame, bad_option, foreign_peer, foreign_address,
+        oversized_frame, bad_option, foreign_peer, foreign_address, mac_table_full,
+        drops_rate, drops_storm, drops_spoofed, drops_mac_limit, drops_guard, infinity,
+        max_hold_ms, max_macs, mac_table_size, storm_limit, port_rate, port_security,
     }
 }
 
@@ -64,7 +66,7 @@ fn switch_error<'a>(env: Env<'a>, e: impl ToString) -> Term<'a> {
 }
 
 /// Like [`with_switch`], for answers that may fail to be built.
-fn try_with_switch<'a>(
+pub(crate) fn try_with_switch<'a>(
     env: Env<'a>,
     res: &SwitchResource,
     f: impl FnOnce(&Switch) -> NifResult<Term<'a>>,
@@ -89,23 +91,27 @@ fn with_switch<'a>(env: Env<'a>, res: &SwitchResource, f: impl FnOnce(&Switch) -
 /// is the `cpu` option's text
 /// (`any`, `auto`, `0,2`) for the switch's thread; `busy_poll` the longest
 /// it polls for events before it sleeps, in microseconds (`default`: the
-/// switch's own default).
+/// switch's own default); `limits` a map of those of `max_hold_ms`,
+/// `max_macs`, `mac_table_size`, `storm_limit`, `port_rate` (a number or
+/// `infinity`) and `port_security` (a boolean) that are not to be the
+/// switch's defaults (evum_switch has checked them).
 #[rustler::nif(schedule = "DirtyIo")]
-fn switch_start<'a>(env: Env<'a>, hub: bool, cpu: &str, busy_poll: Term<'a>) -> Term<'a> {
+fn switch_start<'a>(env: Env<'a>, hub: bool, cpu: &str, busy_poll: Term<'a>, limits: Term<'a>) -> NifResult<Term<'a>> {
     let cpus = match CpuChoice::parse(cpu).and_then(|choice| choice_set(&choice)) {
         Ok(cpus) => cpus,
-        Err(e) => return (atoms::error(), (atoms::bad_option(), e.to_string())).encode(env),
+        Err(e) => return Ok((atoms::error(), (atoms::bad_option(), e.to_string())).encode(env)),
     };
     let group = match jail::jailed().then(jail::take_id).transpose() {
         Ok(group) => group,
-        Err(e) => return switch_error(env, e),
+        Err(e) => return Ok(switch_error(env, e)),
     };
     let gid = group.as_ref().map(|held| held.id);
     let dir = match evum_core::vm::switch_dir(gid) {
         Ok(dir) => dir,
-        Err(e) => return switch_error(env, e),
+        Err(e) => return Ok(switch_error(env, e)),
     };
     let mut config = SwitchConfig::new(&dir);
+    apply_limits(&mut config, limits)?;
     config.hub = hub;
     config.cpus = cpus;
     config.group = gid;
@@ -119,13 +125,45 @@ fn switch_start<'a>(env: Env<'a>, hub: bool, cpu: &str, busy_poll: Term<'a>) -> 
                 group,
                 watchdog_id: evum_core::vm::watchdog::keep(&dir),
             };
-            (atoms::ok(), ResourceArc::new(resource)).encode(env)
+            Ok((atoms::ok(), ResourceArc::new(resource)).encode(env))
         }
         Err(e) => {
             evum_core::vm::remove_switch_dir(&dir);
-            switch_error(env, e)
+            Ok(switch_error(env, e))
         }
     }
+}
+
+/// Sets the limits `limits` names (see [`switch_start`]); a value of the
+/// wrong type is badarg.
+fn apply_limits(config: &mut SwitchConfig, limits: Term) -> NifResult<()> {
+    let get = |key: rustler::Atom| limits.map_get(key.encode(limits.get_env())).ok();
+    let rate = |term: Term| -> NifResult<Option<u32>> {
+        if term.decode::<rustler::Atom>().is_ok_and(|a| a == atoms::infinity()) {
+            Ok(None)
+        } else {
+            term.decode::<u32>().map(Some)
+        }
+    };
+    if let Some(ms) = get(atoms::max_hold_ms()) {
+        config.max_hold = Duration::from_millis(ms.decode()?);
+    }
+    if let Some(n) = get(atoms::max_macs()) {
+        config.max_macs = n.decode()?;
+    }
+    if let Some(n) = get(atoms::mac_table_size()) {
+        config.mac_table_size = n.decode()?;
+    }
+    if let Some(r) = get(atoms::storm_limit()) {
+        config.storm_limit = rate(r)?;
+    }
+    if let Some(r) = get(atoms::port_rate()) {
+        config.port_rate = rate(r)?;
+    }
+    if let Some(on) = get(atoms::port_security()) {
+        config.port_security = on.decode()?;
+    }
+    Ok(())
 }
 
 /// The switch's group (`undefined` when evum is not root): a VM on the
@@ -230,6 +268,22 @@ fn switch_inject<'a>(env: Env<'a>, resource: ResourceArc<SwitchResource>, port: 
     })
 }
 
+/// Binds an address (4 bytes) to a MAC (6 bytes): see `Switch::bind`.
+#[rustler::nif(schedule = "DirtyIo")]
+fn switch_bind<'a>(
+    env: Env<'a>,
+    resource: ResourceArc<SwitchResource>,
+    address: Binary<'a>,
+    mac: Binary<'a>,
+) -> NifResult<Term<'a>> {
+    let address: [u8; 4] = address.as_slice().try_into().map_err(|_| rustler::Error::BadArg)?;
+    let mac: Mac = mac.as_slice().try_into().map_err(|_| rustler::Error::BadArg)?;
+    Ok(with_switch(env, &resource, |s| match s.bind(address.into(), mac) {
+        Ok(()) => atoms::ok().encode(env),
+        Err(e) => switch_error(env, e),
+    }))
+}
+
 fn mac_term<'a>(env: Env<'a>, mac: Option<Mac>) -> Term<'a> {
     match mac {
         Some(mac) => {
@@ -267,6 +321,11 @@ fn switch_ports(env: Env, resource: ResourceArc<SwitchResource>) -> NifResult<Te
                     (atoms::bytes_out(), p.counters.bytes_out.encode(env)),
                     (atoms::drops_queue_full(), p.counters.drops_queue_full.encode(env)),
                     (atoms::drops_send_error(), p.counters.drops_send_error.encode(env)),
+                    (atoms::drops_rate(), p.counters.drops_rate.encode(env)),
+                    (atoms::drops_storm(), p.counters.drops_storm.encode(env)),
+                    (atoms::drops_spoofed(), p.counters.drops_spoofed.encode(env)),
+                    (atoms::drops_mac_limit(), p.counters.drops_mac_limit.encode(env)),
+                    (atoms::drops_guard(), p.counters.drops_guard.encode(env)),
                     (atoms::queued(), p.queued.encode(env)),
                 ],
             )?);
@@ -321,6 +380,7 @@ fn switch_counters(env: Env, resource: ResourceArc<SwitchResource>) -> NifResult
                     (atoms::oversized_frame(), c.oversized_frame.encode(env)),
                     (atoms::foreign_peer(), c.foreign_peer.encode(env)),
                     (atoms::foreign_address(), c.foreign_address.encode(env)),
+                    (atoms::mac_table_full(), c.mac_table_full.encode(env)),
                 ],
             )?,
         )

@@ -43,9 +43,17 @@ pub(super) fn connect(path: &Path) -> Result<OwnedFd, GatewayError> {
     };
     let addr = UnixAddr::new(path).map_err(err)?;
     let fd = socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None).map_err(err)?;
+    // Bound to the name that tells the switch this port is its gateway's
+    // (the switch reads it as the peer's address; the file itself is not
+    // needed once connected).
+    let name = crate::switch::gateway_peer_path(path);
+    let _ = std::fs::remove_file(&name);
+    socket::bind(fd.as_raw_fd(), &UnixAddr::new(&name).map_err(err)?).map_err(err)?;
     // Non-blocking only once connected: a switch with a full backlog makes
     // connect wait rather than fail with EAGAIN.
-    socket::connect(fd.as_raw_fd(), &addr).map_err(err)?;
+    let connected = socket::connect(fd.as_raw_fd(), &addr);
+    let _ = std::fs::remove_file(&name);
+    connected.map_err(err)?;
     // A smaller buffer than asked is fine.
     let _ = setsockopt(&fd, sockopt::SndBuf, &SEND_BUFFER);
     set_nonblocking(&fd).map_err(err)?;

@@ -2,6 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
+use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
@@ -17,8 +18,10 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::busy_poll::BusyPoll;
 use super::daemon::{self, RawUnixAddr, RequestError, REQUEST_LEN};
-use super::fdb::{is_group, Fdb, Mac};
-use super::port::{Offer, Peer, Port};
+use super::fdb::{is_group, Fdb, Learned, Mac};
+use super::guard::{self, Claim};
+use super::port::{Offer, Peer, Port, Role};
+use super::rate::TokenBucket;
 use super::{
     bess_path, control_path, port_data_name, sock, Command, Counters, PortId, PortKind, SwitchConfig, SwitchError,
     MAX_FRAME, MIN_FRAME,
@@ -35,6 +38,9 @@ const MAIN: u64 = 0;
 const DATA: u64 = 1;
 /// How often aged MACs are swept out.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// Addresses bound to a MAC that the switch keeps: a gateway's DHCP gives
+/// out 16, evum's networks 64.
+const MAX_LEASES: usize = 4096;
 /// Bytes a pending control connection may send before it is oversized.
 const PENDING_LIMIT: usize = 4096;
 /// Batches one socket may read in a turn of the loop: a sender that keeps
@@ -84,8 +90,11 @@ pub struct SwitchLoop {
     /// bess peers then hold back, or drop at their end once those are
     /// full) instead of being read only to be dropped here, and the
     /// receiver gets the CPU to catch up. The other ports go on. Held until
-    /// the queues drain, or until this deadline: then the congested ports
-    /// are marked stuck and input goes on.
+    /// the queues drain; a congested port whose peer takes nothing for
+    /// `max_hold` is marked stuck (it then drops, and holds no one) so that
+    /// a receiver that stopped cannot stop its senders for good. This is
+    /// the next time that is checked: `max_hold` after the longest a
+    /// congested port has gone without taking a frame.
     paused_until: Option<Instant>,
     /// The ports whose input waits while `paused_until` is set.
     held: Vec<u64>,
@@ -101,6 +110,14 @@ pub struct SwitchLoop {
     deferred: Vec<u64>,
     /// How long to poll for events before sleeping.
     busy_poll: BusyPoll,
+    /// The gateway's port, while it is connected.
+    gateway: Option<u64>,
+    /// The gateway's own addresses ([`super::Switch::guard`]).
+    guarded: Vec<Ipv4Addr>,
+    /// Addresses with the MAC they belong to: given by the gateway's DHCP
+    /// (DHCP snooping) or by evum ([`super::Switch::bind`]). ARP claiming
+    /// one comes from that MAC alone. At most [`MAX_LEASES`].
+    leases: HashMap<Ipv4Addr, Mac>,
     /// The loop keeps the waker's eventfd open: were the [`Switch`] to close
     /// it on drop, epoll would forget the fd and with it the wake-up that
     /// carries the stop.
@@ -139,7 +156,10 @@ impl SwitchLoop {
             busy_poll: BusyPoll::new(config.busy_poll),
             poll,
             rx,
-            fdb: Fdb::new(config.mac_ageing),
+            fdb: Fdb::new(config.mac_ageing, config.max_macs, config.mac_table_size),
+            gateway: None,
+            guarded: Vec::new(),
+            leases: HashMap::new(),
             config,
             next_id,
             control,
@@ -333,16 +353,38 @@ impl SwitchLoop {
             self.drop_pending(id);
         }
         if self.paused_until.is_some_and(|until| until <= now) {
-            // Their peers did not catch up in time: no more waiting for them.
-            for id in self.congested.drain(..) {
-                if let Some(port) = self.ports.get_mut(&id) {
-                    port.stuck = true;
-                }
-            }
+            self.give_up_on_stalled(now);
         }
         if now >= self.next_sweep {
             self.fdb.expire(now);
             self.next_sweep = now + SWEEP_EVERY;
+        }
+    }
+
+    /// Marks stuck the congested ports whose peers took nothing for
+    /// `max_hold`: their senders go on. The others keep their senders held
+    /// until the next check.
+    fn give_up_on_stalled(&mut self, now: Instant) {
+        let max_hold = self.config.max_hold;
+        let ports = &mut self.ports;
+        self.congested.retain(|id| {
+            let Some(port) = ports.get_mut(id) else { return false };
+            let since = port.progress_at.unwrap_or(now);
+            if now.saturating_duration_since(since) >= max_hold {
+                port.stuck = true;
+                false
+            } else {
+                true
+            }
+        });
+        self.paused_until = self
+            .congested
+            .iter()
+            .filter_map(|id| self.ports.get(id)?.progress_at)
+            .min()
+            .map(|since| since + max_hold);
+        if self.paused_until.is_none() {
+            self.held.clear();
         }
     }
 
@@ -384,6 +426,14 @@ impl SwitchLoop {
             Command::Counters(reply) => {
                 let _ = reply.send(self.counters);
             }
+            Command::Guard(addresses, done) => {
+                self.guarded = addresses;
+                let _ = done.send(());
+            }
+            Command::Bind(address, mac, done) => {
+                self.lease(address, mac);
+                let _ = done.send(());
+            }
             Command::Stop => return false,
         }
         true
@@ -424,8 +474,8 @@ impl SwitchLoop {
                     .group
                     .is_some_and(|gid| crate::vm::jail::is_member(gid, uid))
         };
-        match sock::peer_uid(fd) {
-            Ok(uid) if allowed(uid) => Some(uid),
+        match sock::peer_cred(fd) {
+            Ok((uid, _)) if allowed(uid) => Some(uid),
             _ => {
                 self.counters.foreign_peer += 1;
                 None
@@ -528,15 +578,50 @@ impl SwitchLoop {
         let Some(pending) = self.pending.remove(&id) else {
             return;
         };
-        let id = PortId(id);
         self.daemon_addrs.insert(key);
         let peer = Peer::Daemon {
             control: pending.stream,
             data,
             addr: key,
         };
-        self.ports
-            .insert(id.0, Port::new(id, peer, None, self.config.queue_len));
+        let port = self.socket_port(id, peer, Role::Open);
+        self.ports.insert(id, port);
+    }
+
+    /// A port for a VM's socket, with the limits of the switch's settings
+    /// (the gateway's, which is part of evum, has none).
+    fn socket_port(&self, id: u64, peer: Peer, role: Role) -> Port {
+        let mut port = Port::new(PortId(id), peer, None, self.config.queue_len);
+        port.role = role;
+        if role != Role::Gateway {
+            let bucket = |rate: u32| TokenBucket::new(rate, (rate / 5).max(1), self.now);
+            port.rate = self.config.port_rate.map(bucket);
+            port.storm = self.config.storm_limit.map(bucket);
+        }
+        if let Role::Locked(mac) = role {
+            port.mac = Some(mac);
+        }
+        port
+    }
+
+    /// What the name a bess peer bound its socket to says it is: a VM's
+    /// port to lock to its MAC, the gateway (in this process), or neither.
+    fn bess_role(&self, fd: RawFd) -> Role {
+        let Some(path) = sock::peer_path(fd) else {
+            return Role::Open;
+        };
+        let ours = || sock::peer_cred(fd).is_ok_and(|(_, pid)| pid == std::process::id() as i32);
+        if path == super::gateway_peer_path(&bess_path(&self.config.dir)) && ours() {
+            return Role::Gateway;
+        }
+        if !self.config.port_security {
+            return Role::Open;
+        }
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        match name.strip_prefix("bess-").and_then(parse_mac) {
+            Some(mac) if !is_group(&mac) => Role::Locked(mac),
+            _ => Role::Open,
+        }
     }
 
     /// Checks the complete request on pending connection `id` and answers
@@ -635,7 +720,14 @@ impl SwitchLoop {
                         log::error!("evum switch: cannot watch a bess connection: {e}");
                         continue;
                     }
-                    let port = Port::new(PortId(id), Peer::Bess { conn }, None, self.config.queue_len);
+                    let role = self.bess_role(conn.as_raw_fd());
+                    match role {
+                        Role::Gateway => self.gateway = Some(id),
+                        // Its MAC is its alone from the start.
+                        Role::Locked(mac) => self.fdb.fix(mac, PortId(id)),
+                        Role::Open => {}
+                    }
+                    let port = self.socket_port(id, Peer::Bess { conn }, role);
                     self.ports.insert(id, port);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -747,7 +839,11 @@ impl SwitchLoop {
 
     fn writable(&mut self, id: u64) {
         let Some(port) = self.ports.get_mut(&id) else { return };
+        let sent_before = port.counters.frames_out;
         let more = port.flush();
+        if port.counters.frames_out > sent_before {
+            port.progress_at = Some(self.now);
+        }
         if !more {
             port.stuck = false;
         }
@@ -790,6 +886,9 @@ impl SwitchLoop {
         self.congested.retain(|&c| c != id.0);
         self.held.retain(|&c| c != id.0);
         self.deferred.retain(|&c| c != id.0);
+        if self.gateway == Some(id.0) {
+            self.gateway = None;
+        }
         let registry = self.poll.registry();
         match &mut port.peer {
             Peer::Daemon { control, data, addr } => {
@@ -820,8 +919,9 @@ impl SwitchLoop {
     }
 
     /// Decides where a frame of at least [`MIN_FRAME`] bytes that came in
-    /// on `src` goes, learning its source; the frame is the `index`th of its
-    /// batch, which [`deliver`](Self::deliver) then sends.
+    /// on `src` goes, learning its source, unless the port's limits or
+    /// checks drop it; the frame is the `index`th of its batch, which
+    /// [`deliver`](Self::deliver) then sends.
     fn route(&mut self, src: PortId, frame: &[u8], index: usize, now: Instant) {
         let mut dst: Mac = [0; 6];
         dst.copy_from_slice(&frame[0..6]);
@@ -829,11 +929,8 @@ impl SwitchLoop {
         from.copy_from_slice(&frame[6..12]);
         let Some(port) = self.ports.get_mut(&src.0) else { return };
         port.count_in(frame.len());
-        if !is_group(&from) {
-            if port.kind() != PortKind::Attached || port.mac.is_none() {
-                port.mac = Some(from);
-            }
-            self.fdb.learn(from, src, now);
+        if !self.admit(src, &dst, &from, frame, now) {
+            return;
         }
         let target = if self.config.hub || is_group(&dst) {
             None
@@ -862,6 +959,99 @@ impl SwitchLoop {
         }
     }
 
+    /// Whether a frame in from `src` passes the port's limits and checks;
+    /// if not, it is counted on the port by reason. Learns its source.
+    fn admit(&mut self, src: PortId, dst: &Mac, from: &Mac, frame: &[u8], now: Instant) -> bool {
+        let Some(port) = self.ports.get_mut(&src.0) else {
+            return false;
+        };
+        let counters = &mut port.counters;
+        if let Some(rate) = &mut port.rate {
+            rate.refill(now);
+            if !rate.take() {
+                counters.drops_rate += 1;
+                return false;
+            }
+        }
+        if matches!(port.role, Role::Locked(mac) if mac != *from) {
+            counters.drops_spoofed += 1;
+            return false;
+        }
+        if !is_group(from) {
+            match self.fdb.learn(*from, src, now) {
+                Learned::Yes => {}
+                Learned::Taken => {
+                    counters.drops_spoofed += 1;
+                    return false;
+                }
+                Learned::PortFull => {
+                    counters.drops_mac_limit += 1;
+                    return false;
+                }
+                Learned::TableFull => self.counters.mac_table_full += 1,
+            }
+            if port.kind() != PortKind::Attached || port.mac.is_none() {
+                port.mac = Some(*from);
+            }
+        }
+        if is_group(dst) {
+            if let Some(storm) = &mut port.storm {
+                storm.refill(now);
+                if !storm.take() {
+                    port.counters.drops_storm += 1;
+                    return false;
+                }
+            }
+        }
+        let guarding = self.gateway.is_some() || !self.leases.is_empty();
+        if guarding && !self.guard_allows(src.0, from, frame) {
+            if let Some(port) = self.ports.get_mut(&src.0) {
+                port.counters.drops_guard += 1;
+            }
+            return false;
+        }
+        true
+    }
+
+    /// ARP guard and DHCP snooping, on a switch with a gateway or bound
+    /// addresses: ARP must name the MAC it comes from and no address that
+    /// is another's (the gateway's own, one bound to another MAC). With a
+    /// gateway, DHCP answers come from it alone, and a client asks for the
+    /// MAC it comes from, so that one port cannot take every lease; an ACK
+    /// from the gateway binds the address to the client's MAC.
+    fn guard_allows(&mut self, src: u64, from: &Mac, frame: &[u8]) -> bool {
+        let from_gateway = self.gateway == Some(src);
+        match guard::claim(frame) {
+            Claim::None => true,
+            Claim::Arp { sender_mac, sender_ip } => {
+                from_gateway
+                    || (sender_mac == *from
+                        && !self.guarded.contains(&sender_ip)
+                        && self.leases.get(&sender_ip).is_none_or(|owner| owner == from))
+            }
+            Claim::DhcpClient { chaddr } => self.gateway.is_none() || from_gateway || chaddr == *from,
+            Claim::DhcpServer { ack } => {
+                if self.gateway.is_none() {
+                    return true;
+                }
+                if !from_gateway {
+                    return false;
+                }
+                if let Some((client, address)) = ack {
+                    self.lease(address, client);
+                }
+                true
+            }
+        }
+    }
+
+    /// Binds `address` to `mac`, unless the table is full.
+    fn lease(&mut self, address: Ipv4Addr, mac: Mac) {
+        if self.leases.len() < MAX_LEASES || self.leases.contains_key(&address) {
+            self.leases.insert(address, mac);
+        }
+    }
+
     /// Sends the frames [`route`](Self::route) staged, port by port, as many
     /// per system call as the port takes; `frame(i)` is the batch's `i`th,
     /// which came in on `src`.
@@ -884,6 +1074,7 @@ impl SwitchLoop {
                 Offer::Queued => {
                     if !port.stuck && port.queue.len() >= port.congestion_mark() {
                         if !self.congested.contains(&id) {
+                            port.progress_at = Some(self.now);
                             self.congested.push(id);
                             self.paused_until.get_or_insert(self.now + self.config.max_hold);
                         }
@@ -899,4 +1090,16 @@ impl SwitchLoop {
         staged.clear();
         self.staged = staged;
     }
+}
+
+/// A MAC from its 12 hex digits.
+fn parse_mac(hex: &str) -> Option<Mac> {
+    if hex.len() != 12 || !hex.is_ascii() {
+        return None;
+    }
+    let mut mac = [0u8; 6];
+    for (i, byte) in mac.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(mac)
 }

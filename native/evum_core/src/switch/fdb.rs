@@ -17,44 +17,90 @@ pub fn is_group(mac: &Mac) -> bool {
 /// the same port is written to the table at most this often, not per frame.
 const REFRESH: Duration = Duration::from_millis(100);
 
-/// Learned MAC addresses, forgotten after `ageing` without a frame from them.
+/// What [`Fdb::learn`] made of a source address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Learned {
+    /// Known (now) on that port; group addresses, never learned, too.
+    Yes,
+    /// The address was given to another port: the frame is a spoof.
+    Taken,
+    /// A new address on a port that has its `max_per_port` already: the
+    /// frame is dropped, as a switch's port security does.
+    PortFull,
+    /// The table holds `max_total` addresses: the frame goes on, its
+    /// source unlearned (frames to it are flooded).
+    TableFull,
+}
+
+/// Learned MAC addresses, forgotten after `ageing` without a frame from them,
+/// at most `max_per_port` per port and `max_total` in all.
 pub struct Fdb {
     ageing: Duration,
+    max_per_port: usize,
+    max_total: usize,
     entries: HashMap<Mac, (PortId, Instant)>,
-    /// Addresses given to a port (an attached port's own MAC), like a
-    /// bridge's permanent entries: known before the port has sent anything,
-    /// never aged, and not moved by frames from other ports.
+    /// How many of `entries` each port has.
+    per_port: HashMap<PortId, usize>,
+    /// Addresses given to a port (an attached port's own MAC, a VM's locked
+    /// one), like a bridge's permanent entries: known before the port has
+    /// sent anything, never aged, and not moved by frames from other ports.
     fixed: HashMap<Mac, PortId>,
     /// The entry written last, as written.
     last: Option<(Mac, PortId, Instant)>,
 }
 
 impl Fdb {
-    pub fn new(ageing: Duration) -> Self {
+    pub fn new(ageing: Duration, max_per_port: usize, max_total: usize) -> Self {
         Fdb {
             ageing,
+            max_per_port,
+            max_total,
             entries: HashMap::new(),
+            per_port: HashMap::new(),
             fixed: HashMap::new(),
             last: None,
         }
     }
 
-    /// Records that `mac` sent from `port` (a move if it was elsewhere).
-    /// Group addresses are never learned.
-    pub fn learn(&mut self, mac: Mac, port: PortId, now: Instant) {
+    /// Records that `mac` sent from `port` (a move if it was elsewhere),
+    /// within the limits. Group addresses are never learned.
+    pub fn learn(&mut self, mac: Mac, port: PortId, now: Instant) -> Learned {
         if is_group(&mac) {
-            return;
+            return Learned::Yes;
         }
         if let Some((m, p, at)) = self.last {
             if m == mac && p == port && now.saturating_duration_since(at) < REFRESH {
-                return;
+                return Learned::Yes;
             }
         }
-        if self.fixed.contains_key(&mac) {
-            return;
+        if let Some(owner) = self.fixed.get(&mac) {
+            return if *owner == port { Learned::Yes } else { Learned::Taken };
+        }
+        let old = self.entries.get(&mac).map(|(p, _)| *p);
+        if old != Some(port) {
+            if self.per_port.get(&port).copied().unwrap_or(0) >= self.max_per_port {
+                return Learned::PortFull;
+            }
+            if old.is_none() && self.entries.len() >= self.max_total {
+                return Learned::TableFull;
+            }
+            if let Some(old) = old {
+                self.uncount(old);
+            }
+            *self.per_port.entry(port).or_insert(0) += 1;
         }
         self.entries.insert(mac, (port, now));
         self.last = Some((mac, port, now));
+        Learned::Yes
+    }
+
+    fn uncount(&mut self, port: PortId) {
+        if let Some(n) = self.per_port.get_mut(&port) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_port.remove(&port);
+            }
+        }
     }
 
     /// Gives `mac` to `port` until the port goes (see [`forget_port`](Self::forget_port)).
@@ -63,7 +109,9 @@ impl Fdb {
         if is_group(&mac) {
             return;
         }
-        self.entries.remove(&mac);
+        if let Some((old, _)) = self.entries.remove(&mac) {
+            self.uncount(old);
+        }
         self.last = None;
         self.fixed.insert(mac, port);
     }
@@ -84,6 +132,7 @@ impl Fdb {
     pub fn forget_port(&mut self, port: PortId) {
         self.last = None;
         self.entries.retain(|_, (p, _)| *p != port);
+        self.per_port.remove(&port);
         self.fixed.retain(|_, p| *p != port);
     }
 
@@ -91,8 +140,17 @@ impl Fdb {
     pub fn expire(&mut self, now: Instant) {
         let ageing = self.ageing;
         self.last = None;
-        self.entries
-            .retain(|_, (_, seen)| now.saturating_duration_since(*seen) < ageing);
+        let per_port = &mut self.per_port;
+        self.entries.retain(|_, (port, seen)| {
+            let keep = now.saturating_duration_since(*seen) < ageing;
+            if !keep {
+                if let Some(n) = per_port.get_mut(port) {
+                    *n -= 1;
+                }
+            }
+            keep
+        });
+        self.per_port.retain(|_, n| *n > 0);
     }
 
     /// Every live entry with its age (zero for a given address).
@@ -118,7 +176,7 @@ mod tests {
     #[test]
     fn learns_moves_and_ages() {
         let t0 = Instant::now();
-        let mut fdb = Fdb::new(Duration::from_secs(300));
+        let mut fdb = Fdb::new(Duration::from_secs(300), 64, 1024);
         assert_eq!(fdb.lookup(&A, t0), None);
         fdb.learn(A, PortId(1), t0);
         assert_eq!(fdb.lookup(&A, t0), Some(PortId(1)));
@@ -137,7 +195,7 @@ mod tests {
     #[test]
     fn group_addresses_are_not_learned() {
         let t0 = Instant::now();
-        let mut fdb = Fdb::new(Duration::from_secs(300));
+        let mut fdb = Fdb::new(Duration::from_secs(300), 64, 1024);
         fdb.learn([0xff; 6], PortId(1), t0);
         fdb.learn([0x01, 0, 0x5e, 0, 0, 1], PortId(1), t0);
         assert!(fdb.entries(t0).is_empty());
@@ -147,7 +205,7 @@ mod tests {
     #[test]
     fn a_given_address_stays_with_its_port_until_the_port_goes() {
         let t0 = Instant::now();
-        let mut fdb = Fdb::new(Duration::from_secs(300));
+        let mut fdb = Fdb::new(Duration::from_secs(300), 64, 1024);
         fdb.learn(A, PortId(2), t0);
         fdb.fix(A, PortId(1));
         assert_eq!(fdb.lookup(&A, t0), Some(PortId(1)));
@@ -167,9 +225,40 @@ mod tests {
     }
 
     #[test]
+    fn each_port_and_the_table_have_a_limit() {
+        let t0 = Instant::now();
+        let mac = |i: u8| [2, 0, 0, 0, 1, i];
+        let mut fdb = Fdb::new(Duration::from_secs(300), 2, 3);
+        assert_eq!(fdb.learn(mac(1), PortId(1), t0), Learned::Yes);
+        assert_eq!(fdb.learn(mac(2), PortId(1), t0), Learned::Yes);
+        // A third address on port 1 is refused; known ones still pass.
+        assert_eq!(fdb.learn(mac(3), PortId(1), t0), Learned::PortFull);
+        assert_eq!(fdb.learn(mac(1), PortId(1), t0 + REFRESH), Learned::Yes);
+        assert_eq!(fdb.learn(mac(3), PortId(2), t0), Learned::Yes);
+        // The table is full: a new address goes unlearned.
+        assert_eq!(fdb.learn(mac(4), PortId(2), t0), Learned::TableFull);
+        assert_eq!(fdb.lookup(&mac(4), t0), None);
+        // A move counts against the port moved to, and frees the old one.
+        assert_eq!(fdb.learn(mac(2), PortId(2), t0), Learned::Yes);
+        assert_eq!(fdb.learn(mac(5), PortId(1), t0), Learned::TableFull);
+        // Ageing frees room.
+        let late = t0 + Duration::from_secs(301);
+        fdb.expire(late);
+        assert_eq!(fdb.learn(mac(5), PortId(1), late), Learned::Yes);
+        assert_eq!(fdb.learn(mac(6), PortId(1), late), Learned::Yes);
+        assert_eq!(fdb.learn(mac(7), PortId(1), late), Learned::PortFull);
+        // A given address is the port's own: others are refused it.
+        fdb.fix(mac(9), PortId(3));
+        assert_eq!(fdb.learn(mac(9), PortId(1), late), Learned::Taken);
+        assert_eq!(fdb.learn(mac(9), PortId(3), late), Learned::Yes);
+        fdb.forget_port(PortId(1));
+        assert_eq!(fdb.learn(mac(7), PortId(1), late), Learned::Yes);
+    }
+
+    #[test]
     fn a_gone_port_is_forgotten() {
         let t0 = Instant::now();
-        let mut fdb = Fdb::new(Duration::from_secs(300));
+        let mut fdb = Fdb::new(Duration::from_secs(300), 64, 1024);
         fdb.learn(A, PortId(1), t0);
         fdb.learn([2, 0, 0, 0, 0, 2], PortId(2), t0);
         fdb.forget_port(PortId(1));

@@ -25,19 +25,26 @@
 //! of the requester's own; the switch, which may run as root, never sends to
 //! anyone else's socket. Refusals are counted.
 //!
-//! Forwarding looks at the two MAC addresses only: the source is learned
-//! (with ageing; an attached port's own MAC is known from the start and
-//! stays with it), a known unicast destination gets the frame alone, group
-//! and unknown destinations are flooded, and no frame goes back to the port
-//! it came from. A hub floods everything; promiscuous attached ports see every
+//! Forwarding looks at the two MAC addresses (and at ARP and DHCP, for the
+//! checks below, nothing else): the source is learned (with ageing; an
+//! attached port's own MAC is known from the start and stays with it), a
+//! known unicast destination gets the frame alone, group and unknown
+//! destinations are flooded, and no frame goes back to the port it came
+//! from. A hub floods everything; promiscuous attached ports see every
 //! frame. Each socket port has a bounded output queue: a slow receiver loses
 //! frames (counted), it never blocks the loop. While a queue is more than
 //! half full the switch stops reading input from the ports that sent to it,
-//! for up to 5 ms, so that those senders wait (in their sockets) rather than
-//! have their frames read only to be dropped, and the other ports go on; a
-//! port that does not catch up in that time is left to drop until its queue
-//! has emptied. Bad input of any kind is rejected and counted in
-//! [`Counters`], and forwarding goes on.
+//! so that those senders wait (in their sockets) rather than have their
+//! frames read only to be dropped, and the other ports go on; only a port
+//! whose peer takes nothing at all for `max_hold` (50 ms) is given up on:
+//! it drops until its queue has emptied. Bad input of any kind is rejected
+//! and counted in [`Counters`], and forwarding goes on.
+//!
+//! Limits, each counted where it bites (see [`SwitchConfig`]): source MACs
+//! per port and in all, an input rate per port, broadcast and multicast
+//! storm control per port; a VM's port is locked to the VM's MAC, which no
+//! other port may then use; on a switch with a gateway, ARP and DHCP are
+//! checked against the port they come from ([`Switch::guard`]).
 //!
 //! Every socket port has a receive queue of its own (where uml_switch has
 //! one data socket for all, whose few slots a single flooding VM keeps
@@ -55,10 +62,13 @@ mod busy_poll;
 pub mod daemon;
 mod event_loop;
 pub mod fdb;
+mod guard;
 mod port;
+mod rate;
 mod sock;
 
 use std::io;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -137,6 +147,8 @@ pub struct Counters {
     pub runt: u64,
     /// Frames longer than [`MAX_FRAME`].
     pub oversized_frame: u64,
+    /// Source MACs left unlearned because the table was full.
+    pub mac_table_full: u64,
 }
 
 /// The shortest frame forwarded: the Ethernet header.
@@ -164,11 +176,13 @@ pub struct SwitchConfig {
     pub hub: bool,
     /// Frames each socket port may have waiting (256).
     pub queue_len: usize,
-    /// How long the switch holds back the input of the ports sending to a
-    /// port whose queue is congested before giving up on it (5 ms): that
-    /// port then loses frames until its queue has emptied. Longer is kinder
-    /// to a receiver that stalls now and then, and holds its senders up for
-    /// as long when it stops reading.
+    /// How long the peer of a congested port may take no frame at all
+    /// before the switch stops holding back the input of the ports sending
+    /// to it (50 ms): that port then loses frames until its queue has
+    /// emptied. While the peer takes frames, however slowly, its senders
+    /// wait. Longer is kinder to a receiver that a busy host deschedules
+    /// now and then, and holds its senders up for as long when it stops
+    /// reading.
     pub max_hold: Duration,
     /// The longest the switch's thread polls for events before it sleeps
     /// (32 µs, QEMU's `poll-max-ns`; zero: it never polls). The time adapts
@@ -177,6 +191,27 @@ pub struct SwitchConfig {
     pub busy_poll: Duration,
     /// How long a learned MAC is kept without traffic (300 s).
     pub mac_ageing: Duration,
+    /// Source MACs one port may have in the table (64): a frame from one
+    /// more is dropped and counted (`drops_mac_limit`).
+    pub max_macs: usize,
+    /// Source MACs the table holds in all (8192): past that, new sources
+    /// go unlearned (counted in `mac_table_full`), their frames forwarded.
+    pub mac_table_size: usize,
+    /// Broadcast and multicast frames a second one port may send, in
+    /// bursts of up to a fifth of that (10 000; None: no limit): what is
+    /// over is dropped and counted (`drops_storm`).
+    pub storm_limit: Option<u32>,
+    /// Frames a second one port may send, in bursts of up to a fifth of
+    /// that (None, the default: no limit); over it, `drops_rate`.
+    pub port_rate: Option<u32>,
+    /// Locks a VM's port to its MAC (true). A bess peer whose socket is
+    /// bound to a file named `bess-<MAC in 12 hex digits>` (as evum's VMs
+    /// are) may send from that MAC only, and the MAC is the port's alone:
+    /// other source MACs, from it or from any port, are dropped and counted
+    /// (`drops_spoofed`). The gateway's port (its socket bound to
+    /// `<dir>/gateway`, in this process) is the one whose addresses
+    /// [`Switch::guard`] protects.
+    pub port_security: bool,
     /// How long a control connection may take to send its request (5 s).
     pub request_timeout: Duration,
     /// Control connections allowed to be waiting for their request (64).
@@ -202,9 +237,14 @@ impl SwitchConfig {
             dir: dir.into(),
             hub: false,
             queue_len: 256,
-            max_hold: Duration::from_millis(5),
+            max_hold: Duration::from_millis(50),
             busy_poll: Duration::from_micros(32),
             mac_ageing: Duration::from_secs(300),
+            max_macs: 64,
+            mac_table_size: 8192,
+            storm_limit: Some(10_000),
+            port_rate: None,
+            port_security: true,
             request_timeout: Duration::from_secs(5),
             max_pending: 64,
             max_ports: 1024,
@@ -240,6 +280,8 @@ enum Command {
     Ports(Sender<Vec<PortInfo>>),
     MacTable(Sender<Vec<MacEntry>>),
     Counters(Sender<Counters>),
+    Guard(Vec<Ipv4Addr>, Sender<()>),
+    Bind(Ipv4Addr, Mac, Sender<()>),
     Stop,
 }
 
@@ -342,6 +384,23 @@ impl Switch {
         self.ask(Command::MacTable)
     }
 
+    /// Gives `addresses` to the gateway's port: on this switch, ARP for
+    /// them comes from the gateway alone, and so do DHCP answers; a DHCP
+    /// client's request must name the MAC it comes from, and the address
+    /// the gateway then gives it is that MAC's (an ARP from another MAC
+    /// claiming it is dropped). Counted in the ports' `drops_guard`.
+    /// In force for every frame after it returns.
+    pub fn guard(&self, addresses: Vec<Ipv4Addr>) -> Result<(), SwitchError> {
+        self.ask(|done| Command::Guard(addresses, done))
+    }
+
+    /// Binds `address` to `mac` (evum gave it to the VM of that MAC): ARP
+    /// claiming it from another MAC is dropped (`drops_guard`).
+    /// In force for every frame after it returns.
+    pub fn bind(&self, address: Ipv4Addr, mac: Mac) -> Result<(), SwitchError> {
+        self.ask(|done| Command::Bind(address, mac, done))
+    }
+
     /// Rejected input, by reason.
     pub fn counters(&self) -> Result<Counters, SwitchError> {
         self.ask(Command::Counters)
@@ -375,6 +434,20 @@ impl Drop for Switch {
             let _ = self.command(Command::Stop);
         }
     }
+}
+
+/// Where the gateway's end of its bess connection is bound: the name that
+/// tells the switch the port is its gateway's.
+pub fn gateway_peer_path(bess_socket: &Path) -> PathBuf {
+    bess_socket.with_file_name("gateway")
+}
+
+/// The name a VM's end of its bess connection is bound to, in the VM's own
+/// directory, which locks its port to `mac` (see
+/// [`SwitchConfig::port_security`]).
+pub fn vm_peer_name(mac: &Mac) -> String {
+    let hex: String = mac.iter().map(|b| format!("{b:02x}")).collect();
+    format!("bess-{hex}")
 }
 
 fn control_path(dir: &Path) -> PathBuf {

@@ -6,6 +6,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 
 use super::daemon::RawUnixAddr;
 use super::fdb::Mac;
+use super::rate::TokenBucket;
 use super::{sock, FrameSink, PortId, PortInfo, PortKind};
 
 /// Per-port counters, as [`PortInfo`] reports them.
@@ -19,6 +20,18 @@ pub struct PortCounters {
     pub drops_queue_full: u64,
     /// Frames the peer refused (it is gone, or the send failed).
     pub drops_send_error: u64,
+    /// Frames in over the port's input rate limit.
+    pub drops_rate: u64,
+    /// Broadcast and multicast frames in over the storm limit.
+    pub drops_storm: u64,
+    /// Frames in from a source MAC that is not the port's: another than
+    /// the one a VM's port is locked to, or one given to another port.
+    pub drops_spoofed: u64,
+    /// Frames in from a new source MAC while the port has `max_macs`.
+    pub drops_mac_limit: u64,
+    /// ARP and DHCP frames in that claim what is not the port's (ARP
+    /// guard, DHCP snooping; on a switch with a gateway).
+    pub drops_guard: u64,
 }
 
 /// How frames reach the port's peer.
@@ -51,19 +64,40 @@ pub enum Offer {
     Gone,
 }
 
+/// What the switch knows of a port's peer, from the name its socket is
+/// bound to (see [`super::SwitchConfig::port_security`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Anything the limits allow.
+    Open,
+    /// A VM's port, locked to the VM's MAC.
+    Locked(Mac),
+    /// The switch's gateway: the addresses the switch guards are its.
+    Gateway,
+}
+
 pub struct Port {
     pub id: PortId,
     pub peer: Peer,
+    pub role: Role,
     /// The given MAC (attached ports) or the last one learned from it.
     pub mac: Option<Mac>,
+    /// The port's input rate limit and storm control (none for the ports
+    /// of this process: attached ones and the gateway).
+    pub rate: Option<TokenBucket>,
+    pub storm: Option<TokenBucket>,
     pub counters: PortCounters,
     pub queue: VecDeque<Vec<u8>>,
     pub queue_limit: usize,
     pub wants_writable: bool,
-    /// The peer left its queue congested for longer than the switch holds
-    /// its input back: input no longer waits for this port until its queue
-    /// has emptied.
+    /// The peer took nothing from its congested queue for as long as the
+    /// switch holds input back: input no longer waits for this port until
+    /// its queue has emptied.
     pub stuck: bool,
+    /// When the peer last took a frame while its queue was congested (set
+    /// as it becomes congested): while it keeps taking frames, however
+    /// slowly, its senders are held rather than dropped.
+    pub progress_at: Option<std::time::Instant>,
     /// Buffers of frames already sent, kept for the next ones queued: a
     /// busy port does not allocate per frame.
     spare: Vec<Vec<u8>>,
@@ -74,12 +108,16 @@ impl Port {
         Port {
             id,
             peer,
+            role: Role::Open,
             mac,
+            rate: None,
+            storm: None,
             counters: PortCounters::default(),
             queue: VecDeque::new(),
             queue_limit,
             wants_writable: false,
             stuck: false,
+            progress_at: None,
             spare: Vec::new(),
         }
     }

@@ -144,8 +144,8 @@ pub fn bound_datagram(local: &RawUnixAddr) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// The uid of the process at the other end of a connected socket.
-pub fn peer_uid(fd: RawFd) -> io::Result<u32> {
+/// The uid and pid of the process at the other end of a connected socket.
+pub fn peer_cred(fd: RawFd) -> io::Result<(u32, i32)> {
     // SAFETY: ucred is plain old data; getsockopt writes at most `len` bytes
     // into it.
     let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
@@ -159,7 +159,13 @@ pub fn peer_uid(fd: RawFd) -> io::Result<u32> {
             &mut len,
         )
     })?;
-    Ok(cred.uid)
+    Ok((cred.uid, cred.pid))
+}
+
+/// The file a connected socket's peer is bound to, if it is bound to one.
+pub fn peer_path(fd: RawFd) -> Option<std::path::PathBuf> {
+    let addr: nix::sys::socket::UnixAddr = nix::sys::socket::getpeername(fd).ok()?;
+    addr.path().map(Path::to_path_buf)
 }
 
 /// Connects a port's datagram socket to `vm` as [`connect`] does, if `vm`

@@ -162,6 +162,24 @@ impl Drop for Guest {
     }
 }
 
+pub const BROADCAST: [u8; 6] = [0xff; 6];
+
+/// A test MAC: 02:00:00:00:00:nn.
+pub fn mac(n: u8) -> [u8; 6] {
+    [2, 0, 0, 0, 0, n]
+}
+
+/// A 60-byte frame of the local experimental ethertype 0x88b5, its payload
+/// `tag` repeated.
+pub fn frame(dst: [u8; 6], src: [u8; 6], tag: u8) -> Vec<u8> {
+    let mut f = Vec::with_capacity(60);
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&[0x88, 0xb5]);
+    f.extend(std::iter::repeat_n(tag, 46));
+    f
+}
+
 /// A raw client of a switch's bess socket, as UML's vector driver is one:
 /// a SOCK_SEQPACKET connection, one frame per message. Receives time out
 /// after 300 ms.
@@ -169,7 +187,20 @@ pub struct BessClient(OwnedFd);
 
 impl BessClient {
     pub fn connect(path: &Path) -> BessClient {
+        Self::connect_from(path, None)
+    }
+
+    /// Connects from a socket bound at `name`, as a VM's vector driver
+    /// binds its end (`src=`): evum's VMs name theirs after their MAC.
+    pub fn connect_as(path: &Path, name: &Path) -> BessClient {
+        Self::connect_from(path, Some(name))
+    }
+
+    fn connect_from(path: &Path, name: Option<&Path>) -> BessClient {
         let fd = socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None).expect("socket");
+        if let Some(name) = name {
+            nix::sys::socket::bind(fd.as_raw_fd(), &UnixAddr::new(name).expect("name")).expect("bind");
+        }
         connect(fd.as_raw_fd(), &UnixAddr::new(path).expect("path")).expect("connect");
         setsockopt(&fd, sockopt::ReceiveTimeout, &TimeVal::milliseconds(300)).expect("SO_RCVTIMEO");
         BessClient(fd)
@@ -178,6 +209,16 @@ impl BessClient {
     pub fn send(&self, frame: &[u8]) {
         let n = send(self.0.as_raw_fd(), frame, MsgFlags::empty()).expect("send");
         assert_eq!(n, frame.len());
+    }
+
+    /// Sends without waiting: false when the switch's socket has no room.
+    pub fn send_nowait(&self, frame: &[u8]) -> bool {
+        send(self.0.as_raw_fd(), frame, MsgFlags::MSG_DONTWAIT).is_ok()
+    }
+
+    /// Every frame that arrives until the timeout.
+    pub fn drain(&self) -> Vec<Vec<u8>> {
+        std::iter::from_fn(|| self.recv()).collect()
     }
 
     /// The next frame, or None after the timeout.
