@@ -79,6 +79,8 @@ defmodule Evm do
           | {:init_cmd, String.t() | charlist()}
           | {:progress, (term() -> any())}
           | {:timeout, timeout()}
+          | {:console_backlog, pos_integer() | :infinity}
+          | {:console_overflow, :hold | :drop}
           | :tagged
           | {:tagged, boolean()}
           | {:hostname, String.t() | charlist()}
@@ -113,6 +115,18 @@ defmodule Evm do
       passes.
     * `:tagged` - console lines as `{:evum, vm, {:console, line}}` instead of
       bare binaries.
+    * `:console_backlog` - while the owner has more than this many messages
+      waiting (10000 by default), console lines are not delivered, as
+      `:console_overflow` says, until it is down to half that; `:infinity`
+      delivers always.
+    * `:console_overflow` - what happens to the console past the backlog:
+      `:hold` (the default) stops reading it, and the guest's writes to it
+      wait, as on a terminal nobody reads (nothing is lost; a guest
+      printing without end stalls); `:drop` reads on and throws its lines
+      away, so the guest never waits: `Evum.info/1` counts them as
+      `console_dropped`, and the owner gets
+      `{:evum, vm, {:console_dropped, n}}` when lines flow again. Either
+      way the owner's mailbox, and the BEAM's memory, stay bounded.
     * `:hostname` - the guest's hostname, `"evm"` by default.
     * `:kernel` - `:evum` (the default, the application's `kernel`): evum's
       own UML kernel, built once per machine (`make deps`, or on first use);

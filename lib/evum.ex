@@ -18,6 +18,9 @@ defmodule Evum do
       guest's console shell prints: the echo of each line typed, its
       output, and the prompt (`"root@evm:~# "`), a line of its own once the
       console has been quiet for a moment (see `send/2`);
+    * `{:evum, vm, {:console_dropped, n}}`, for a VM created with
+      `console_overflow: :drop`, when console lines flow again after `n`
+      of them were dropped while the owner was behind (see `Evm.create/1`);
     * `{:evum, vm, {:exit, how}}` once, when the guest has ended, with `how`
       `{:exit_status, n}` or `{:signal, name}` (`name` an atom such as
       `:sigkill`). It comes also when `Evm.stop/1` stopped the VM, and for
@@ -134,18 +137,44 @@ defmodule Evum do
   guest boots, `{:error, :not_running}` once it has ended.
 
   Commands run one at a time, in the order called. A command is any bytes
-  but NUL, up to 2048 (`{:error, {:too_large, 2048}}`); output over 16 MiB
-  is `{:error, {:output_too_large, bytes}}`; `{:error, :busy}` when 64
-  wait already; `{:error, :rebooted}` when a reboot cut it short.
+  but NUL, up to 2048 (`{:error, {:too_large, 2048}}`); output over 4 MiB
+  (see `cmd/3`) is `{:error, {:output_too_large, bytes}}`, with `bytes`
+  the output's length, and is not kept; `{:error, :busy}` when 64 wait
+  already; `{:error, :rebooted}` when a reboot cut it short.
   """
   @spec cmd(Evm.vm(), iodata()) :: {:ok, integer(), binary()} | {:error, term()}
   defdelegate cmd(vm, command), to: :evum
 
   @doc """
-  Like `cmd/2`, waiting `timeout` milliseconds for the result.
+  Like `cmd/2`, with a timeout in milliseconds (or `:infinity`), or
+  options as a keyword list or a map:
+
+    * `:timeout` - milliseconds to wait for the result (or `:infinity`),
+      30000 by default;
+    * `:max_output` - the most output the command may return, in bytes:
+      4 MiB by default, 16 MiB at most.
+
+  Output past `:max_output` is `{:error, {:output_too_large, bytes}}`: the
+  guest's output for that command is read and thrown away, never held in
+  memory, and the next command runs as usual.
+
+      iex> Evum.cmd(vm, "head -c 5000000 /dev/zero")
+      {:error, {:output_too_large, 5000000}}
+      iex> {:ok, 0, zeros} = Evum.cmd(vm, "head -c 5000000 /dev/zero", max_output: 8_000_000)
+      iex> byte_size(zeros)
+      5000000
+
+  Another option, or a value out of range, is
+  `{:error, {:bad_option, option}}`.
   """
-  @spec cmd(Evm.vm(), iodata(), timeout()) :: {:ok, integer(), binary()} | {:error, term()}
-  defdelegate cmd(vm, command, timeout), to: :evum
+  @spec cmd(
+          Evm.vm(),
+          iodata(),
+          timeout()
+          | [{:timeout, timeout()} | {:max_output, non_neg_integer()}]
+          | %{optional(:timeout) => timeout(), optional(:max_output) => non_neg_integer()}
+        ) :: {:ok, integer(), binary()} | {:error, term()}
+  defdelegate cmd(vm, command, options), to: :evum
 
   @doc """
   Sends a raw mconsole command (`"version"`, `"sysrq m"`, ...); see
@@ -161,8 +190,8 @@ defmodule Evum do
   defdelegate reboot(vm), to: :evum
 
   @doc """
-  The VM's OS pid, umid, runtime directory, mconsole socket, owner, label
-  and phase, as a map:
+  The VM's OS pid, umid, runtime directory, mconsole socket, owner, label,
+  phase and the console lines dropped so far, as a map:
 
       %{
         os_pid: 17738,
@@ -170,13 +199,16 @@ defmodule Evum do
         runtime_dir: "/tmp/evum-0/evum-16901-1",
         mconsole_socket: "/tmp/evum-0/evum-16901-1/mconsole",
         running: true,
+        console_dropped: 0,
         owner: #PID<0.96.0>,
         label: :test1,
         phase: :ready
       }
 
   `label` is `:undefined` (Erlang's `undefined`) for a VM without one;
-  `phase` is `:booting`, `:ready`, `:stopping` or `:exited`.
+  `phase` is `:booting`, `:ready`, `:stopping` or `:exited`;
+  `console_dropped` counts the lines a VM created with
+  `console_overflow: :drop` has dropped (always 0 otherwise).
   `{:error, :not_running}` for a VM that is not there.
   """
   @spec info(Evm.vm()) :: map() | {:error, :not_running}

@@ -30,6 +30,7 @@
     | {init_cmd, string() | binary()}
     | {progress, evum_image:progress_fun()}
     | {console_backlog, pos_integer() | infinity}
+    | {console_overflow, hold | drop}
     | evum_opts:boot_option().
 
 %% @doc Boots a VM and waits until its guest is up. The caller becomes the
@@ -46,7 +47,12 @@
 %% `tagged' (console lines as `{evum, Vm, {console, Line}}'),
 %% `{console_backlog, N}' (while the owner has more than N messages waiting,
 %% 10000 by default, evum stops reading the console and the guest's output
-%% waits, as on a terminal nobody reads; `infinity': never), `hostname',
+%% waits, as on a terminal nobody reads; `infinity': never),
+%% `{console_overflow, hold | drop}' (what happens past that backlog:
+%% `hold', the default, as just said; `drop', the console is read on and its
+%% lines are thrown away and counted, so the guest never waits: evum:info/1
+%% has the count as `console_dropped', and the owner gets `{evum, Vm,
+%% {console_dropped, N}}' when lines flow again), `hostname',
 %% `kernel' (`evum', the default: evum's own kernel, built on first use,
 %% see evum_kernel; or the path of any UML binary), `umid', `uml_dir',
 %% `switch' (eth0 on that evum_switch, its MAC derived from the label),
@@ -102,6 +108,12 @@ create_vm(Options) ->
                 Bad -> {error, {bad_option, {console_backlog, Bad}}}
             end
         end,
+        fun(VM) ->
+            case Get(console_overflow, hold) of
+                Overflow when Overflow =:= hold; Overflow =:= drop -> {ok, VM};
+                Bad -> {error, {bad_option, {console_overflow, Bad}}}
+            end
+        end,
         fun(VM) -> with(switch, switch_of(Net, Get(switch, undefined)), VM) end,
         fun(#{label := Label} = VM) -> {ok, VM#{mac => mac_for(Label)}} end,
         fun(#{label := Label} = VM) ->
@@ -133,6 +145,7 @@ create_vm(Options) ->
                     groups => switch_groups(Switch),
                     tagged => proplists:get_bool(tagged, Own),
                     console_backlog => Get(console_backlog, 10000),
+                    console_overflow => Get(console_overflow, hold),
                     switch => Switch,
                     boot_timeout => Get(timeout, DefaultTimeout)
                 }
@@ -266,7 +279,8 @@ is_create_option({Key, _}) ->
         location,
         init_cmd,
         progress,
-        console_backlog
+        console_backlog,
+        console_overflow
     ]);
 is_create_option(tagged) ->
     true;

@@ -24,8 +24,23 @@
     forwards/1
 ]).
 
+-export_type([cmd_options/0]).
+
+%% What cmd/3 takes: a timeout, or options as a list or a map.
+-type cmd_options() ::
+    timeout()
+    | [{timeout, timeout()} | {max_output, non_neg_integer()}]
+    | #{timeout => timeout(), max_output => non_neg_integer()}.
+
 -define(SEND_TIMEOUT, 5000).
 -define(CMD_TIMEOUT, 30000).
+%% A command's output limit: by default, and the most it may be (what the
+%% native side keeps at most for one result).
+-define(CMD_MAX_OUTPUT, 4 bsl 20).
+-define(CMD_MAX_OUTPUT_CEILING, 16 bsl 20).
+%% The longest command timeout: 2^32-1 ms (about 49 days), the limit
+%% Erlang's timers have long had.
+-define(MAX_TIMEOUT, 16#FFFFFFFF).
 
 %% @doc Starts a VM running the host's own system (read-only), as the
 %% original evum did.
@@ -195,22 +210,53 @@ write_line(Vm, Line) ->
     end.
 
 %% @doc Runs a shell command in the guest and returns its exit status and
-%% exact output (stdout and stderr), with no echo or prompt. Commands run on
-%% a channel of their own, never on the console, one at a time in the order
-%% called. A command is any bytes but NUL, up to 2048 (`{error, {too_large,
-%% 2048}}'); output over 16 MiB is `{error, {output_too_large, Bytes}}';
-%% `{error, busy}' when 64 wait already; `{error, rebooted}' when a reboot
-%% cut it short.
+%% exact output (stdout and stderr), with no echo or prompt, waiting up to
+%% 30 s. Commands run on a channel of their own, never on the console, one
+%% at a time in the order called. A command is any bytes but NUL, up to
+%% 2048 (`{error, {too_large, 2048}}'); output over 4 MiB (see cmd/3) is
+%% `{error, {output_too_large, Bytes}}', with Bytes the output's length,
+%% and is not kept; `{error, busy}' when 64 wait already; `{error,
+%% rebooted}' when a reboot cut it short.
 -spec cmd(evm:vm(), iodata()) -> {ok, integer(), binary()} | {error, term()}.
 cmd(Vm, Command) ->
-    cmd(Vm, Command, ?CMD_TIMEOUT).
+    cmd(Vm, Command, []).
 
--spec cmd(evm:vm(), iodata(), timeout()) -> {ok, integer(), binary()} | {error, term()}.
-cmd(Vm, Command, Timeout) ->
-    case to_binary(Command) of
-        {ok, Bin} -> call(Vm, {cmd, Bin, Timeout});
-        Error -> Error
+%% @doc As cmd/2, with a timeout in ms (or `infinity') or options, a list or
+%% a map: `{timeout, Ms | infinity}' (default 30000) and `{max_output,
+%% Bytes}', the most output the command may return (default 4 MiB, at most
+%% 16 MiB). Output past it is `{error, {output_too_large, Bytes}}': the
+%% guest's output for that command is read and thrown away, never held, and
+%% the next command runs as usual. Another option or value is `{error,
+%% {bad_option, Option}}'.
+-spec cmd(evm:vm(), iodata(), cmd_options()) -> {ok, integer(), binary()} | {error, term()}.
+cmd(Vm, Command, Options) ->
+    case {to_binary(Command), cmd_options(Options)} of
+        {{ok, Bin}, {ok, Checked}} -> call(Vm, {cmd, Bin, Checked});
+        {{error, _} = Error, _} -> Error;
+        {_, {error, _} = Error} -> Error
     end.
+
+%% A timeout alone, as cmd/3 always took, or options; checked here, so a
+%% bad one is the caller's error and never the VM's crash.
+cmd_options(Timeout) when is_integer(Timeout); Timeout =:= infinity ->
+    cmd_options([{timeout, Timeout}]);
+cmd_options(Options) when is_map(Options) ->
+    cmd_options(maps:to_list(Options));
+cmd_options(Options) when is_list(Options) ->
+    case lists:dropwhile(fun is_cmd_option/1, Options) of
+        [Bad | _] ->
+            {error, {bad_option, Bad}};
+        [] ->
+            Get = fun(Key, Default) -> proplists:get_value(Key, Options, Default) end,
+            {ok, #{timeout => Get(timeout, ?CMD_TIMEOUT), max_output => Get(max_output, ?CMD_MAX_OUTPUT)}}
+    end;
+cmd_options(Other) ->
+    {error, {bad_option, Other}}.
+
+is_cmd_option({timeout, infinity}) -> true;
+is_cmd_option({timeout, T}) -> is_integer(T) andalso T >= 0 andalso T =< ?MAX_TIMEOUT;
+is_cmd_option({max_output, B}) -> is_integer(B) andalso B >= 0 andalso B =< ?CMD_MAX_OUTPUT_CEILING;
+is_cmd_option(_) -> false.
 
 %% @doc Sends a raw mconsole command ("version", "sysrq m", ...); see mcons.
 -spec system(evm:vm(), iodata()) -> {ok, binary()} | {error, term()}.
@@ -226,7 +272,8 @@ reboot(Vm) ->
     mcons:reboot(Vm).
 
 %% @doc The VM's OS pid, umid, runtime directory, mconsole socket, owner,
-%% label and phase.
+%% label, phase, and `console_dropped': the console lines dropped so far
+%% (`{console_overflow, drop}' of evm:create/1; always 0 otherwise).
 -spec info(evm:vm()) -> map() | {error, not_running}.
 info(Vm) ->
     call(Vm, info).

@@ -6,9 +6,9 @@
 -export([
     vm_start/8,
     jail_ids/2,
-    vm_hold_console/2,
+    vm_console_flow/2,
     vm_write/2,
-    vm_run/3,
+    vm_run/4,
     vm_signal/3,
     vm_info/1,
     mconsole_request/3,
@@ -58,9 +58,9 @@ load() ->
 
 vm_start(_Owner, _Server, _Tagged, _Kernel, _Options, _Umid, _UmlDir, _Groups) -> ?NOT_LOADED.
 jail_ids(_First, _Count) -> ?NOT_LOADED.
-vm_hold_console(_Vm, _Hold) -> ?NOT_LOADED.
+vm_console_flow(_Vm, _Flow) -> ?NOT_LOADED.
 vm_write(_Vm, _Data) -> ?NOT_LOADED.
-vm_run(_Vm, _Id, _Command) -> ?NOT_LOADED.
+vm_run(_Vm, _Id, _Command, _MaxOutput) -> ?NOT_LOADED.
 vm_signal(_Vm, _Signal, _WholeGroup) -> ?NOT_LOADED.
 vm_info(_Vm) -> ?NOT_LOADED.
 mconsole_request(_Socket, _Command, _TimeoutMs) -> ?NOT_LOADED.

@@ -6,6 +6,9 @@
 %% <ul>
 %% <li>each console line, as a binary, or `{evum, Vm, {console, Line}}' for a
 %%   VM started with `tagged';</li>
+%% <li>`{evum, Vm, {console_dropped, N}}' when, with `{console_overflow,
+%%   drop}', N lines were dropped while the owner was behind, as delivery
+%%   resumes;</li>
 %% <li>`{evum, Vm, {exit, How}}' when the guest has ended, with How
 %%   `{exit_status, N}' or `{signal, Name}'.</li>
 %% </ul>
@@ -28,6 +31,7 @@
     groups := [non_neg_integer()],
     tagged := boolean(),
     console_backlog => pos_integer() | infinity,
+    console_overflow => hold | drop,
     switch => pid() | atom() | undefined,
     boot_timeout := timeout()
 }.
@@ -45,17 +49,21 @@
     %% The caller of boot and callers of stop, answered when the phase changes.
     waiting_ready = [] :: [gen_server:from()],
     waiting_exit = [] :: [gen_server:from()],
-    %% Commands whose callers wait: Id => {From, Timer}.
-    commands = #{} :: #{non_neg_integer() => {gen_server:from(), reference()}},
+    %% Commands whose callers wait: Id => {From, Timer} (no timer for
+    %% an infinite timeout).
+    commands = #{} :: #{non_neg_integer() => {gen_server:from(), reference() | undefined}},
     %% The command the guest's loop runs now (one at a time: the serial line
-    %% holds little, and what overflows it is lost), and those waiting.
+    %% holds little, and what overflows it is lost), and those waiting, each
+    %% with the most output it may return.
     running :: undefined | non_neg_integer(),
-    queued = queue:new() :: queue:queue({non_neg_integer(), binary()}),
+    queued = queue:new() :: queue:queue({non_neg_integer(), binary(), non_neg_integer()}),
     %% The most messages the owner may have waiting before the console is
-    %% held (no longer read: the guest's console output waits), and whether
-    %% it is.
+    %% paused, what a pause does (hold: the console is no longer read and
+    %% the guest's output waits; drop: its lines are counted and lost), and
+    %% whether it is paused.
     backlog :: pos_integer() | infinity,
-    console_held = false :: boolean(),
+    overflow :: hold | drop,
+    console_paused = false :: boolean(),
     next_id = 1 :: pos_integer(),
     exit :: undefined | term(),
     stop_requested = false :: boolean(),
@@ -78,7 +86,10 @@
 -define(MAX_QUEUED, 64).
 %% The default `console_backlog'.
 -define(CONSOLE_BACKLOG, 10000).
-%% How often a held console looks whether its owner has caught up.
+%% The output a stop's sync may return: sync prints nothing, but a guest's
+%% own sync might say something.
+-define(SYNC_MAX_OUTPUT, 4096).
+%% How often a paused console looks whether its owner has caught up.
 -define(BACKLOG_CHECK, 50).
 
 -spec start_link(pid(), config()) -> {ok, pid()} | {error, term()}.
@@ -92,7 +103,10 @@ init({Owner, Config}) ->
     monitor(process, Owner),
     #{tagged := Tagged, label := Label} = Config,
     Backlog = maps:get(console_backlog, Config, ?CONSOLE_BACKLOG),
-    {ok, #state{owner = Owner, label = Label, tagged = Tagged, config = Config, backlog = Backlog}}.
+    Overflow = maps:get(console_overflow, Config, hold),
+    {ok, #state{
+        owner = Owner, label = Label, tagged = Tagged, config = Config, backlog = Backlog, overflow = Overflow
+    }}.
 
 %% The VM is started by the first call, not in init/1: a VM that cannot start
 %% is the caller's error, answered as one, not a crash of this process; and
@@ -114,7 +128,7 @@ started_call({write, Data}, _From, #state{vm = Vm, tagged = Tagged} = S) ->
     end;
 started_call({cmd, Command, _}, _From, #state{phase = ready} = S) when byte_size(Command) > ?MAX_COMMAND ->
     {reply, {error, {too_large, ?MAX_COMMAND}}, S};
-started_call({cmd, Command, Timeout}, From, #state{phase = ready} = S) ->
+started_call({cmd, Command, #{timeout := Timeout, max_output := MaxOutput}}, From, #state{phase = ready} = S) ->
     #state{next_id = Id, commands = Commands, queued = Queued} = S,
     case {binary:match(Command, <<0>>), queue:len(Queued) >= ?MAX_QUEUED} of
         {{_, _}, _} ->
@@ -122,11 +136,10 @@ started_call({cmd, Command, Timeout}, From, #state{phase = ready} = S) ->
         {nomatch, true} ->
             {reply, {error, busy}, S};
         {nomatch, false} ->
-            Timer = erlang:send_after(Timeout, self(), {cmd_timeout, Id}),
             Waiting = S#state{
                 next_id = Id + 1,
-                commands = Commands#{Id => {From, Timer}},
-                queued = queue:in({Id, Command}, Queued)
+                commands = Commands#{Id => {From, cmd_timer(Timeout, Id)}},
+                queued = queue:in({Id, Command, MaxOutput}, Queued)
             },
             {noreply, run_next(Waiting)}
     end;
@@ -168,7 +181,7 @@ handle_info({evum_ctl, ready}, #state{running = Running} = S) ->
     {noreply, run_next(Answered)};
 handle_info(evum_console, S) ->
     {noreply, check_backlog(S)};
-handle_info(check_backlog, #state{console_held = true} = S) ->
+handle_info(check_backlog, #state{console_paused = true} = S) ->
     {noreply, check_backlog(S)};
 handle_info({evum_ctl, {result, ?SYNC_ID, _, _}}, S) ->
     {noreply, stop_step(halt, S)};
@@ -181,7 +194,7 @@ handle_info({cmd_timeout, Id}, #state{commands = Commands, queued = Queued} = S)
         {{From, _}, Rest} ->
             gen_server:reply(From, {error, timeout}),
             %% If it was still waiting its turn, it no longer takes a place.
-            {noreply, S#state{commands = Rest, queued = queue:filter(fun({I, _}) -> I =/= Id end, Queued)}};
+            {noreply, S#state{commands = Rest, queued = queue:filter(fun({I, _, _}) -> I =/= Id end, Queued)}};
         error ->
             {noreply, S}
     end;
@@ -220,22 +233,33 @@ start(#state{owner = Owner, config = Config, waiting_ready = Waiting} = S) ->
             {stop, normal, S#state{phase = exited, waiting_ready = []}}
     end.
 
-%% Holds the console while the owner has more than `backlog' messages
-%% waiting, and lets it go once it is down to half that: a guest writing
-%% without end then waits on its console, and the owner's mailbox (and the
-%% BEAM's memory) stays bounded.
+%% Pauses the console while the owner has more than `backlog' messages
+%% waiting, and resumes it once the owner is down to half that: a guest
+%% writing without end then waits on its console (hold) or has its lines
+%% counted and lost (drop), and the owner's mailbox (and the BEAM's memory)
+%% stays bounded.
 check_backlog(#state{backlog = infinity} = S) ->
     S;
-check_backlog(#state{owner = Owner, backlog = Backlog, console_held = Held, vm = Vm} = S) ->
+check_backlog(#state{owner = Owner, backlog = Backlog, console_paused = Paused, vm = Vm} = S) ->
     Waiting =
         case erlang:process_info(Owner, message_queue_len) of
             {message_queue_len, N} -> N;
             undefined -> 0
         end,
-    Hold = Waiting > Backlog orelse (Held andalso Waiting > Backlog div 2),
-    Hold =/= Held andalso evum_nif:vm_hold_console(Vm, Hold),
-    Hold andalso erlang:send_after(?BACKLOG_CHECK, self(), check_backlog),
-    S#state{console_held = Hold}.
+    Pause = Waiting > Backlog orelse (Paused andalso Waiting > Backlog div 2),
+    Pause =/= Paused andalso evum_nif:vm_console_flow(Vm, console_flow(Pause, S#state.overflow)),
+    Pause andalso erlang:send_after(?BACKLOG_CHECK, self(), check_backlog),
+    S#state{console_paused = Pause}.
+
+console_flow(false, _Overflow) -> deliver;
+console_flow(true, Overflow) -> Overflow.
+
+%% The timer of a command's timeout; none for `infinity'.
+cmd_timer(infinity, _Id) -> undefined;
+cmd_timer(Timeout, Id) -> erlang:send_after(Timeout, self(), {cmd_timeout, Id}).
+
+cancel_timer(undefined) -> ok;
+cancel_timer(Timer) -> erlang:cancel_timer(Timer).
 
 %% Answers command Id's caller, if it still waits; the guest's loop is free
 %% again if Id was what it ran.
@@ -243,7 +267,7 @@ answer(Id, Reply, #state{commands = Commands, running = Running} = S) ->
     Answered =
         case maps:take(Id, Commands) of
             {{From, Timer}, Rest} ->
-                erlang:cancel_timer(Timer),
+                cancel_timer(Timer),
                 gen_server:reply(From, Reply),
                 S#state{commands = Rest};
             error ->
@@ -261,10 +285,10 @@ run_next(#state{running = undefined, queued = Queued, commands = Commands, vm = 
     case queue:out(Queued) of
         {empty, _} ->
             S;
-        {{value, {Id, _}}, Rest} when not is_map_key(Id, Commands) ->
+        {{value, {Id, _, _}}, Rest} when not is_map_key(Id, Commands) ->
             run_next(S#state{queued = Rest});
-        {{value, {Id, Command}}, Rest} ->
-            case evum_nif:vm_run(Vm, Id, Command) of
+        {{value, {Id, Command, MaxOutput}}, Rest} ->
+            case evum_nif:vm_run(Vm, Id, Command, MaxOutput) of
                 ok ->
                     S#state{running = Id, queued = Rest};
                 {error, _} = Error ->
@@ -303,7 +327,7 @@ stop_step(_Step, S) ->
     S.
 
 run_stop_step(sync, Vm) ->
-    case evum_nif:vm_run(Vm, ?SYNC_ID, <<"sync">>) of
+    case evum_nif:vm_run(Vm, ?SYNC_ID, <<"sync">>, ?SYNC_MAX_OUTPUT) of
         ok -> erlang:send_after(?SYNC_GRACE, self(), {stop_step, halt});
         _ -> self() ! {stop_step, halt}
     end;

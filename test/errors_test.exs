@@ -31,6 +31,10 @@ defmodule EvumTest.ErrorsTest do
              {:error, {:bad_option, {:ubd, -1, "x"}}}
 
     assert Evm.create(:not_a_list) == {:error, {:bad_option, :not_a_list}}
+
+    assert Evm.create(label: :ex_bad, console_overflow: :block) ==
+             {:error, {:bad_option, {:console_overflow, :block}}}
+
     # Labels are atoms, charlists or strings.
     assert Evm.create(label: 42) == {:error, {:bad_option, {:label, 42}}}
     # Values the kernel command line cannot take are refused before a boot.

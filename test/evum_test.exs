@@ -48,6 +48,26 @@ defmodule EvumTest do
     assert Evum.cmd(vm, "echo still there") == {:ok, 0, "still there\n"}
   end
 
+  test "cmd options: max_output per call, timeout, bad ones refused" do
+    vm = create!(label: :ex_cmd_options)
+    five = "head -c 5000000 /dev/zero"
+
+    # Over the 4 MiB default, then allowed by the call, then the default again.
+    assert Evum.cmd(vm, five) == {:error, {:output_too_large, 5_000_000}}
+    assert {:ok, 0, zeros} = Evum.cmd(vm, five, max_output: 8 * 1024 * 1024, timeout: 60_000)
+    assert zeros == :binary.copy(<<0>>, 5_000_000)
+    assert Evum.cmd(vm, five, %{timeout: 60_000}) == {:error, {:output_too_large, 5_000_000}}
+    assert Evum.cmd(vm, "printf 12345", max_output: 4) == {:error, {:output_too_large, 5}}
+
+    for bad <- [max_output: 16 * 1024 * 1024 + 1, max_output: -1, timeout: -1, size: 3] do
+      assert Evum.cmd(vm, "echo no", [bad]) == {:error, {:bad_option, bad}}
+    end
+
+    assert Evum.cmd(vm, "echo no", :soon) == {:error, {:bad_option, :soon}}
+    assert Evum.cmd(vm, "echo ok", :infinity) == {:ok, 0, "ok\n"}
+    assert Evum.cmd(vm, "echo ok", 5_000) == {:ok, 0, "ok\n"}
+  end
+
   test "cmd runs on its own channel: any process may call it, the console stays quiet" do
     vm = create!(label: :ex_cmd_channel)
     wait_line(@prompt)

@@ -2,7 +2,8 @@
 //!
 //! Console lines go to the VM's owner, as bare binaries like the original
 //! evum or as `{evum, Server, {console, Line}}` when the VM was started
-//! `tagged`. Command channel events and the exit go to the VM's gen_server:
+//! `tagged`, and `{evum, Server, {console_dropped, N}}` when delivery
+//! resumes after N lines were dropped (`{console_overflow, drop}`). Command channel events and the exit go to the VM's gen_server:
 //! `{evum_ctl, ready}`, `{evum_ctl, {result, Id, Status, Output}}`, and
 //! `{evum_exit, {exit_status, N} | {signal, Name}, Lines}`, where Lines are
 //! the console's last lines before a guest that never came up died (the
@@ -14,7 +15,7 @@ use evum_core::{ControlEvent, Exit, VmEvents};
 use rustler::{Binary, Encoder, Env, LocalPid, NewBinary, OwnedEnv, Term};
 
 mod atoms {
-    rustler::atoms! { evum, console, evum_console, evum_ctl, ready, result, output_too_large, evum_exit, exit_status, signal }
+    rustler::atoms! { evum, console, console_dropped, evum_console, evum_ctl, ready, result, output_too_large, evum_exit, exit_status, signal }
 }
 
 pub struct Mailboxes {
@@ -140,6 +141,17 @@ impl VmEvents for Mailboxes {
         if self.lines_sent.is_multiple_of(REPORT_EVERY) {
             self.tell_server(|env| atoms::evum_console().encode(env));
         }
+    }
+
+    fn console_dropped(&mut self, lines: u64) {
+        if self.owner_gone {
+            return;
+        }
+        let server = self.server;
+        let sent = self.env.send_and_clear(&self.owner, |env| {
+            (atoms::evum(), server, (atoms::console_dropped(), lines)).encode(env)
+        });
+        self.owner_gone = sent.is_err();
     }
 
     fn control(&mut self, event: ControlEvent) {

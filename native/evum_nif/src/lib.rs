@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use evum_core::vm::io_loop::ConsoleFlow;
 use evum_core::vm::placement::CpuChoice;
 use evum_core::{image, mconsole, vm, vm::control, BootOption, Vm, VmConfig};
 use nix_signal::parse_signal;
@@ -26,7 +27,7 @@ mod atoms {
         ok, error, undefined, true_ = "true",
         not_running, bad_option, spawn, runtime_dir, bad_umid, image, mconsole,
         timeout, not_found, none, os_pid, umid, runtime_dir_key = "runtime_dir", mconsole_socket, running,
-        unsupported_by_kernel, jail,
+        unsupported_by_kernel, jail, console_dropped, deliver, hold, drop,
     }
 }
 
@@ -195,18 +196,40 @@ fn vm_write<'a>(env: Env<'a>, resource: ResourceArc<VmResource>, data: Binary<'a
 }
 
 /// Asks the guest's command loop to run `command` as request `id`; the
-/// result comes to the VM's server as `{evum_ctl, {result, Id, Status, Output}}`.
+/// result comes to the VM's server as `{evum_ctl, {result, Id, Status,
+/// Output}}`, or `{evum_ctl, {output_too_large, Id, Length}}` when it has
+/// more than `max_output` bytes (at most 16 MiB, control::MAX_OUTPUT).
 #[rustler::nif]
-fn vm_run<'a>(env: Env<'a>, resource: ResourceArc<VmResource>, id: u64, command: Binary<'a>) -> Term<'a> {
+fn vm_run<'a>(
+    env: Env<'a>,
+    resource: ResourceArc<VmResource>,
+    id: u64,
+    command: Binary<'a>,
+    max_output: u64,
+) -> Term<'a> {
     // Any bytes: the guest's shell takes them as they are.
-    let request = control::run_request(id, command.as_slice());
-    queued(env, with_vm(&resource, |vm| vm.handle.write_control(request)))
+    let max_output = max_output.min(control::MAX_OUTPUT);
+    queued(
+        env,
+        with_vm(&resource, |vm| {
+            vm.handle.run_command(id, command.as_slice(), max_output)
+        }),
+    )
 }
 
-/// Stops (`true`) or resumes reading the guest's console.
+/// `deliver`, `hold` or `drop` the guest's console output from now on.
 #[rustler::nif]
-fn vm_hold_console(env: Env, resource: ResourceArc<VmResource>, hold: bool) -> Term {
-    queued(env, with_vm(&resource, |vm| vm.handle.hold_console(hold)))
+fn vm_console_flow(env: Env, resource: ResourceArc<VmResource>, flow: Atom) -> NifResult<Term> {
+    let flow = if flow == atoms::deliver() {
+        ConsoleFlow::Deliver
+    } else if flow == atoms::hold() {
+        ConsoleFlow::Hold
+    } else if flow == atoms::drop() {
+        ConsoleFlow::Drop
+    } else {
+        return Err(rustler::Error::BadArg);
+    };
+    Ok(queued(env, with_vm(&resource, |vm| vm.handle.set_console_flow(flow))))
 }
 
 /// Signals the UML process (`whole_group` false) or its whole process group.
@@ -240,6 +263,10 @@ fn vm_info<'a>(env: Env<'a>, resource: ResourceArc<VmResource>) -> NifResult<Ter
                 vm.mconsole_socket().to_string_lossy().into_owned().encode(env),
             ),
             (atoms::running().encode(env), vm.handle.is_running().encode(env)),
+            (
+                atoms::console_dropped().encode(env),
+                vm.handle.console_dropped().encode(env),
+            ),
         ];
         Term::map_from_pairs(env, &pairs)
     })

@@ -23,9 +23,13 @@
 //!
 //! Anything else the guest writes there is noise and is skipped, so a stray
 //! program writing to the serial line cannot confuse the framing for long.
-//! A result longer than [`MAX_OUTPUT`] is not kept: it is reported as
-//! [`ControlEvent::OutputTooLarge`] and its bytes skipped as noise, so a
-//! guest claiming any length cannot make evum hold more than that.
+//! Each request has its own output limit ([`ControlParser::expect`]), at
+//! most [`MAX_OUTPUT`]. A result longer than its limit is not kept: it is
+//! reported as [`ControlEvent::OutputTooLarge`] as soon as its header says
+//! so, and its bytes are skipped as noise (never stored), so a guest
+//! claiming or sending any length cannot make evum hold more than the limit.
+
+use std::collections::BTreeMap;
 
 /// What the guest said on the command channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,7 +40,7 @@ pub enum ControlEvent {
         status: i32,
         output: Vec<u8>,
     },
-    /// A result claimed `length` bytes, more than [`MAX_OUTPUT`].
+    /// A result claimed `length` bytes, more than its request's limit.
     OutputTooLarge {
         id: u64,
         length: u64,
@@ -44,8 +48,14 @@ pub enum ControlEvent {
 }
 
 /// The most output one command may return (16 MiB): what the BEAM may be
-/// made to hold for one result.
+/// made to hold for one result. The limit of a request evum did not send
+/// (a stray or forged header) and the ceiling of every request's own.
 pub const MAX_OUTPUT: u64 = 16 << 20;
+
+/// Requests whose limits are kept until their results come. evum sends one
+/// command at a time (and a stop's sync): more means results that never
+/// came, whose limits go, oldest first.
+const MAX_PENDING: usize = 16;
 
 const MARK: u8 = 0x01;
 const MAX_HEADER: usize = 128;
@@ -69,15 +79,34 @@ enum State {
 #[derive(Debug)]
 pub struct ControlParser {
     state: State,
+    /// The output limit of each request sent and not answered yet, by id.
+    limits: BTreeMap<u64, u64>,
 }
 
 impl Default for ControlParser {
     fn default() -> Self {
-        ControlParser { state: State::Noise }
+        ControlParser {
+            state: State::Noise,
+            limits: BTreeMap::new(),
+        }
     }
 }
 
 impl ControlParser {
+    /// Request `id` has been sent: its result may have at most `max_output`
+    /// bytes (never more than [`MAX_OUTPUT`]).
+    pub fn expect(&mut self, id: u64, max_output: u64) {
+        if self.limits.len() >= MAX_PENDING {
+            self.limits.pop_first();
+        }
+        self.limits.insert(id, max_output.min(MAX_OUTPUT));
+    }
+
+    /// The limit of request `id`'s result, which is coming now.
+    fn limit_of(&mut self, id: u64) -> u64 {
+        self.limits.remove(&id).unwrap_or(MAX_OUTPUT)
+    }
+
     pub fn feed(&mut self, mut bytes: &[u8], mut emit: impl FnMut(ControlEvent)) {
         while !bytes.is_empty() {
             match &mut self.state {
@@ -98,22 +127,29 @@ impl ControlParser {
                     if line.len() > MAX_HEADER {
                         self.state = State::Noise;
                     } else if done {
-                        self.state = match parse_header(line) {
+                        let header = parse_header(line);
+                        self.state = match header {
                             Some(Header::Ready) => {
+                                // A command loop that (re)started answers
+                                // nothing sent before.
+                                self.limits.clear();
                                 emit(ControlEvent::Ready);
                                 State::Noise
                             }
-                            Some(Header::Result { id, length, .. }) if length > MAX_OUTPUT => {
-                                emit(ControlEvent::OutputTooLarge { id, length });
-                                State::Noise
+                            Some(Header::Result { id, status, length }) => {
+                                if length > self.limit_of(id) {
+                                    emit(ControlEvent::OutputTooLarge { id, length });
+                                    State::Noise
+                                } else {
+                                    State::Body {
+                                        id,
+                                        status,
+                                        // At most MAX_OUTPUT: fits.
+                                        remaining: length as usize,
+                                        output: Vec::with_capacity((length as usize).min(1 << 20)),
+                                    }
+                                }
                             }
-                            Some(Header::Result { id, status, length }) => State::Body {
-                                id,
-                                status,
-                                // At most MAX_OUTPUT: fits.
-                                remaining: length as usize,
-                                output: Vec::with_capacity((length as usize).min(1 << 20)),
-                            },
                             None => State::Noise,
                         };
                     }
@@ -214,6 +250,48 @@ mod tests {
         );
         // A length no integer holds is no header at all.
         assert!(parse(&[b"\x01EVUM RESULT 1 0 99999999999999999999999\n"]).is_empty());
+    }
+
+    #[test]
+    fn each_request_has_its_own_limit() {
+        let mut p = ControlParser::default();
+        let mut events = Vec::new();
+        p.expect(3, 4);
+        p.expect(4, 4);
+        p.expect(5, u64::MAX);
+        // Over its limit: reported at the header, its bytes never kept.
+        p.feed(b"\x01EVUM RESULT 3 0 5\n12345", |e| events.push(e));
+        // At its limit, kept whole.
+        p.feed(b"\x01EVUM RESULT 4 0 4\nabcd", |e| events.push(e));
+        // A limit above the ceiling is the ceiling.
+        let huge = format!("\x01EVUM RESULT 5 0 {}\n", MAX_OUTPUT + 1);
+        p.feed(huge.as_bytes(), |e| events.push(e));
+        assert_eq!(
+            events,
+            vec![
+                ControlEvent::OutputTooLarge { id: 3, length: 5 },
+                ControlEvent::Result {
+                    id: 4,
+                    status: 0,
+                    output: b"abcd".to_vec()
+                },
+                ControlEvent::OutputTooLarge {
+                    id: 5,
+                    length: MAX_OUTPUT + 1
+                },
+            ]
+        );
+        // A limit serves one result; a restarted loop answers nothing sent before.
+        assert!(p.limits.is_empty());
+        p.expect(6, 1);
+        p.feed(b"\x01EVUM READY\n", |_| {});
+        assert!(p.limits.is_empty());
+        // Results that never came do not pile up.
+        for id in 0..100 {
+            p.expect(id, 1);
+        }
+        assert_eq!(p.limits.len(), MAX_PENDING);
+        assert!(p.limits.contains_key(&99));
     }
 
     #[test]

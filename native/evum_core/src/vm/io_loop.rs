@@ -8,10 +8,13 @@
 //! in the pipe, removes the VM's runtime directory and only then reports the
 //! exit, so an owner never sees an exit before the last line.
 //!
-//! A VM's console can be held ([`VmHandle::hold_console`]): the loop stops
+//! A VM's console can be held ([`ConsoleFlow::Hold`]): the loop stops
 //! reading it, the pipe fills, and the guest's writes to its console wait,
-//! as on a terminal whose reader has stopped. Its owner decides when (see
-//! evum_vm's backlog), so a guest cannot fill a mailbox that is not read.
+//! as on a terminal whose reader has stopped. Or its lines can be dropped
+//! ([`ConsoleFlow::Drop`]): the loop reads on, so the guest never waits,
+//! and counts the lines instead of delivering them; when delivery resumes,
+//! the VM's events hear how many went. Its owner decides when (see evum_vm's
+//! backlog), so a guest cannot fill a mailbox that is not read.
 //!
 //! Other threads talk to the loop through a channel and a mio [`Waker`].
 
@@ -33,7 +36,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::vm::console::LineSplitter;
-use crate::vm::control::{ControlEvent, ControlParser};
+use crate::vm::control::{self, ControlEvent, ControlParser};
 use crate::vm::process::Spawned;
 
 /// How long a partial line waits for more output before it is delivered on
@@ -58,9 +61,24 @@ pub enum Exit {
 /// must not block.
 pub trait VmEvents: Send {
     fn console_line(&mut self, line: &[u8]);
+    /// `lines` console lines were dropped ([`ConsoleFlow::Drop`]) since
+    /// delivery last stopped; called as it resumes, before the next line.
+    fn console_dropped(&mut self, _lines: u64) {}
     fn control(&mut self, event: ControlEvent);
     /// The last call for this VM.
     fn exited(&mut self, exit: Exit);
+}
+
+/// What the loop does with a VM's console output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsoleFlow {
+    /// Read it and deliver every line.
+    Deliver,
+    /// Stop reading it: the guest's writes wait, as on a terminal nobody reads.
+    Hold,
+    /// Read it and count its lines instead of delivering them: the guest
+    /// goes on, its output is lost.
+    Drop,
 }
 
 /// A live VM as other threads see it. Dropping it kills the VM.
@@ -69,6 +87,8 @@ pub struct VmHandle {
     id: u64,
     pid: Pid,
     exited: Arc<AtomicBool>,
+    /// Console lines dropped so far (the loop counts them).
+    console_dropped: Arc<AtomicU64>,
 }
 
 /// The VM has exited; its channels are closed.
@@ -103,9 +123,27 @@ impl VmHandle {
         })
     }
 
-    /// Stops (`true`) or resumes reading the guest's console.
-    pub fn hold_console(&self, hold: bool) -> Result<(), NotRunning> {
-        self.command(Command::HoldConsole { id: self.id, hold })
+    /// Asks the guest's command loop to run `command` as request `request`,
+    /// whose result may have at most `max_output` bytes (at most
+    /// [`control::MAX_OUTPUT`]): past that it is
+    /// [`ControlEvent::OutputTooLarge`] and its bytes are not kept.
+    pub fn run_command(&self, request: u64, command: &[u8], max_output: u64) -> Result<(), NotRunning> {
+        self.command(Command::Run {
+            id: self.id,
+            request,
+            data: control::run_request(request, command),
+            max_output,
+        })
+    }
+
+    /// Delivers, holds or drops the guest's console output from now on.
+    pub fn set_console_flow(&self, flow: ConsoleFlow) -> Result<(), NotRunning> {
+        self.command(Command::ConsoleFlow { id: self.id, flow })
+    }
+
+    /// Console lines dropped so far ([`ConsoleFlow::Drop`]).
+    pub fn console_dropped(&self) -> u64 {
+        self.console_dropped.load(Ordering::Relaxed)
     }
 
     /// Sends `signal` to the UML main process, or to its whole process group.
@@ -150,6 +188,7 @@ pub fn adopt(
     static NEXT_ID: AtomicU64 = AtomicU64::new(1);
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let exited = Arc::new(AtomicBool::new(false));
+    let console_dropped = Arc::new(AtomicU64::new(0));
     let pid = spawned.pid;
     io_loop().send(Command::Adopt(Box::new(Adopted {
         id,
@@ -158,8 +197,14 @@ pub fn adopt(
         on_gone,
         events,
         exited: exited.clone(),
+        console_dropped: console_dropped.clone(),
     })));
-    VmHandle { id, pid, exited }
+    VmHandle {
+        id,
+        pid,
+        exited,
+        console_dropped,
+    }
 }
 
 struct Adopted {
@@ -169,6 +214,7 @@ struct Adopted {
     on_gone: Box<dyn FnOnce() + Send>,
     events: Box<dyn VmEvents>,
     exited: Arc<AtomicBool>,
+    console_dropped: Arc<AtomicU64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,9 +225,26 @@ enum Channel {
 
 enum Command {
     Adopt(Box<Adopted>),
-    Write { id: u64, channel: Channel, data: Vec<u8> },
-    Signal { id: u64, signal: Signal, whole_group: bool },
-    HoldConsole { id: u64, hold: bool },
+    Write {
+        id: u64,
+        channel: Channel,
+        data: Vec<u8>,
+    },
+    Run {
+        id: u64,
+        request: u64,
+        data: Vec<u8>,
+        max_output: u64,
+    },
+    Signal {
+        id: u64,
+        signal: Signal,
+        whole_group: bool,
+    },
+    ConsoleFlow {
+        id: u64,
+        flow: ConsoleFlow,
+    },
 }
 
 struct LoopHandle {
@@ -240,13 +303,42 @@ struct Vm {
     control: ControlParser,
     events: Box<dyn VmEvents>,
     flush_partial_at: Option<Instant>,
-    /// The console is not being read (see the module's comment).
-    console_held: bool,
+    /// Whether console lines are delivered, and the count of those that
+    /// were not (see the module's comment).
+    console: ConsoleState,
     exit: Option<Exit>,
     give_up_drain_at: Option<Instant>,
     runtime_dir: Option<PathBuf>,
     on_gone: Option<Box<dyn FnOnce() + Send>>,
     exited: Arc<AtomicBool>,
+}
+
+/// A VM's console flow and the lines it has dropped.
+struct ConsoleState {
+    flow: ConsoleFlow,
+    /// Dropped since delivery stopped: the events hear it when it resumes.
+    unreported: u64,
+    /// Every line dropped, as [`VmHandle::console_dropped`] reads it.
+    dropped: Arc<AtomicU64>,
+}
+
+impl ConsoleState {
+    /// Hands a line to the events, or counts it while dropping.
+    fn line(&mut self, events: &mut dyn VmEvents, line: &[u8]) {
+        if self.flow == ConsoleFlow::Drop {
+            self.unreported += 1;
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        } else {
+            events.console_line(line);
+        }
+    }
+
+    /// Delivery goes on: the events hear what was dropped first.
+    fn report_dropped(&mut self, events: &mut dyn VmEvents) {
+        if self.unreported > 0 {
+            events.console_dropped(std::mem::take(&mut self.unreported));
+        }
+    }
 }
 
 // Each VM owns five fds; the token says which VM (id) and which fd (slot).
@@ -315,24 +407,20 @@ impl IoLoop {
     fn handle(&mut self, command: Command) {
         match command {
             Command::Adopt(adopted) => self.adopt(*adopted),
-            Command::Write { id, channel, data } => {
+            Command::Write { id, channel, data } => self.write(id, channel, data),
+            Command::Run {
+                id,
+                request,
+                data,
+                max_output,
+            } => {
+                // The limit is known before the guest can answer.
                 if let Some(vm) = self.vms.get_mut(&id) {
-                    if channel == Channel::Console {
-                        // What was on the screen when the user typed (a
-                        // prompt) is a line of its own, not a prefix of the echo.
-                        let events = &mut vm.events;
-                        vm.lines.flush(|line| events.console_line(line));
-                        vm.flush_partial_at = None;
-                    }
-                    let (writer, slot) = match channel {
-                        Channel::Console => (&mut vm.console_in, CONSOLE_IN),
-                        Channel::Control => (&mut vm.control_in, CONTROL_IN),
-                    };
-                    writer.pending.extend(data);
-                    flush_writer(&self.poll, writer, token(id, slot));
+                    vm.control.expect(request, max_output);
                 }
+                self.write(id, Channel::Control, data);
             }
-            Command::HoldConsole { id, hold } => self.hold_console(id, hold),
+            Command::ConsoleFlow { id, flow } => self.set_console_flow(id, flow),
             Command::Signal {
                 id,
                 signal,
@@ -350,26 +438,50 @@ impl IoLoop {
         }
     }
 
-    /// Stops or resumes watching the console pipe. Registering it again
-    /// reports it readable at once if output waits in it.
-    fn hold_console(&mut self, id: u64, hold: bool) {
+    /// Queues bytes for one of the VM's input pipes and writes what it takes.
+    fn write(&mut self, id: u64, channel: Channel, data: Vec<u8>) {
         let Some(vm) = self.vms.get_mut(&id) else { return };
-        if vm.console_held == hold {
-            return;
+        if channel == Channel::Console {
+            // What was on the screen when the user typed (a prompt) is a
+            // line of its own, not a prefix of the echo.
+            let (events, console) = (&mut *vm.events, &mut vm.console);
+            vm.lines.flush(|line| console.line(events, line));
+            vm.flush_partial_at = None;
         }
-        vm.console_held = hold;
+        let (writer, slot) = match channel {
+            Channel::Console => (&mut vm.console_in, CONSOLE_IN),
+            Channel::Control => (&mut vm.control_in, CONTROL_IN),
+        };
+        writer.pending.extend(data);
+        flush_writer(&self.poll, writer, token(id, slot));
+    }
+
+    /// Delivers, holds or drops the console from now on. A hold stops
+    /// watching the pipe; registering it again reports it readable at once
+    /// if output waits in it.
+    fn set_console_flow(&mut self, id: u64, flow: ConsoleFlow) {
+        let Some(vm) = self.vms.get_mut(&id) else { return };
+        let was = std::mem::replace(&mut vm.console.flow, flow);
+        if flow == ConsoleFlow::Deliver {
+            vm.console.report_dropped(&mut *vm.events);
+        }
+        let watch = match (was == ConsoleFlow::Hold, flow == ConsoleFlow::Hold) {
+            (false, true) => false,
+            (true, false) => true,
+            _ => return,
+        };
         let Some(pipe) = &vm.console_out else { return };
         let mut source = SourceFd(&pipe.as_raw_fd());
         let registry = self.poll.registry();
-        let result = if hold {
-            registry.deregister(&mut source)
-        } else {
+        let result = if watch {
             registry.register(&mut source, token(id, CONSOLE_OUT), Interest::READABLE)
+        } else {
+            registry.deregister(&mut source)
         };
         if let Err(e) = result {
             log::error!(
                 "evum: cannot {} a VM's console: {e}",
-                if hold { "hold" } else { "resume" }
+                if watch { "resume" } else { "hold" }
             );
         }
     }
@@ -406,7 +518,11 @@ impl IoLoop {
                 control: ControlParser::default(),
                 events: a.events,
                 flush_partial_at: None,
-                console_held: false,
+                console: ConsoleState {
+                    flow: ConsoleFlow::Deliver,
+                    unreported: 0,
+                    dropped: a.console_dropped,
+                },
                 exit: None,
                 give_up_drain_at: None,
                 runtime_dir: a.runtime_dir,
@@ -421,14 +537,14 @@ impl IoLoop {
         match slot {
             PIDFD => self.process_exited(id),
             // An event from before a hold.
-            CONSOLE_OUT if vm.console_held => {}
+            CONSOLE_OUT if vm.console.flow == ConsoleFlow::Hold => {}
             CONSOLE_OUT => {
+                let (events, console) = (&mut *vm.events, &mut vm.console);
                 let open = read_all(&mut vm.console_out, &mut self.buf, |bytes| {
-                    vm.lines.feed(bytes, |line| vm.events.console_line(line));
+                    vm.lines.feed(bytes, |line| console.line(events, line));
                 });
                 if vm.lines.partial_is_prompt() {
-                    let events = &mut vm.events;
-                    vm.lines.flush(|line| events.console_line(line));
+                    vm.lines.flush(|line| console.line(events, line));
                 }
                 vm.flush_partial_at = vm.lines.has_partial().then(|| Instant::now() + PARTIAL_LINE_DELAY);
                 if !open {
@@ -487,7 +603,7 @@ impl IoLoop {
         }
         vm.give_up_drain_at = Some(Instant::now() + DRAIN_AFTER_EXIT);
         // What is left in the pipe is bounded by its size: deliver it.
-        self.hold_console(id, false);
+        self.set_console_flow(id, ConsoleFlow::Deliver);
         self.finish_if_done(id);
     }
 
@@ -511,8 +627,8 @@ impl IoLoop {
                 }
             }
         }
-        let events = &mut vm.events;
-        vm.lines.flush(|line| events.console_line(line));
+        let (events, console) = (&mut *vm.events, &mut vm.console);
+        vm.lines.flush(|line| console.line(events, line));
         if let Some(dir) = &vm.runtime_dir {
             if let Err(e) = std::fs::remove_dir_all(dir) {
                 if e.kind() != io::ErrorKind::NotFound {
@@ -546,8 +662,8 @@ impl IoLoop {
             if let Some(vm) = self.vms.get_mut(&id) {
                 if vm.flush_partial_at.is_some_and(|t| t <= now) {
                     vm.flush_partial_at = None;
-                    let events = &mut vm.events;
-                    vm.lines.flush(|line| events.console_line(line));
+                    let (events, console) = (&mut *vm.events, &mut vm.console);
+                    vm.lines.flush(|line| console.line(events, line));
                 }
             }
             self.finish_if_done(id);
@@ -611,5 +727,50 @@ fn set_nonblocking(fd: &OwnedFd) {
             fd.as_raw_fd(),
             FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Seen {
+        lines: Vec<Vec<u8>>,
+        dropped: Vec<u64>,
+    }
+
+    impl VmEvents for Seen {
+        fn console_line(&mut self, line: &[u8]) {
+            self.lines.push(line.to_vec());
+        }
+        fn console_dropped(&mut self, lines: u64) {
+            self.dropped.push(lines);
+        }
+        fn control(&mut self, _: ControlEvent) {}
+        fn exited(&mut self, _: Exit) {}
+    }
+
+    #[test]
+    fn dropped_lines_are_counted_and_told_once_as_delivery_resumes() {
+        let total = Arc::new(AtomicU64::new(0));
+        let mut console = ConsoleState {
+            flow: ConsoleFlow::Deliver,
+            unreported: 0,
+            dropped: total.clone(),
+        };
+        let mut seen = Seen::default();
+        console.line(&mut seen, b"a");
+        console.flow = ConsoleFlow::Drop;
+        for _ in 0..3 {
+            console.line(&mut seen, b"lost");
+        }
+        console.flow = ConsoleFlow::Deliver;
+        console.report_dropped(&mut seen);
+        console.report_dropped(&mut seen);
+        console.line(&mut seen, b"b");
+        assert_eq!(seen.lines, vec![b"a".to_vec(), b"b".to_vec()]);
+        assert_eq!(seen.dropped, vec![3]);
+        assert_eq!(total.load(Ordering::Relaxed), 3);
     }
 }
