@@ -88,6 +88,7 @@ defmodule Evm do
           | {:transport, :bess | :daemon}
           | {:umid, String.t() | charlist()}
           | {:uml_dir, Path.t()}
+          | {:overcommit, boolean()}
           | boot_option()
 
   @doc """
@@ -155,12 +156,35 @@ defmodule Evm do
       Debian's 6.1 does not): on another one the result is
       `{:error, {:unsupported_by_kernel, kernel, :seccomp | :cpus}}`,
       before anything starts.
+    * `:overcommit` - `true` lets the VM past the memory admission below
+      (`false` by default); its memory still counts against the next VMs.
     * the original boot options: `:mem`, `:con`, `:ssl`, `:disk`, `:ubd`,
       `:eth`, `:init`, `:initrd`, `:root`, `:rootflags`, `:rootfstype`,
       `:write`, `:quiet`, `:hostfs`, `:append`, `:env` (see `t:boot_option/0`).
 
   An option it does not know, or one with a value of the wrong type, is
-  `{:error, {:bad_option, option}}`.
+  `{:error, {:bad_option, option}}`. So is one out of its bounds, before
+  anything starts: `:mem` (MB, or `"128M"`; 64 MB by default) from 20 MB
+  to the host's physical memory; a path of `:disk`, `:ubd`, `:initrd`,
+  `:hostfs`, `:uml_dir` or `:kernel` empty, longer than 4095 bytes
+  (PATH_MAX) or with a NUL; a `:disk`, `:uml_dir` or file of a `:ubd`
+  spec with a `,` or `:` (UML's device specs would cut it there). A kernel
+  command line over 4095 bytes is `{:error, {:bad_option, why}}`.
+
+  What the host cannot give is named:
+
+    * `{:error, {:insufficient_memory, %{asked: mb, available: mb}}}` - the
+      `:mem` of this node's running VMs and this one's would pass the
+      host's MemTotal less the `mem_reserve` setting (1024 MB); a guest
+      takes memory only as it touches it, so `overcommit: true` lets a VM
+      past this.
+    * `{:error, {:system_limit, :open_files}}` - the BEAM has too few file
+      descriptors left to start a VM (its `ulimit -n`, or the host's).
+    * `{:error, {:no_space, path}}` - a file evum writes for the VM (a
+      label's copy-on-write disk, a cached image) found its file system
+      full.
+
+  Nothing of the VM is left when an error is returned; its label is free.
 
   A guest that dies before it is up is
   `{:error, {:boot_failed, exit, lines}}`: `exit` as in the owner's

@@ -31,6 +31,7 @@
     | {progress, evum_image:progress_fun()}
     | {console_backlog, pos_integer() | infinity}
     | {console_overflow, hold | drop}
+    | {overcommit, boolean()}
     | evum_opts:boot_option().
 
 %% @doc Boots a VM and waits until its guest is up. The caller becomes the
@@ -77,6 +78,24 @@
 %% result is `{error, {unsupported_by_kernel, Kernel, seccomp | cpus}}',
 %% before anything is started.
 %%
+%% Bounds, each `{error, {bad_option, Option}}' before anything starts:
+%% `mem' (MB, or `"128M"'; 64 MB by default) from 20 MB to the host's
+%% physical memory; a path of `disk', `ubd', `initrd', `hostfs', `uml_dir'
+%% or `kernel' not empty, at most 4095 bytes (PATH_MAX) and without NUL,
+%% and one of `disk', `ubd' (each file of its `COW,BASE') or `uml_dir'
+%% without `,' or `:' (UML's device specs would cut it there); the
+%% kernel's command line at most 4095 bytes (`{bad_option, Why}').
+%%
+%% What the host cannot give is named: `{error, {insufficient_memory,
+%% #{asked => MB, available => MB}}}' when the `mem' of this node's running
+%% VMs and this one's would pass the host's MemTotal less the `mem_reserve'
+%% setting (1024 MB), unless `{overcommit, true}' (default `false'; a
+%% guest takes memory only as it touches it); `{error, {system_limit,
+%% open_files}}' when the BEAM has too few file descriptors left to start
+%% a VM; `{error, {no_space, Path}}' when a file evum writes for the VM (a
+%% label's copy-on-write disk, a cached image) finds its file system full.
+%% Nothing of the VM is left when an error is returned.
+%%
 %% A guest that dies before it is up is `{error, {boot_failed, Exit,
 %% Lines}}', with Exit as in `{evum, Vm, {exit, Exit}}' and Lines the
 %% kernel's last console lines (at most 20, newest last), or `{error,
@@ -114,6 +133,7 @@ create_vm(Options) ->
                 Bad -> {error, {bad_option, {console_overflow, Bad}}}
             end
         end,
+        fun(VM) -> limits(Get, VM) end,
         fun(VM) -> with(switch, switch_of(Net, Get(switch, undefined)), VM) end,
         fun(#{label := Label} = VM) -> {ok, VM#{mac => mac_for(Label)}} end,
         fun(#{label := Label} = VM) ->
@@ -147,7 +167,9 @@ create_vm(Options) ->
                     console_backlog => Get(console_backlog, 10000),
                     console_overflow => Get(console_overflow, hold),
                     switch => Switch,
-                    boot_timeout => Get(timeout, DefaultTimeout)
+                    boot_timeout => Get(timeout, DefaultTimeout),
+                    mem_mb => evum_opts:mem_mb(NifBoot),
+                    overcommit => Get(overcommit, false)
                 }
             end,
             case evum_opts:normalize(overridden(DistBoot, Boot) ++ KernelBoot ++ Network ++ Boot) of
@@ -156,12 +178,7 @@ create_vm(Options) ->
             end
         end,
         fun(#{config := Config} = VM) -> with(pid, start(Config), VM) end,
-        fun(#{pid := Pid} = VM) ->
-            case gen_server:call(Pid, boot, infinity) of
-                ok -> {ok, VM};
-                Error -> Error
-            end
-        end,
+        fun(#{pid := Pid} = VM) -> boot(Pid, VM) end,
         fun(#{pid := Pid, label := Label, mac := Mac} = VM) -> with(pid, join(Net, Label, Pid, Mac), VM) end,
         fun(#{pid := Pid, switch := Switch, mac := Mac} = VM) ->
             %% The switch names the VM as the peer of the port with its MAC.
@@ -172,6 +189,54 @@ create_vm(Options) ->
     case chain(Steps, #{}) of
         {ok, #{pid := Pid}} -> {ok, Pid};
         Error -> Error
+    end.
+
+%% Boots the VM's process. One that does not come up ends just after its
+%% answer: waiting for that, the caller has its error when nothing of the
+%% VM is left and its label is free again.
+boot(Pid, VM) ->
+    Monitor = erlang:monitor(process, Pid),
+    case gen_server:call(Pid, boot, infinity) of
+        ok ->
+            erlang:demonitor(Monitor, [flush]),
+            {ok, VM};
+        Error ->
+            receive
+                {'DOWN', Monitor, process, Pid, _} -> Error
+            end
+    end.
+
+%% What is checked before anything is made: the options that bound what a
+%% VM takes of the host, and whether this node has the file descriptors a
+%% VM's start needs (without them every step after would fail its own
+%% way: an image not found, a kernel to build, a spawn's EMFILE).
+limits(Get, VM) ->
+    Checks = [
+        {overcommit, fun is_boolean/1},
+        {uml_dir, fun runtime_path/1}
+    ],
+    case [{Key, Value} || {Key, Good} <- Checks, Value <- [Get(Key, undefined)], not good(Good, Value)] of
+        [Bad | _] ->
+            {error, {bad_option, Bad}};
+        [] ->
+            case evum_nif:fd_headroom() of
+                ok -> {ok, VM};
+                {error, _} = Error -> Error
+            end
+    end.
+
+good(_Check, undefined) -> true;
+good(Check, Value) -> Check(Value).
+
+%% A uml_dir lands in the kernel's ubd and vector device specs (a VM's own
+%% disk and bess socket are `{runtime_dir}/...'), where `,' and `:'
+%% separate fields: a path with either would be cut there.
+runtime_path(Dir) ->
+    try bin(Dir) of
+        Path when is_binary(Path) -> evum_opts:path(Path) andalso binary:match(Path, [<<",">>, <<":">>]) =:= nomatch;
+        _ -> false
+    catch
+        error:_ -> false
     end.
 
 with(Key, {ok, Value}, VM) -> {ok, VM#{Key => Value}};
@@ -280,7 +345,8 @@ is_create_option({Key, _}) ->
         init_cmd,
         progress,
         console_backlog,
-        console_overflow
+        console_overflow,
+        overcommit
     ]);
 is_create_option(tagged) ->
     true;

@@ -26,22 +26,68 @@ dir() ->
 %% live VM writes (in this BEAM or another) is `{error, {disk_in_use, Path,
 %% OsPid}}': two guests writing one disk would corrupt it.
 -spec cow(atom(), atom() | undefined, binary()) -> {ok, binary()} | {error, term()}.
-cow(_Dist, undefined, Base) ->
-    {ok, <<"{runtime_dir}/disk.cow,", Base/binary>>};
 cow(Dist, Label, Base) ->
+    case spec_file(Base) of
+        ok -> label_cow(Dist, Label, Base);
+        {error, _} = Error -> Error
+    end.
+
+label_cow(_Dist, undefined, Base) ->
+    {ok, <<"{runtime_dir}/disk.cow,", Base/binary>>};
+label_cow(Dist, Label, Base) ->
     Path = unicode:characters_to_binary(path(Label, Dist)),
-    ok = filelib:ensure_dir(Path),
-    case filelib:is_regular(Path) andalso evum_nif:disk_user(Path) of
-        false -> make_cow(Path, Base);
-        {ok, none} -> {ok, <<Path/binary, ",", Base/binary>>};
-        {ok, OsPid} -> {error, {disk_in_use, Path, OsPid}};
-        {error, Why} -> {error, {disk, Path, Why}}
+    case spec_file(Path) of
+        ok -> existing_cow(Path, Base);
+        {error, _} = Error -> Error
+    end.
+
+existing_cow(Path, Base) ->
+    case ensure_dir(Path) of
+        ok ->
+            case filelib:is_regular(Path) andalso evum_nif:disk_user(Path) of
+                false -> make_cow(Path, Base);
+                {ok, none} -> unused_cow(Path, Base);
+                {ok, OsPid} -> {error, {disk_in_use, Path, OsPid}};
+                {error, Why} -> {error, {disk, Path, Why}}
+            end;
+        {error, _} = Error ->
+            Error
+    end.
+
+%% A COW no VM uses. An empty one is what a uml_mkcow cut short (by a full
+%% file system, or a BEAM killed) left: UML would refuse it at boot, so it
+%% is made again; it held nothing of the guest's.
+unused_cow(Path, Base) ->
+    case filelib:file_size(Path) of
+        0 ->
+            ok = file:delete(Path),
+            make_cow(Path, Base);
+        _ ->
+            {ok, <<Path/binary, ",", Base/binary>>}
+    end.
+
+%% A file of the ubd spec `COW,BASE': `,' and `:' separate its files, so a
+%% file name with either would be cut there and the guest given another
+%% disk (the cache or state directory settings, or an image's file, are
+%% where such a name would come from).
+spec_file(Path) ->
+    case evum_opts:path(Path) andalso binary:match(Path, [<<",">>, <<":">>]) =:= nomatch of
+        true -> ok;
+        false -> {error, {bad_option, {disk, Path}}}
+    end.
+
+ensure_dir(Path) ->
+    case filelib:ensure_dir(Path) of
+        ok -> ok;
+        {error, enospc} -> {error, {no_space, Path}};
+        {error, Why} -> {error, {disk, Path, atom_to_binary(Why)}}
     end.
 
 %% A label's first boot: evum makes the COW (uml_mkcow, UML's own format)
 %% rather than the VM, whose host user may write the disk it is lent but
 %% not the directory that keeps every label's disks. Readable by its owner
-%% alone: it holds what the guest wrote.
+%% alone: it holds what the guest wrote. A COW that could not be made
+%% whole is removed, so that the next boot does not take it for a disk.
 make_cow(Path, Base) ->
     case evum_image:run("uml_mkcow", [Path, Base]) of
         ok ->
@@ -49,8 +95,12 @@ make_cow(Path, Base) ->
             {ok, <<Path/binary, ",", Base/binary>>};
         {error, {not_found, _}} ->
             {error, {disk, Path, <<"cannot make a COW disk (install uml-utilities for uml_mkcow)">>}};
-        {error, {_, _, Output}} ->
-            {error, {disk, Path, Output}}
+        {error, {_, _, Output}} = Error ->
+            file:delete(Path),
+            case evum_image:no_space(Path, Error) of
+                {error, {no_space, _}} = Full -> Full;
+                _ -> {error, {disk, Path, Output}}
+            end
     end.
 
 %% @doc Gives back to evum's user (root) every label's disk still lent to a

@@ -7,7 +7,7 @@
 %% final name. Progress goes to the logger and to an optional function.
 -module(evum_image).
 
--export([base/3, dir/0, run/2]).
+-export([base/3, dir/0, run/2, no_space/2]).
 
 -type progress() ::
     {started, Total :: non_neg_integer() | undefined, ResumedFrom :: non_neg_integer()}
@@ -96,6 +96,12 @@ wait_fetch(Ref, Uri, Report) ->
             wait_fetch(Ref, Uri, Report);
         {evum_fetch, Ref, {ok, Path}} ->
             {ok, Path};
+        %% The cache's file system full, or no file descriptor left: named
+        %% as such, whatever was being fetched.
+        {evum_fetch, Ref, {error, {no_space, _} = Why}} ->
+            {error, Why};
+        {evum_fetch, Ref, {error, {system_limit, _} = Why}} ->
+            {error, Why};
         {evum_fetch, Ref, {error, Why}} ->
             {error, {fetch, Uri, Why}}
     end.
@@ -105,24 +111,44 @@ wait_fetch(Ref, Uri, Report) ->
 built(Path, Report, Build) ->
     global:trans({{?MODULE, Path}, self()}, fun() ->
         case filelib:is_regular(Path) of
-            true ->
-                {ok, Path};
-            false ->
-                ok = filelib:ensure_dir(Path),
-                Tmp = <<Path/binary, ".build">>,
-                file:delete(Tmp),
-                Report({building, filename:basename(Path)}),
-                case Build(Tmp) of
-                    ok ->
-                        ok = file:change_mode(Tmp, 8#644),
-                        ok = file:rename(Tmp, Path),
-                        {ok, Path};
-                    Error ->
-                        file:delete(Tmp),
-                        Error
-                end
+            true -> {ok, Path};
+            false -> build(Path, Report, Build)
         end
     end).
+
+build(Path, Report, Build) ->
+    case filelib:ensure_dir(Path) of
+        ok ->
+            Tmp = <<Path/binary, ".build">>,
+            file:delete(Tmp),
+            Report({building, filename:basename(Path)}),
+            case Build(Tmp) of
+                ok ->
+                    ok = file:change_mode(Tmp, 8#644),
+                    ok = file:rename(Tmp, Path),
+                    {ok, Path};
+                Error ->
+                    file:delete(Tmp),
+                    no_space(Path, Error)
+            end;
+        {error, enospc} ->
+            {error, {no_space, Path}};
+        {error, Why} ->
+            {error, {image, Path, Why}}
+    end.
+
+%% @doc `{error, {no_space, Path}}' for a tool's error (run/2's) whose
+%% output says its file system was full while it wrote Path; any other
+%% result as it is. The tools run with LC_ALL=C, so the C library's
+%% message for ENOSPC is the one to look for.
+-spec no_space(binary(), ok | {error, term()}) -> ok | {error, term()}.
+no_space(Path, {error, {_Tool, _Status, Output}} = Error) ->
+    case binary:match(Output, <<"No space left on device">>) of
+        nomatch -> Error;
+        _ -> {error, {no_space, Path}}
+    end;
+no_space(_Path, Result) ->
+    Result.
 
 %% An ext4 image of Dir's tree: mke2fs fills it itself, no root or loop
 %% device needed.

@@ -83,7 +83,11 @@ resolve(Kernel, _Progress) when is_atom(Kernel) ->
     {ok, atom_to_binary(Kernel), lpj_option()};
 resolve(Kernel, _Progress) ->
     try unicode:characters_to_binary(Kernel) of
-        Path when is_binary(Path), Path =/= <<>> -> {ok, Path, lpj_option()};
+        Path when is_binary(Path) ->
+            case evum_opts:path(Path) of
+                true -> {ok, Path, lpj_option()};
+                false -> {error, {bad_option, {kernel, Kernel}}}
+            end;
         _ -> {error, {bad_option, {kernel, Kernel}}}
     catch
         error:badarg -> {error, {bad_option, {kernel, Kernel}}}

@@ -3,12 +3,15 @@
 %% The kernel command line itself is built in Rust (evum_core::options).
 -module(evum_opts).
 
--export([normalize/1, cpu/1]).
+-export([normalize/1, cpu/1, mem_mb/1, path/1]).
 
 -export_type([boot_option/0, nif_option/0]).
 
 %% The most virtual CPUs a guest may have: evum's kernel has NR_CPUS 8.
 -define(MAX_CPUS, 8).
+%% The longest path a file system call takes, in bytes (Linux's PATH_MAX,
+%% 4096, counts the terminating NUL).
+-define(PATH_MAX, 4095).
 
 -type text() :: string() | binary() | atom().
 -type boot_option() ::
@@ -65,28 +68,20 @@ option({Name, Index, Value} = O) when
     Name =:= con; Name =:= ssl; Name =:= disk; Name =:= ubd; Name =:= eth
 ->
     (is_integer(Index) andalso Index >= 0) orelse throw({bad_option, O}),
-    [{atom_to_binary(Name), Index, text(Value, O)}];
+    [{atom_to_binary(Name), Index, device(Name, text(Value, O), O)}];
 option({Name, Value} = O) when Name =:= disk; Name =:= ubd; Name =:= eth ->
-    [{atom_to_binary(Name), 0, text(Value, O)}];
+    [{atom_to_binary(Name), 0, device(Name, text(Value, O), O)}];
 option({Name, Value} = O) when Name =:= con; Name =:= ssl ->
     [{atom_to_binary(Name), -1, text(Value, O)}];
-option({mem, MB}) when is_integer(MB), MB > 0 ->
-    [{<<"mem">>, -1, <<(integer_to_binary(MB))/binary, "M">>}];
 option({mem, Size} = O) ->
-    %% A size as the kernel takes it: digits and at most one unit letter.
-    Text = text(Size, O),
-    case re:run(Text, "^[0-9]+[KMGkmg]?$") of
-        {match, _} -> [{<<"mem">>, -1, Text}];
-        nomatch -> throw({bad_option, O})
-    end;
+    [{<<"mem">>, -1, mem(Size, O)}];
+option({Name, Value} = O) when Name =:= initrd; Name =:= hostfs ->
+    [{atom_to_binary(Name), -1, checked_path(text(Value, O), O)}];
 option({Name, Value} = O) when
     Name =:= init;
-    Name =:= initrd;
-    Name =:= mem;
     Name =:= root;
     Name =:= rootflags;
-    Name =:= rootfstype;
-    Name =:= hostfs
+    Name =:= rootfstype
 ->
     [{atom_to_binary(Name), -1, text(Value, O)}];
 option({cpus, N}) when is_integer(N), N >= 1, N =< ?MAX_CPUS ->
@@ -105,6 +100,87 @@ option({append, Arg} = O) ->
     [{<<"append">>, -1, text(Arg, O)}];
 option(O) ->
     throw({bad_option, O}).
+
+%% Guest memory, in MB as an integer or as the kernel takes it (digits and
+%% at most one unit letter, K, M or G; none is bytes), between
+%% evum_mem:min_mb/0 and the host's physical memory: the kernel's own
+%% `mem=' text.
+mem(MB, O) when is_integer(MB) ->
+    in_memory_bounds(MB bsl 20, O),
+    <<(integer_to_binary(MB))/binary, "M">>;
+mem(Size, O) ->
+    Text = text(Size, O),
+    case mem_bytes(Text) of
+        {ok, Bytes} ->
+            in_memory_bounds(Bytes, O),
+            Text;
+        error ->
+            throw({bad_option, O})
+    end.
+
+in_memory_bounds(Bytes, O) ->
+    Max =
+        case evum_mem:host_mb() of
+            undefined -> infinity;
+            HostMb -> HostMb bsl 20
+        end,
+    (Bytes >= evum_mem:min_mb() bsl 20 andalso (Max =:= infinity orelse Bytes =< Max)) orelse
+        throw({bad_option, O}).
+
+%% The bytes a kernel `mem=' text stands for.
+mem_bytes(Text) ->
+    case re:run(Text, "^([0-9]+)([KMGkmg]?)$", [{capture, all_but_first, binary}]) of
+        {match, [Digits, Unit]} -> {ok, binary_to_integer(Digits) bsl unit_shift(string:uppercase(Unit))};
+        nomatch -> error
+    end.
+
+unit_shift(<<"K">>) -> 10;
+unit_shift(<<"M">>) -> 20;
+unit_shift(<<"G">>) -> 30;
+unit_shift(<<>>) -> 0.
+
+%% @doc The guest memory normalized options give, in MB (rounded up): the
+%% `mem' the guest is promised, evum_mem:default_mb/0 when none is given.
+-spec mem_mb([nif_option()]) -> pos_integer().
+mem_mb(Normalized) ->
+    case [Text || {<<"mem">>, _, Text} <- Normalized] of
+        [] ->
+            evum_mem:default_mb();
+        Mems ->
+            {ok, Bytes} = mem_bytes(lists:last(Mems)),
+            (Bytes + (1 bsl 20) - 1) bsr 20
+    end.
+
+%% A disk's value. `disk' names one file, as the original's did. `ubd' is
+%% UML's own spec, `FILE', `COW,BASE' or `COW,BASE,SERIAL', with `:' as
+%% good a separator as `,': each file of it must be a path, and a `disk'
+%% path with a separator in it would be split into files of UML's
+%% choosing, so it is refused.
+device(disk, Path, O) ->
+    case binary:match(Path, [<<",">>, <<":">>]) of
+        nomatch -> checked_path(Path, O);
+        _ -> throw({bad_option, O})
+    end;
+device(ubd, Spec, O) ->
+    case binary:split(Spec, [<<",">>, <<":">>], [global]) of
+        [File] -> checked_path(File, O);
+        [Cow, Base] -> [checked_path(P, O) || P <- [Cow, Base]];
+        [Cow, Base, _Serial] -> [checked_path(P, O) || P <- [Cow, Base]];
+        _ -> throw({bad_option, O})
+    end,
+    Spec;
+device(_Name, Spec, _O) ->
+    Spec.
+
+%% @doc Whether a file name can reach a file system call as it is: not
+%% empty, no NUL (which would end it early), at most PATH_MAX bytes.
+-spec path(binary()) -> boolean().
+path(Path) ->
+    Path =/= <<>> andalso byte_size(Path) =< ?PATH_MAX andalso binary:match(Path, <<0>>) =:= nomatch.
+
+checked_path(Path, O) ->
+    path(Path) orelse throw({bad_option, O}),
+    Path.
 
 %% An SMP UML kernel starts only in seccomp mode, which `cpus' implies: with
 %% `{seccomp, false}' the two contradict each other.

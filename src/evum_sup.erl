@@ -1,6 +1,7 @@
 %% @private
-%% The application's top: the network address book, the boot gate and the
-%% VMs' supervisor.
+%% The application's top: the network address book, the boot gate, the
+%% VMs' memory ledger and the VMs' supervisor (started last, so stopped
+%% first: every VM has released its memory before the ledger goes).
 -module(evum_sup).
 -behaviour(supervisor).
 
@@ -15,6 +16,7 @@ init([]) ->
     Children = [
         #{id => evum_net, start => {evum_net, start_link, []}},
         #{id => evum_boot_gate, start => {evum_boot_gate, start_link, []}},
+        #{id => evum_mem, start => {evum_mem, start_link, []}},
         #{id => evum_vm_sup, start => {evum_vm_sup, start_link, []}, type => supervisor, shutdown => infinity}
     ],
     {ok, {Flags, Children}}.

@@ -33,6 +33,10 @@
     console_backlog => pos_integer() | infinity,
     console_overflow => hold | drop,
     switch => pid() | atom() | undefined,
+    %% The guest's memory in MB, promised to it while this process lives
+    %% (see evum_mem), and whether it may pass the host's limit.
+    mem_mb => pos_integer(),
+    overcommit => boolean(),
     boot_timeout := timeout()
 }.
 
@@ -111,10 +115,17 @@ init({Owner, Config}) ->
 %% The VM is started by the first call, not in init/1: a VM that cannot start
 %% is the caller's error, answered as one, not a crash of this process; and
 %% the supervisor is not held up while the kernel is forked. It boots when
-%% evum_boot_gate gives it a turn.
-handle_call(boot, From, #state{vm = undefined, waiting_ready = []} = S) ->
-    evum_boot_gate:ask(),
-    {noreply, S#state{waiting_ready = [From]}};
+%% evum_boot_gate gives it a turn, once the host's memory admits it: a VM
+%% refused never waits for a turn.
+handle_call(boot, From, #state{vm = undefined, waiting_ready = [], config = Config} = S) ->
+    Mb = maps:get(mem_mb, Config, evum_mem:default_mb()),
+    case evum_mem:admit(Mb, maps:get(overcommit, Config, false)) of
+        ok ->
+            evum_boot_gate:ask(),
+            {noreply, S#state{waiting_ready = [From]}};
+        {error, _} = Refused ->
+            {stop, normal, Refused, S#state{phase = exited}}
+    end;
 handle_call(_Request, _From, #state{vm = undefined} = S) ->
     {reply, {error, booting}, S};
 handle_call(Request, From, S) ->
@@ -391,13 +402,22 @@ host_problem(Lines) ->
         [] -> none
     end.
 
+%% The guest's memory is free once its process is gone: given back here,
+%% before the process's exit, so that whoever waits for that exit (evm:stop/1)
+%% finds it free. (A killed process has it given back by the ledger's
+%% monitor.)
+terminate(Reason, S) ->
+    stop_guest(Reason, S),
+    catch evum_mem:release(),
+    ok.
+
 %% Shut down with the VM still running (supervisor shutdown, a crash): stop
 %% it here and wait, so no VM outlives its process.
-terminate(_Reason, #state{phase = exited}) ->
+stop_guest(_Reason, #state{phase = exited}) ->
     ok;
-terminate(_Reason, #state{vm = undefined}) ->
+stop_guest(_Reason, #state{vm = undefined}) ->
     ok;
-terminate(_Reason, #state{vm = Vm}) ->
+stop_guest(_Reason, #state{vm = Vm}) ->
     evum_nif:vm_signal(Vm, sigterm, false),
     receive
         {evum_exit, _, _} -> ok

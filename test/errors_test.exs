@@ -47,6 +47,47 @@ defmodule EvumTest.ErrorsTest do
     refute_received _
   end
 
+  test "mem outside what boots and what the host has, and paths UML would cut" do
+    host = :evum_mem.host_mb()
+
+    for mem <- [10, 19, host + 1, 1.5, "5M", "100000G"] do
+      assert Evm.create(label: :ex_limits, mem: mem) == {:error, {:bad_option, {:mem, mem}}}
+    end
+
+    for bad <- [
+          disk: "/tmp/a,b.img",
+          disk: "/tmp/a:b.img",
+          disk: "/" <> String.duplicate("x", 4095),
+          initrd: "/tmp/a\0b",
+          uml_dir: "/tmp/a,b",
+          overcommit: :yes
+        ] do
+      assert Evm.create([bad, label: :ex_limits]) == {:error, {:bad_option, bad}}
+    end
+
+    assert Process.whereis(:ex_limits) == nil
+    refute_received _
+  end
+
+  test "memory the host cannot give, unless overcommitted" do
+    committed = :evum_mem.committed()
+    available = :evum_mem.limit_mb() - committed
+    host = :evum_mem.host_mb()
+
+    assert Evm.create(label: :ex_limits, mem: host) ==
+             {:error, {:insufficient_memory, %{asked: host, available: available}}}
+
+    assert Process.whereis(:ex_limits) == nil
+    refute_received _
+
+    vm = create!(label: :ex_limits, mem: host, overcommit: true)
+    assert :evum_mem.committed() == committed + host
+    assert Evum.cmd(vm, "echo up") == {:ok, 0, "up\n"}
+    # Released when the VM is gone: evm:stop/1 returns after that.
+    assert Evm.stop(vm) == :ok
+    assert :evum_mem.committed() == committed
+  end
+
   test "options Evum.Switch.start/1 does not know" do
     assert Evum.Switch.start([:anonymous, mtu: 9000]) == {:error, {:bad_option, {:mtu, 9000}}}
     assert Evum.Switch.start([:anonymous, cpu: :fast]) == {:error, {:bad_option, {:cpu, :fast}}}

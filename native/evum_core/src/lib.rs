@@ -11,10 +11,12 @@
 //! - [`image`]: configuration, downloads and the root images guests boot.
 //! - [`kernel`]: evum's own UML kernel, built once per machine.
 //! - [`mconsole`]: the client of UML's management console.
+//! - [`limits`]: host resources that run out (open files, disk space), named.
 
 pub mod gateway;
 pub mod image;
 pub mod kernel;
+pub mod limits;
 pub mod mconsole;
 pub mod switch;
 pub mod vm;

@@ -68,14 +68,25 @@ impl BootLog {
 }
 
 /// A line of a kernel stack dump: ` [<6002d37a>] ? _printk+0x0/0x57` (the
-/// call trace) or ` 60521d5c 6086c130 64803cd8 6052dad0` (the stack's words).
+/// call trace) or ` 60521d5c 6086c130 64803cd8 6052dad0` (the stack's words),
+/// with or without the log level (`<4>`) a panic before the console is up
+/// prints its log with.
 fn is_stack_dump(line: &[u8]) -> bool {
+    let line = without_log_level(line);
     if !line.starts_with(b" ") {
         return false;
     }
     let rest = line.trim_ascii_start();
     let hex_word = |w: &[u8]| w.len() >= 8 && w.iter().all(u8::is_ascii_hexdigit);
     rest.starts_with(b"[<") || (!rest.is_empty() && rest.split(|&b| b == b' ').all(hex_word))
+}
+
+/// A kernel log line without its `<N>` level prefix.
+fn without_log_level(line: &[u8]) -> &[u8] {
+    match line {
+        [b'<', level, b'>', rest @ ..] if level.is_ascii_digit() => rest,
+        _ => line,
+    }
 }
 
 /// The first `max` bytes of a line, not cutting a UTF-8 character in two.

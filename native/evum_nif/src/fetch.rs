@@ -90,7 +90,11 @@ fn run(request: FetchRequest, reporter: &mut Reporter) {
     }));
     match outcome {
         Ok(Ok(path)) => reporter.send(|env| (atoms::ok(), path_binary(env, &path)).encode(env)),
-        Ok(Err(e)) => reporter.send(|env| (atoms::error(), e.to_string()).encode(env)),
+        Ok(Err(e)) => match e.exhausted() {
+            // `{error, {no_space, Path}}` or `{error, {system_limit, open_files}}`.
+            Some(exhausted) => reporter.send(|env| crate::exhausted_error(env, &exhausted)),
+            None => reporter.send(|env| (atoms::error(), e.to_string()).encode(env)),
+        },
         Err(panic) => {
             let why = format!("fetching {} failed unexpectedly: {}", request.uri, panic_text(&*panic));
             reporter.send(|env| (atoms::error(), why).encode(env))

@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use evum_core::limits::Exhausted;
 use evum_core::vm::io_loop::ConsoleFlow;
 use evum_core::vm::placement::CpuChoice;
 use evum_core::{image, mconsole, vm, vm::control, BootOption, Vm, VmConfig};
@@ -28,6 +29,7 @@ mod atoms {
         not_running, bad_option, spawn, runtime_dir, bad_umid, image, mconsole,
         timeout, not_found, none, os_pid, umid, runtime_dir_key = "runtime_dir", mconsole_socket, running,
         unsupported_by_kernel, jail, console_dropped, deliver, hold, drop,
+        system_limit, open_files, no_space,
     }
 }
 
@@ -51,6 +53,15 @@ impl rustler::Resource for VmResource {}
 
 fn error_tuple<'a>(env: Env<'a>, kind: Atom, message: impl ToString) -> Term<'a> {
     (atoms::error(), (kind, message.to_string())).encode(env)
+}
+
+/// `{error, {system_limit, open_files}}` or `{error, {no_space, Path}}`:
+/// a host resource that ran out, named so a caller can match on it.
+pub(crate) fn exhausted_error<'a>(env: Env<'a>, exhausted: &Exhausted) -> Term<'a> {
+    match exhausted {
+        Exhausted::OpenFiles => (atoms::error(), (atoms::system_limit(), atoms::open_files())).encode(env),
+        Exhausted::NoSpace(path) => (atoms::error(), (atoms::no_space(), reply::path_binary(env, path))).encode(env),
+    }
 }
 
 /// A map with atom keys.
@@ -161,6 +172,9 @@ fn vm_start<'a>(
         )
             .encode(env)),
         Err(e) => {
+            if let Some(exhausted) = e.exhausted() {
+                return Ok(exhausted_error(env, &exhausted));
+            }
             let kind = match &e {
                 vm::StartError::Option(_) => atoms::bad_option(),
                 vm::StartError::Spawn(_) | vm::StartError::KernelUnreadable { .. } => atoms::spawn(),
@@ -295,8 +309,24 @@ fn busybox_initramfs<'a>(env: Env<'a>, busybox: Term<'a>, cache_dir: Term<'a>) -
     let cache_dir = PathBuf::from(text(cache_dir)?);
     Ok(match image::busybox_initramfs(&busybox, &cache_dir) {
         Ok(path) => (atoms::ok(), path.to_string_lossy().into_owned()).encode(env),
-        Err(e) => error_tuple(env, atoms::image(), e),
+        Err(e) => match e.exhausted() {
+            Some(exhausted) => exhausted_error(env, &exhausted),
+            None => error_tuple(env, atoms::image(), e),
+        },
     })
+}
+
+/// `ok` if this process can open the files a VM's start needs now, else
+/// `{error, {system_limit, open_files}}`: checked before anything else of a
+/// start opens files, so that a BEAM out of descriptors gets that error
+/// rather than whichever step failed first. A few open and close calls.
+#[rustler::nif]
+fn fd_headroom(env: Env) -> Term {
+    if evum_core::limits::files_left(vm::FILES_TO_START) {
+        atoms::ok().encode(env)
+    } else {
+        exhausted_error(env, &Exhausted::OpenFiles)
+    }
 }
 
 /// The effective uid of the BEAM: VMs of the `host` dist drop privileges when it is 0.

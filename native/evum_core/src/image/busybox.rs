@@ -43,6 +43,16 @@ pub enum ImageError {
     },
 }
 
+impl ImageError {
+    /// The host resource the build ran out of, if that is why it failed.
+    pub fn exhausted(&self) -> Option<crate::limits::Exhausted> {
+        match self {
+            ImageError::Cache { path, .. } => crate::limits::exhausted(self, Some(path.clone())),
+            ImageError::Busybox { .. } => None,
+        }
+    }
+}
+
 /// Returns the busybox initramfs in `cache_dir`, building it first if no
 /// archive for this busybox binary and this version of evum's guest scripts
 /// exists yet. Safe to call from several threads or VMs at once: an archive

@@ -19,6 +19,17 @@ pub const BUILTIN_IMAGES: [&str; 2] = ["busybox", "host"];
 /// Kernel arguments that are evum's to set: an image's `args` may not.
 const RESERVED_ARGS: [&str; 9] = ["con", "ssl", "ubd", "eth", "vec", "umid", "uml_dir", "hostfs", "initrd"];
 
+/// The largest image evum builds (`size`), in bytes: 1024G. mke2fs makes
+/// a sparse file, but its metadata (the journal, for one) grows with the
+/// size, and a size past this is more likely a slip than a wish.
+pub const MAX_IMAGE_BYTES: u64 = 1 << 40;
+/// The smallest: 1M, about the least ext4 with a journal takes.
+pub const MIN_IMAGE_BYTES: u64 = 1 << 20;
+
+/// The longest file name a file system call takes, in bytes (PATH_MAX,
+/// 4096, counts the terminating NUL).
+pub const PATH_MAX: usize = 4095;
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{}: {key}: {message}", file.display())]
 pub struct ConfigError {
@@ -287,11 +298,9 @@ impl Image {
             ));
         }
         if let Some(size) = &self.size {
-            let digits = size.trim_end_matches(['K', 'M', 'G', 'k', 'm', 'g']);
-            if digits.is_empty() || digits.len() + 1 < size.len() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(("size", format!("expected a size like \"2G\", got {size:?}")));
-            }
+            check_size(size)?;
         }
+        self.check_paths()?;
         Ok(
             match (&self.file, &self.uri, &self.dir, &self.from_dir, &self.debootstrap) {
                 (file, Some(uri), ..) => {
@@ -310,6 +319,28 @@ impl Image {
         )
     }
 
+    /// Every file name the entry gives reaches a file system call, and
+    /// `file` (the base image) a UML disk spec too, `COW,BASE`, where `,`
+    /// and `:` separate the files: a base image's name with either would
+    /// be cut there.
+    fn check_paths(&self) -> Result<(), Problem> {
+        if let Some(file) = &self.file {
+            check_path("file", file.as_bytes())?;
+            if file.contains([',', ':']) {
+                return Err((
+                    "file",
+                    format!("{file:?} has a ',' or ':', which separate the files of a UML disk"),
+                ));
+            }
+        }
+        for (key, dir) in [("dir", &self.dir), ("from_dir", &self.from_dir)] {
+            if let Some(dir) = dir {
+                check_path(key, dir.as_os_str().as_encoded_bytes())?;
+            }
+        }
+        Ok(())
+    }
+
     fn checksum(&self) -> Result<Option<Checksum>, Problem> {
         let hex = |key: &'static str, value: &str, len: usize| {
             if value.len() == len && value.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -325,6 +356,38 @@ impl Image {
             (None, None) => Ok(None),
         }
     }
+}
+
+/// A built image's size, as mke2fs takes it: digits and one unit letter
+/// at most (none is KiB to mke2fs), from [`MIN_IMAGE_BYTES`] to
+/// [`MAX_IMAGE_BYTES`].
+fn check_size(size: &str) -> Result<(), Problem> {
+    let digits = size.trim_end_matches(['K', 'M', 'G', 'k', 'm', 'g']);
+    if digits.is_empty() || digits.len() + 1 < size.len() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(("size", format!("expected a size like \"2G\", got {size:?}")));
+    }
+    let shift = match size[digits.len()..].to_ascii_uppercase().as_str() {
+        "M" => 20,
+        "G" => 30,
+        _ => 10,
+    };
+    let bytes = digits.parse::<u64>().ok().and_then(|n| n.checked_mul(1 << shift));
+    match bytes {
+        Some(bytes) if (MIN_IMAGE_BYTES..=MAX_IMAGE_BYTES).contains(&bytes) => Ok(()),
+        _ => Err(("size", format!("expected a size from 1M to 1024G, got {size:?}"))),
+    }
+}
+
+/// A file name a file system call takes: not empty, no NUL, at most
+/// [`PATH_MAX`] bytes.
+fn check_path(key: &'static str, path: &[u8]) -> Result<(), Problem> {
+    if path.is_empty() || path.contains(&0) || path.len() > PATH_MAX {
+        return Err((
+            key,
+            format!("expected a file name of 1 to {PATH_MAX} bytes without NUL"),
+        ));
+    }
+    Ok(())
 }
 
 /// The last path segment of a URI, without a query.
@@ -496,6 +559,34 @@ mod tests {
                 "image.x.size",
                 "only images evum builds",
             ),
+            (
+                "[image.x]\nfrom_dir = \"/a\"\nsize = \"0G\"",
+                "image.x.size",
+                "from 1M to 1024G",
+            ),
+            (
+                "[image.x]\nfrom_dir = \"/a\"\nsize = \"1025G\"",
+                "image.x.size",
+                "from 1M to 1024G",
+            ),
+            (
+                "[image.x]\nfrom_dir = \"/a\"\nsize = \"99999999999999999999G\"",
+                "image.x.size",
+                "from 1M to 1024G",
+            ),
+            (
+                "[image.x]\nfile = \"/srv/a,b.ext4\"",
+                "image.x.file",
+                "separate the files",
+            ),
+            (
+                "[image.x]\nfile = \"/srv/a:b.ext4\"",
+                "image.x.file",
+                "separate the files",
+            ),
+            ("[image.x]\nfile = \"/srv/a\\u0000b\"", "image.x.file", "without NUL"),
+            ("[image.x]\nfile = \"\"", "image.x.file", "without NUL"),
+            ("[image.x]\ndir = \"/a\\u0000b\"", "image.x.dir", "without NUL"),
             ("[image.busybox]\nfile = \"a\"", "image.busybox", "built into evum"),
             ("[image.x]\nfile = 3", "image.x.file", "expected a string"),
             (
@@ -509,6 +600,21 @@ mod tests {
             assert_eq!(key, want_key, "{text}");
             assert!(message.contains(want_message), "{text}: {message}");
         }
+    }
+
+    #[test]
+    fn image_sizes_and_paths_within_bounds_pass() {
+        let long = format!("/{}", "x".repeat(PATH_MAX - 1));
+        let config = load(&format!(
+            "[image.a]\nfrom_dir = \"/a\"\nsize = \"1024G\"\n[image.b]\nfrom_dir = \"/a\"\nsize = \"1M\"\n\
+             [image.c]\nfile = \"{long}\"\n"
+        ))
+        .unwrap();
+        for name in ["a", "b", "c"] {
+            assert!(config.images[name].source().is_ok(), "{name}");
+        }
+        let (key, message) = error(&format!("[image.c]\nfile = \"{long}x\"\n"));
+        assert_eq!((key.as_str(), message.contains("without NUL")), ("image.c.file", true));
     }
 
     #[test]

@@ -181,6 +181,17 @@ pub enum FetchError {
     },
 }
 
+impl FetchError {
+    /// The host resource the fetch ran out of, if that is why it failed.
+    pub fn exhausted(&self) -> Option<crate::limits::Exhausted> {
+        let path = match self {
+            FetchError::Io { path, .. } | FetchError::Unpack { path, .. } => path.clone(),
+            _ => return None,
+        };
+        crate::limits::exhausted(self, Some(path))
+    }
+}
+
 fn io_error(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> FetchError {
     let path = path.to_path_buf();
     move |source| FetchError::Io { what, path, source }

@@ -74,6 +74,22 @@ pub enum StartError {
     },
 }
 
+impl StartError {
+    /// The host resource the start ran out of, if that is why it failed: a
+    /// full runtime directory is named by its path.
+    pub fn exhausted(&self) -> Option<crate::limits::Exhausted> {
+        let path = match self {
+            StartError::RuntimeDir { path, .. } => Some(path.clone()),
+            _ => None,
+        };
+        crate::limits::exhausted(self, path)
+    }
+}
+
+/// Descriptors a VM's start opens in evum's own process at once: its id's
+/// lock, five pipes (ten ends), its pidfd, and a few to spare.
+pub const FILES_TO_START: usize = 16;
+
 /// A running VM.
 #[derive(Debug)]
 pub struct Vm {

@@ -69,7 +69,19 @@ pub enum OptionError {
     BadValue { name: String, why: String },
     #[error("option {0} cannot be combined with {1}")]
     Conflict(String, String),
+    #[error(
+        "the kernel's command line would be {0} bytes: UML takes {max} at most",
+        max = COMMAND_LINE_SIZE - 1
+    )]
+    CommandLineTooLong(usize),
 }
+
+/// UML copies its arguments, each with a space, into a buffer of this many
+/// bytes (its COMMAND_LINE_SIZE) and exits at boot ("add_arg: Too many
+/// command line arguments!") when they do not fit. Counted over every
+/// argument, though UML keeps some of its own out of that buffer: a
+/// command line this allows always fits.
+pub const COMMAND_LINE_SIZE: usize = 4096;
 
 /// In an `append` or `ubd` option, stands for the VM's runtime directory
 /// (`<uml_dir>/<umid>`), which UML creates at boot and evum removes when the
@@ -188,6 +200,10 @@ pub fn kernel_args(id: &Identity, options: &[BootOption]) -> Result<Vec<String>,
     args.extend(tail);
     for arg in &args {
         one_parameter(arg)?;
+    }
+    let length: usize = args.iter().map(|a| a.len() + 1).sum();
+    if length >= COMMAND_LINE_SIZE {
+        return Err(OptionError::CommandLineTooLong(length));
     }
     Ok(args)
 }
@@ -373,6 +389,20 @@ mod tests {
         assert!(kernel_args(&id, &[BootOption::Append("panic=0\u{b}ubd1=/etc/shadow".into())]).is_err());
         let args = kernel_args(&id, &[BootOption::Append("panic=0  oops=panic".into())]).unwrap();
         assert!(args.ends_with(&["panic=0".to_string(), "oops=panic".to_string()]));
+    }
+
+    #[test]
+    fn a_command_line_longer_than_uml_takes_is_refused() {
+        let env = |n: usize| [BootOption::Env("FOO".into(), "x".repeat(n))];
+        let fits = kernel_args(&id(), &env(3000)).unwrap();
+        let length: usize = fits.iter().map(|a| a.len() + 1).sum();
+        assert!(length < COMMAND_LINE_SIZE, "{length}");
+        let room = COMMAND_LINE_SIZE - length;
+        assert!(kernel_args(&id(), &env(3000 + room - 1)).is_ok());
+        assert_eq!(
+            kernel_args(&id(), &env(3000 + room)),
+            Err(OptionError::CommandLineTooLong(COMMAND_LINE_SIZE))
+        );
     }
 
     #[test]

@@ -473,25 +473,43 @@ struct Walls {
 
 /// Resource limits of a jailed UML process tree, made before the fork.
 struct Limits {
-    file_bytes: u64,
-    /// Whether the uid is the VM's own: RLIMIT_NPROC counts every process
-    /// of the uid, so it is only for a uid no one else has.
-    own_uid: bool,
+    /// Each limit as `(resource, wanted, fallback)`: the fallback is the
+    /// wanted value held to the hard limit evum has now, for a host that
+    /// does not let evum raise it (no CAP_SYS_RESOURCE, as in many
+    /// containers, or a user namespace): lowering a limit never fails.
+    all: Vec<(libc::__rlimit_resource_t, libc::rlim_t, libc::rlim_t)>,
 }
 
 impl Limits {
+    /// `own_uid`: whether the uid is the VM's own: RLIMIT_NPROC counts
+    /// every process of the uid, so it is only for a uid no one else has.
     fn new(file_bytes: u64, own_uid: bool) -> Limits {
-        Limits { file_bytes, own_uid }
+        let wanted = [(libc::RLIMIT_FSIZE, file_bytes), (libc::RLIMIT_NOFILE, MAX_OPEN_FILES)]
+            .into_iter()
+            .chain(own_uid.then_some((libc::RLIMIT_NPROC, MAX_PROCESSES)));
+        Limits {
+            all: wanted
+                .map(|(resource, limit)| (resource, limit, limit.min(hard_limit(resource))))
+                .collect(),
+        }
     }
 
-    fn all(&self) -> impl Iterator<Item = (libc::__rlimit_resource_t, libc::rlim_t)> + '_ {
-        [
-            (libc::RLIMIT_FSIZE, self.file_bytes),
-            (libc::RLIMIT_NOFILE, MAX_OPEN_FILES),
-        ]
-        .into_iter()
-        .chain(self.own_uid.then_some((libc::RLIMIT_NPROC, MAX_PROCESSES)))
+    fn all(&self) -> impl Iterator<Item = (libc::__rlimit_resource_t, libc::rlim_t, libc::rlim_t)> + '_ {
+        self.all.iter().copied()
     }
+}
+
+/// evum's own hard limit of `resource` (infinity when it cannot be read).
+fn hard_limit(resource: libc::__rlimit_resource_t) -> libc::rlim_t {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: getrlimit fills the struct it is given.
+    if unsafe { libc::getrlimit(resource, &mut limit) } < 0 {
+        return libc::RLIM_INFINITY;
+    }
+    limit.rlim_max
 }
 
 /// An unprivileged user namespace in which evum's own uid and gid are
@@ -603,10 +621,13 @@ fn child_main(parent: i32, fds: &ChildFds, walls: &Walls, cpus: Option<&CpuSet>,
         libc::sigemptyset(&mut none);
         libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
         // Copy every source above the targets first, so that no dup2 can
-        // overwrite a source still to be moved.
+        // overwrite a source still to be moved. Just above them, not at some
+        // round number: a floor at or over the open-files limit is EINVAL
+        // (every start failed so under `ulimit -n 64`), and a copy that finds
+        // no free descriptor is EMFILE, which the caller names.
         let mut high = [0; 5];
         for (slot, fd) in high.iter_mut().zip(fds.targets) {
-            *slot = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 64);
+            *slot = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, fds.targets.len() as libc::c_int);
             if *slot < 0 {
                 return fail(fds);
             }
@@ -628,12 +649,12 @@ fn child_main(parent: i32, fds: &ChildFds, walls: &Walls, cpus: Option<&CpuSet>,
         }
         if sandbox.is_some() {
             // Limits first: RLIMIT_NPROC counts the new uid's processes.
-            for (resource, limit) in walls.limits.all() {
-                let limit = libc::rlimit {
-                    rlim_cur: limit,
-                    rlim_max: limit,
+            for (resource, wanted, fallback) in walls.limits.all() {
+                let limit = |value| libc::rlimit {
+                    rlim_cur: value,
+                    rlim_max: value,
                 };
-                if libc::setrlimit(resource, &limit) < 0 {
+                if libc::setrlimit(resource, &limit(wanted)) < 0 && libc::setrlimit(resource, &limit(fallback)) < 0 {
                     return fail(fds);
                 }
             }
