@@ -10,7 +10,7 @@ APT_PACKAGES = user-mode-linux busybox-static uml-utilities vde2 libvdeplug-slir
 	gcc make libc6-dev musl-tools flex bison bc libelf-dev
 SUDO = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps packages kernel compile demo test test-rust test-erlang test-elixir test-consumers bench lint fmt clean
+.PHONY: all deps packages kernel compile demo test test-rust test-erlang test-elixir test-consumers fuzz bench lint fmt clean
 
 all: compile
 
@@ -56,6 +56,13 @@ test-elixir: deps
 test-consumers: compile
 	sh test/consumers/rebar3_consumer.sh
 	sh test/consumers/mix_consumer.sh
+
+# The parsers' property tests (the `props` modules beside each parser) with
+# 20000 cases each instead of the few hundred `cargo test` runs. A failing
+# case is saved under native/evum_core/proptest-regressions/ and tried
+# first by every later run.
+fuzz: packages
+	PROPTEST_CASES=20000 cargo test -p evum_core --lib props
 
 bench: compile
 	sh bench/run

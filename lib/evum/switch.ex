@@ -102,6 +102,14 @@ defmodule Evum.Switch do
   @spec joined(switch(), pid(), binary()) :: :ok
   defdelegate joined(switch, vm, mac), to: :evum_switch
 
+  @doc """
+  Binds an IPv4 address to a MAC on the switch (`Evm.create/1` does this for
+  the address it gives a VM on a named network): ARP claiming the address
+  from another MAC is dropped and counted (`drops_guard` in `ports/1`).
+  """
+  @spec bind(switch(), tuple() | String.t() | charlist(), binary()) :: :ok | {:error, term()}
+  defdelegate bind(switch, address, mac), to: :evum_switch
+
   @doc "The boot option that puts a VM's vec0 on this switch over bess, with the given MAC."
   @spec bess_option(switch(), binary()) :: tuple()
   defdelegate bess_option(switch, mac), to: :evum_switch

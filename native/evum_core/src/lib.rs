@@ -21,6 +21,9 @@ pub mod mconsole;
 pub mod switch;
 pub mod vm;
 
+#[cfg(test)]
+mod testing;
+
 pub use vm::control::ControlEvent;
 pub use vm::io_loop::{Exit, NotRunning, VmEvents, VmHandle};
 pub use vm::options::BootOption;

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant, SystemTime};
 
-use etherparse::{Icmpv4Type, IpNumber, Ipv4HeaderSlice, NetSlice, SlicedPacket, TransportSlice};
+use etherparse::{Icmpv4Type, IpNumber, IpPayloadSlice, Ipv4HeaderSlice, NetSlice, SlicedPacket, TransportSlice};
 
 use super::{Drops, FlowInfo, FlowOrigin, FlowProto, Forward, ForwardInfo, GatewayConfig, GatewayCounters, Proto};
 
@@ -200,6 +200,15 @@ impl Flows {
             return false;
         }
         if ip.payload().fragmented {
+            // The first fragment carries the transport header: to the DNS
+            // address it must hold what a whole datagram must, or libslirp
+            // would reassemble what the filter refuses. Later fragments are
+            // nothing without it.
+            let first = header.fragments_offset().value() == 0;
+            if dst == self.config.dns && first && !self.dns_or_ping(ip.payload()) {
+                self.drops().dns_refused += 1;
+                return false;
+            }
             self.counters.fragments += 1;
             return true;
         }
@@ -261,6 +270,17 @@ impl Flows {
             return false;
         }
         self.guest_segment(&segment, now)
+    }
+
+    /// Whether a packet to the DNS address holds what that address serves:
+    /// DNS while forwarding, and ping.
+    fn dns_or_ping(&self, payload: &IpPayloadSlice) -> bool {
+        let port = payload.payload.get(2..4).map(|p| u16::from_be_bytes([p[0], p[1]]));
+        match payload.ip_number {
+            IpNumber::ICMP => true,
+            IpNumber::TCP | IpNumber::UDP => self.config.dns_forwarding && port == Some(DNS_PORT),
+            _ => false,
+        }
     }
 
     fn valid_source(&self, src: Ipv4Addr) -> bool {
@@ -736,6 +756,21 @@ mod tests {
     }
 
     #[test]
+    fn a_first_fragment_to_the_dns_address_must_be_dns() {
+        let mut f = flows(|_| {});
+        let now = Instant::now();
+        let first_fragment = |dport| {
+            let mut frame = udp(GUEST, [10, 0, 2, 3], 1000, dport, b"x");
+            frame[14 + 6] = 0x20; // more fragments, offset 0
+            frame
+        };
+        assert!(!f.guest_frame(&first_fragment(1234), now));
+        assert!(f.guest_frame(&first_fragment(DNS_PORT), now));
+        assert_eq!(f.counters(0).drops.dns_refused, 1);
+        assert_eq!(f.counters(0).fragments, 1);
+    }
+
+    #[test]
     fn garbage_and_other_guests_traffic_stay_out() {
         let mut f = flows(|c| c.dns_forwarding = false);
         let now = Instant::now();
@@ -766,3 +801,7 @@ mod tests {
         assert_eq!(f.counters(0).dhcp_requests, 1);
     }
 }
+
+#[cfg(test)]
+#[path = "flows_props.rs"]
+mod props;

@@ -240,7 +240,10 @@ fn check_network(network: &Network) -> Result<(), Problem> {
             .parse()
             .map_err(|_| ("base_ip", "not an address".into()))?;
         let mask = u32::from(network.netmask);
-        if mask.leading_ones() + mask.trailing_zeros() != 32 || mask.leading_ones() > 30 {
+        // Contiguous, and /8 at least: 0.0.0.0 is contiguous too, and
+        // would take every gw for one of the network's.
+        let prefix = mask.leading_ones();
+        if prefix + mask.trailing_zeros() != 32 || !(8..=30).contains(&prefix) {
             return Err((
                 "netmask",
                 format!("expected a netmask of /8 to /30, got {}", network.netmask),
@@ -269,8 +272,7 @@ impl Image {
             .flat_map(|a| a.split(|c: char| c.is_whitespace() || c == '\u{a0}'))
         {
             let name = arg.split('=').next().unwrap_or_default();
-            let base = name.trim_end_matches(|c: char| c.is_ascii_digit());
-            if RESERVED_ARGS.contains(&base) {
+            if reserved_arg(name) {
                 return Err(("args", format!("{name} is set by evum and cannot be given in args")));
             }
         }
@@ -390,6 +392,22 @@ fn check_path(key: &'static str, path: &[u8]) -> Result<(), Problem> {
     Ok(())
 }
 
+/// Whether the kernel may take a parameter named `name` for one of
+/// [`RESERVED_ARGS`]: UML matches their names as prefixes and reads the
+/// device after them in any base (`con0x1`, `eth00`), with flags or as a
+/// letter (`ubd1r`, `ubdb`), or up to a colon (`vec+0:transport`). A name
+/// that goes on with a letter is another parameter (`console`), but for a
+/// disk.
+fn reserved_arg(name: &str) -> bool {
+    RESERVED_ARGS.iter().any(|reserved| {
+        name.strip_prefix(reserved)
+            .is_some_and(|rest| match rest.chars().next() {
+                None => true,
+                Some(c) => !c.is_ascii_alphabetic() || (*reserved == "ubd" && c.is_ascii_lowercase()),
+            })
+    })
+}
+
 /// The last path segment of a URI, without a query.
 fn file_name_of(uri: &str) -> Option<String> {
     let path = uri.split(['?', '#']).next()?;
@@ -466,10 +484,13 @@ mod tests {
         assert_eq!(error(&user.replace("= 15", "= 3")).0, "network.user.first_ip");
         assert_eq!(error(&user.replace("= 15", "= 200")).0, "network.user.first_ip");
         assert_eq!(error(&user.replace("10.0.2.2\"", "10.0.3.2\"")).0, "network.user.gw");
-        assert_eq!(
-            error(&user.replace("255.255.255.0", "255.0.255.0")).0,
-            "network.user.netmask"
-        );
+        for netmask in ["255.0.255.0", "0.0.0.0", "254.0.0.0", "255.255.255.254"] {
+            assert_eq!(
+                error(&user.replace("255.255.255.0", netmask)).0,
+                "network.user.netmask",
+                "{netmask}"
+            );
+        }
         let (key, message) = error(&HOME.replace("gw =", "host_loopback = true\ngw ="));
         assert_eq!(key, "network.home.host_loopback");
         assert!(message.contains("gateway"), "{message}");
@@ -548,6 +569,23 @@ mod tests {
                 "[image.x]\nfile = \"a\"\nargs = [\"panic=0 ubd1=/etc/shadow\"]",
                 "image.x.args",
                 "ubd1 is set by evum",
+            ),
+            // As the kernel reads them: a disk with flags, a line in hex, a
+            // vector device.
+            (
+                "[image.x]\nfile = \"a\"\nargs = [\"ubd1r=/etc/shadow\"]",
+                "image.x.args",
+                "ubd1r is set by evum",
+            ),
+            (
+                "[image.x]\nfile = \"a\"\nargs = [\"con0x0=fd:0,fd:1\"]",
+                "image.x.args",
+                "con0x0 is set by evum",
+            ),
+            (
+                "[image.x]\nfile = \"a\"\nargs = [\"vec0:transport=tap,ifname=t0\"]",
+                "image.x.args",
+                "vec0:transport is set by evum",
             ),
             (
                 "[image.x]\nfrom_dir = \"/a\"\nsize = \"lots\"",
@@ -632,3 +670,7 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+#[path = "config_props.rs"]
+mod props;

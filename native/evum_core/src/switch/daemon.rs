@@ -216,3 +216,7 @@ mod tests {
         assert_eq!(address_key(&abs), abs);
     }
 }
+
+#[cfg(test)]
+#[path = "daemon_props.rs"]
+mod props;

@@ -19,6 +19,8 @@ enum Escape {
     None,
     /// Just saw ESC.
     Start,
+    /// Saw ESC and intermediate bytes (`ESC (`), waiting for the final byte.
+    Intermediate,
     /// Inside a control sequence (`ESC [`), waiting for its final byte.
     Csi,
     /// Inside an operating system command (`ESC ]`), ended by BEL or `ESC \`.
@@ -60,41 +62,63 @@ impl LineSplitter {
     /// over-long line), in order.
     pub fn feed(&mut self, bytes: &[u8], mut emit: impl FnMut(&[u8])) {
         for &b in bytes {
-            self.escape = match (self.escape, b) {
-                (Escape::None, ESC) => Escape::Start,
-                (Escape::None, b'\n') => {
-                    if !(self.cut && self.line.is_empty()) {
-                        emit(&self.line);
-                    }
+            self.escape = self.step(self.escape, b, &mut emit);
+        }
+    }
+
+    /// Where `b` leaves the splitter, from `escape`.
+    fn step(&mut self, escape: Escape, b: u8, emit: &mut impl FnMut(&[u8])) -> Escape {
+        match (escape, b) {
+            (Escape::None, ESC) => Escape::Start,
+            (Escape::None, _) => {
+                self.text(b, emit);
+                Escape::None
+            }
+            (Escape::Start, b'[') => Escape::Csi,
+            (Escape::Start, b']') => Escape::Osc,
+            // Intermediates (0x20..=0x2f) then a final byte: `ESC ( B`
+            // chooses a character set, and its `B` is no text.
+            (Escape::Start | Escape::Intermediate, 0x20..=0x2f) => Escape::Intermediate,
+            // A two-byte sequence such as `ESC 7` or `ESC =`, or the end of
+            // `ESC ( B`: drop it all.
+            (Escape::Start | Escape::Intermediate, 0x30..=0x7e) => Escape::None,
+            // CSI parameters and intermediates are 0x20..=0x3f; any byte in
+            // 0x40..=0x7e ends the sequence.
+            (Escape::Csi, 0x20..=0x3f) => Escape::Csi,
+            (Escape::Csi, 0x40..=0x7e) => Escape::None,
+            // Anything else is malformed: the sequence ends before it, and
+            // the byte is text (a newline must still end its line, a UTF-8
+            // character stay whole) or the start of the next sequence.
+            (Escape::Start | Escape::Intermediate | Escape::Csi, _) => self.step(Escape::None, b, emit),
+            (Escape::Osc, 0x07) => Escape::None,
+            (Escape::Osc, ESC) => Escape::OscEsc,
+            (Escape::Osc, _) => Escape::Osc,
+            (Escape::OscEsc, b'\\') => Escape::None,
+            // An ESC that does not end the OSC starts the next sequence.
+            (Escape::OscEsc, _) => self.step(Escape::Start, b, emit),
+        }
+    }
+
+    /// A byte outside escape sequences.
+    fn text(&mut self, b: u8, emit: &mut impl FnMut(&[u8])) {
+        match b {
+            b'\n' => {
+                if !(self.cut && self.line.is_empty()) {
+                    emit(&self.line);
+                }
+                self.line.clear();
+                self.cut = false;
+            }
+            b'\r' => {}
+            _ => {
+                self.line.push(b);
+                self.cut = false;
+                if self.line.len() >= self.max_line {
+                    emit(&self.line);
                     self.line.clear();
-                    self.cut = false;
-                    Escape::None
+                    self.cut = true;
                 }
-                (Escape::None, b'\r') => Escape::None,
-                (Escape::None, _) => {
-                    self.line.push(b);
-                    self.cut = false;
-                    if self.line.len() >= self.max_line {
-                        emit(&self.line);
-                        self.line.clear();
-                        self.cut = true;
-                    }
-                    Escape::None
-                }
-                (Escape::Start, b'[') => Escape::Csi,
-                (Escape::Start, b']') => Escape::Osc,
-                // A two-byte sequence such as `ESC 7` or `ESC =`: drop both.
-                (Escape::Start, _) => Escape::None,
-                // CSI parameters and intermediates are 0x20..=0x3f; any byte in
-                // 0x40..=0x7e ends the sequence. Anything else is malformed: end
-                // it there rather than swallow text.
-                (Escape::Csi, 0x20..=0x3f) => Escape::Csi,
-                (Escape::Csi, _) => Escape::None,
-                (Escape::Osc, 0x07) => Escape::None,
-                (Escape::Osc, ESC) => Escape::OscEsc,
-                (Escape::Osc, _) => Escape::Osc,
-                (Escape::OscEsc, _) => Escape::None,
-            };
+            }
         }
     }
 
@@ -175,6 +199,20 @@ mod tests {
     }
 
     #[test]
+    fn character_sets_and_malformed_sequences_leave_only_text() {
+        // `ESC ( B` chooses a character set (xterm's sgr0 writes it).
+        assert_eq!(split(&[b"a\x1b(Bb\n"], 100), vec![b"ab".to_vec()]);
+        // A sequence cut off by a newline or a UTF-8 character ends there,
+        // and the byte stays text.
+        assert_eq!(
+            split(&[b"a\x1b[\nb\x1b[1\xc3\xa9\n"], 100),
+            vec![b"a".to_vec(), "b\u{e9}".as_bytes().to_vec()]
+        );
+        // An ESC that does not end an OSC starts the next sequence.
+        assert_eq!(split(&[b"\x1b]0;t\x1b[1mx\n"], 100), vec![b"x".to_vec()]);
+    }
+
+    #[test]
     fn long_lines_come_in_bounded_chunks_without_loss() {
         let long = vec![b'a'; 25];
         let mut input = long.clone();
@@ -197,3 +235,7 @@ mod tests {
         assert_eq!(split(&["héllo\n".as_bytes()], 100), vec!["héllo".as_bytes().to_vec()]);
     }
 }
+
+#[cfg(test)]
+#[path = "console_props.rs"]
+mod props;

@@ -118,15 +118,21 @@ impl ControlParser {
                     None => bytes = &[],
                 },
                 State::Header(line) => {
-                    let (take, done) = match bytes.iter().position(|&b| b == b'\n') {
-                        Some(i) => (i, true),
-                        None => (bytes.len(), false),
-                    };
-                    line.extend_from_slice(&bytes[..take]);
-                    bytes = &bytes[(take + usize::from(done)).min(bytes.len())..];
-                    if line.len() > MAX_HEADER {
+                    // Looks no further than one byte past the longest header,
+                    // and a new MARK starts the header over: where a read
+                    // ends must not change what is parsed, and a stray MARK
+                    // or long line in the noise must not swallow the real
+                    // header after it.
+                    let window = &bytes[..bytes.len().min(MAX_HEADER + 1 - line.len())];
+                    let end = window.iter().position(|&b| b == b'\n' || b == MARK);
+                    let take = end.unwrap_or(window.len());
+                    line.extend_from_slice(&window[..take]);
+                    bytes = &bytes[take + usize::from(end.is_some())..];
+                    if end.is_some_and(|i| window[i] == MARK) {
+                        line.clear();
+                    } else if line.len() > MAX_HEADER {
                         self.state = State::Noise;
-                    } else if done {
+                    } else if end.is_some() {
                         let header = parse_header(line);
                         self.state = match header {
                             Some(Header::Ready) => {
@@ -166,6 +172,16 @@ impl ControlParser {
                     emit(ControlEvent::Result { id, status, output });
                 }
             }
+        }
+    }
+
+    /// The bytes the parser holds on to between reads.
+    #[cfg(test)]
+    fn held(&self) -> usize {
+        match &self.state {
+            State::Noise => 0,
+            State::Header(line) => line.capacity(),
+            State::Body { output, .. } => output.capacity(),
         }
     }
 }
@@ -342,6 +358,13 @@ mod tests {
     }
 
     #[test]
+    fn a_stray_mark_or_long_line_does_not_swallow_the_next_header() {
+        assert_eq!(parse(&[b"\x01\x01EVUM READY\n"]), vec![ControlEvent::Ready]);
+        let long = [vec![1u8], vec![b'A'; 200], b"\x01EVUM READY\n".to_vec()].concat();
+        assert_eq!(parse(&[&long]), vec![ControlEvent::Ready]);
+    }
+
+    #[test]
     fn request_counts_lines() {
         assert_eq!(run_request(3, b"echo a\necho b"), b"RUN 3 2\necho a\necho b\n");
         assert_eq!(run_request(4, b"printf '\xff'"), b"RUNB 4 1\ncHJpbnRmICf/Jw==\n");
@@ -349,3 +372,7 @@ mod tests {
         assert!(long.starts_with(b"RUNB 5 2\n"), "{}", String::from_utf8_lossy(&long));
     }
 }
+
+#[cfg(test)]
+#[path = "control_props.rs"]
+mod props;

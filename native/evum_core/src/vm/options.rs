@@ -159,9 +159,11 @@ pub fn kernel_args(id: &Identity, options: &[BootOption]) -> Result<Vec<String>,
             // Several parameters may be given in one, space-separated;
             // each is checked on its own below.
             BootOption::Append(a) => {
+                // Checked as the kernel gets it: the runtime dir put in.
                 for parameter in a.split(' ').filter(|p| !p.is_empty()) {
-                    reserved_parameter(parameter)?;
-                    tail.push(parameter.replace(RUNTIME_DIR, &runtime_dir));
+                    let parameter = parameter.replace(RUNTIME_DIR, &runtime_dir);
+                    reserved_parameter(&parameter)?;
+                    tail.push(parameter);
                 }
             }
             // Applied to the process, not passed to the kernel.
@@ -217,6 +219,26 @@ fn reserved_parameter(parameter: &str) -> Result<(), OptionError> {
     let key = parameter.split('=').next().unwrap_or_default();
     if RESERVED_PARAMETERS.contains(&key) {
         return Err(OptionError::Reserved(key.to_string()));
+    }
+    // The kernel reads the number of `conN` and `sslN` with strtoul, in any
+    // base and wrapping to an unsigned int: `con00`, `con0x0` and
+    // `con4294967296` are all con0. Other lines are named in plain decimal,
+    // as the Con and Ssl options write them.
+    for line in ["con", "ssl"] {
+        let Some(number) = key
+            .strip_prefix(line)
+            .filter(|n| n.starts_with(|c: char| c.is_ascii_digit()))
+        else {
+            continue;
+        };
+        if number.parse::<u32>().map(|n| n.to_string()).as_deref() != Ok(number) {
+            return Err(OptionError::BadValue {
+                name: key.to_string(),
+                why: format!(
+                    "name a {line} line by its number in plain decimal: the kernel may read this one as {line}0"
+                ),
+            });
+        }
     }
     Ok(())
 }
@@ -503,6 +525,27 @@ mod tests {
     }
 
     #[test]
+    fn an_append_cannot_spell_evums_lines_another_way() {
+        // The kernel reads all of these as con0 or ssl0, or con1 in octal.
+        for taken in ["con00=pty", "ssl0x0=pty", "con4294967296=pty", "con01=pty"] {
+            assert!(
+                kernel_args(&id(), &[BootOption::Append(taken.into())]).is_err(),
+                "{taken}"
+            );
+        }
+        assert!(kernel_args(&id(), &[BootOption::Append("con1=pty ssl12=null console=x".into())]).is_ok());
+        // Checked with the runtime dir put in, as the kernel gets it.
+        let bare = Identity {
+            umid: "umid".into(),
+            uml_dir: "".into(),
+        };
+        assert_eq!(
+            kernel_args(&bare, &[BootOption::Append("{runtime_dir}=x".into())]),
+            Err(OptionError::Reserved("umid".into()))
+        );
+    }
+
+    #[test]
     fn duplicates_and_bad_values_are_named() {
         let twice = [BootOption::Mem("64M".into()), BootOption::Mem("128M".into())];
         assert_eq!(kernel_args(&id(), &twice), Err(OptionError::Duplicate("mem".into())));
@@ -565,3 +608,7 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+#[path = "options_props.rs"]
+mod props;
