@@ -253,6 +253,18 @@ fn arp(src: [u8; 6], operation: ArpOperation, sender: ([u8; 6], [u8; 4]), target
 /// A DHCPDISCOVER from `src` naming `chaddr`, or the same with the ports of
 /// a server's answer (`server`).
 fn dhcp(src: [u8; 6], chaddr: [u8; 6], server: bool) -> Vec<u8> {
+    dhcp_message(src, chaddr, server, &[53, 1, if server { 5 } else { 1 }, 255])
+}
+
+/// A DHCPREQUEST from `src` for its own MAC, asking the gateway for `address`.
+fn dhcp_request(src: [u8; 6], address: [u8; 4]) -> Vec<u8> {
+    let mut options = vec![53, 1, 3, 50, 4];
+    options.extend_from_slice(&address);
+    options.extend_from_slice(&[54, 4, 10, 0, 2, 2, 255]);
+    dhcp_message(src, src, false, &options)
+}
+
+fn dhcp_message(src: [u8; 6], chaddr: [u8; 6], server: bool, options: &[u8]) -> Vec<u8> {
     let mut bootp = vec![0u8; 240];
     bootp[0] = if server { 2 } else { 1 }; // BOOTREPLY, BOOTREQUEST
     bootp[1] = 1; // Ethernet
@@ -260,7 +272,7 @@ fn dhcp(src: [u8; 6], chaddr: [u8; 6], server: bool) -> Vec<u8> {
     bootp[4..8].copy_from_slice(&[1, 2, 3, 4]); // xid
     bootp[28..34].copy_from_slice(&chaddr);
     bootp[236..240].copy_from_slice(&[99, 130, 83, 99]);
-    bootp.extend_from_slice(&[53, 1, if server { 5 } else { 1 }, 255]);
+    bootp.extend_from_slice(options);
     let (sport, dport) = if server { (67, 68) } else { (68, 67) };
     let mut out = Vec::new();
     PacketBuilder::ethernet2(src, BROADCAST)
@@ -328,5 +340,33 @@ fn arp_and_dhcp_are_checked_against_the_port_they_come_from() {
         "a rogue DHCP answer got through"
     );
     assert_eq!(drops(2), 1);
+    gateway.stop();
+}
+
+#[test]
+fn one_port_holds_at_most_four_leases() {
+    let dir = TempDir::new("leases");
+    let switch = start(&dir, |_| {});
+    let config = GatewayConfig {
+        dns_forwarding: false,
+        ..Default::default()
+    };
+    let guarded = vec![config.gateway, config.dns];
+    let gateway = Gateway::start(config, &switch.bess_socket()).expect("gateway starts");
+    switch.guard(guarded).unwrap();
+    // An open port (no lock) with a MAC per would-be lease.
+    let greedy = BessClient::connect(&switch.bess_socket());
+    wait_for_ports(&switch, 2);
+    let acked: Vec<bool> = (0..6u8)
+        .map(|i| {
+            greedy.send(&dhcp_request(mac(10 + i), [10, 0, 2, 15 + i]));
+            greedy.drain().iter().any(|f| is_dhcp_answer(f))
+        })
+        .collect();
+    assert_eq!(acked, [true, true, true, true, false, false]);
+    assert_eq!(port_of(&switch, mac(15)).counters.drops_guard, 2);
+    // A MAC that has its lease may ask again.
+    greedy.send(&dhcp_request(mac(10), [10, 0, 2, 15]));
+    assert!(greedy.drain().iter().any(|f| is_dhcp_answer(f)));
     gateway.stop();
 }

@@ -41,6 +41,9 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Addresses bound to a MAC that the switch keeps: a gateway's DHCP gives
 /// out 16, evum's networks 64.
 const MAX_LEASES: usize = 4096;
+/// DHCP leases the MACs of one port may hold (a VM's locked port has one
+/// MAC, and so one lease).
+const MAX_LEASES_PER_PORT: usize = 4;
 /// Bytes a pending control connection may send before it is oversized.
 const PENDING_LIMIT: usize = 4096;
 /// Batches one socket may read in a turn of the loop: a sender that keeps
@@ -1029,7 +1032,9 @@ impl SwitchLoop {
                         && !self.guarded.contains(&sender_ip)
                         && self.leases.get(&sender_ip).is_none_or(|owner| owner == from))
             }
-            Claim::DhcpClient { chaddr } => self.gateway.is_none() || from_gateway || chaddr == *from,
+            Claim::DhcpClient { chaddr } => {
+                self.gateway.is_none() || from_gateway || (chaddr == *from && self.may_lease(src, &chaddr))
+            }
             Claim::DhcpServer { ack } => {
                 if self.gateway.is_none() {
                     return true;
@@ -1043,6 +1048,22 @@ impl SwitchLoop {
                 true
             }
         }
+    }
+
+    /// Whether a DHCP client on port `src` may ask for a lease for `mac`:
+    /// one it has, or a new one while the MACs on the port hold fewer than
+    /// [`MAX_LEASES_PER_PORT`].
+    fn may_lease(&self, src: u64, mac: &Mac) -> bool {
+        let mut held = 0;
+        for owner in self.leases.values() {
+            if owner == mac {
+                return true;
+            }
+            if self.fdb.lookup(owner, self.now) == Some(PortId(src)) {
+                held += 1;
+            }
+        }
+        held < MAX_LEASES_PER_PORT
     }
 
     /// Binds `address` to `mac`, unless the table is full.

@@ -386,9 +386,10 @@ impl Switch {
 
     /// Gives `addresses` to the gateway's port: on this switch, ARP for
     /// them comes from the gateway alone, and so do DHCP answers; a DHCP
-    /// client's request must name the MAC it comes from, and the address
-    /// the gateway then gives it is that MAC's (an ARP from another MAC
-    /// claiming it is dropped). Counted in the ports' `drops_guard`.
+    /// client's request must name the MAC it comes from, the MACs of one
+    /// port hold at most 4 leases, and the address the gateway gives is
+    /// that MAC's (an ARP from another MAC claiming it is dropped). Counted
+    /// in the ports' `drops_guard`.
     /// In force for every frame after it returns.
     pub fn guard(&self, addresses: Vec<Ipv4Addr>) -> Result<(), SwitchError> {
         self.ask(|done| Command::Guard(addresses, done))
