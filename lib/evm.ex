@@ -4,8 +4,10 @@ defmodule Evm do
   `:evm`, with the same functions, arguments and results.
 
   A VM is a User-Mode Linux guest run by an Erlang process. The process that
-  creates it is its *owner*: it receives the guest's console lines and is
-  told when the guest ends, and the VM stops when the owner exits. See
+  creates it is its *owner* (or the one `owner: pid` names): it receives the
+  guest's console lines and is told when the guest ends, and the VM stops
+  when the owner exits. `Evum.give_away/2` hands it to another process;
+  `start_link/1` and `child_spec/1` put it under a supervisor. See
   `Evum` for talking to a running VM and for the messages the owner
   receives, and `Evum.Mcons` for its management console.
 
@@ -81,6 +83,7 @@ defmodule Evm do
           | {:timeout, timeout()}
           | {:console_backlog, pos_integer() | :infinity}
           | {:console_overflow, :hold | :drop}
+          | {:owner, pid() | atom() | :none}
           | :tagged
           | {:tagged, boolean()}
           | {:hostname, String.t() | charlist()}
@@ -116,6 +119,10 @@ defmodule Evm do
       passes.
     * `:tagged` - console lines as `{:evum, vm, {:console, line}}` instead of
       bare binaries.
+    * `:owner` - the process (a pid or a registered name) that owns the VM
+      instead of the caller: it gets the console, and the VM stops when it
+      ends; `:none`: the console's lines are dropped (`start_link/1`'s
+      default).
     * `:console_backlog` - while the owner has more than this many messages
       waiting (10000 by default), console lines are not delivered, as
       `:console_overflow` says, until it is down to half that; `:infinity`
@@ -232,4 +239,24 @@ defmodule Evm do
   """
   @spec stop(vm()) :: :ok | {:error, :not_running}
   defdelegate stop(vm), to: :evm
+
+  @doc """
+  As `create/1`, for a supervisor: the VM is linked to the caller, and its
+  console goes to `owner: pid_or_name` if given, nowhere otherwise. A
+  `:permanent` child is restarted whatever its end, a `:transient` one only
+  after an abnormal exit such as `Process.exit(vm, :kill)` (a guest that
+  halts exits `:normal`, one that fails `{:shutdown, how}`).
+  """
+  @spec start_link([option()]) :: {:ok, pid()} | {:error, term()}
+  defdelegate start_link(options), to: :evm
+
+  @doc """
+  A child specification for a VM, so that `{Evm, label: :app_vm}` can go in
+  a supervisor's children: its id is the label, `:permanent`, 15 s to stop.
+
+      children = [{Evm, label: :app_vm, owner: MyApp.Console}]
+      Supervisor.start_link(children, strategy: :one_for_one)
+  """
+  @spec child_spec([option()]) :: Supervisor.child_spec()
+  def child_spec(options), do: :evm.child_spec(options)
 end

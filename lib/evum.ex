@@ -78,19 +78,12 @@ defmodule Evum do
   defdelegate stop(vm), to: :evum
 
   @doc """
-  Types a line on the console (a newline is added) and returns the next
-  console message the caller receives, or `:timeout` after 5 seconds. The
-  caller must be the VM's owner, who receives its console.
-
-  The reply is meant to be the echo of the line, but it is simply the first
-  console line in the caller's mailbox (the first binary, for a VM that is
-  not tagged): drain the boot messages and any earlier output first. The
-  command's output and the prompt follow as messages.
-
-  The prompt is a line of its own only once the console has been quiet for
-  a moment: a line typed right after earlier output, before its prompt came,
-  is echoed on the prompt's line (`"root@evm:~# hostname"`). Wait for the
-  prompt before typing the next line.
+  Types a line on the console (a newline is added) and returns its echo,
+  the line as the guest's terminal shows it (without the prompt), or
+  `:timeout` after 5 seconds. Any process may call it: the echo comes to
+  the caller and is not also sent to the owner; what the guest prints after
+  it goes to the owner as ever. `{:error, :busy}` when 64 echoes are
+  awaited already.
 
       iex> Evum.send(vm, "hostname")
       "hostname"
@@ -109,6 +102,14 @@ defmodule Evum do
   """
   @spec send(Evm.vm(), iodata(), timeout()) :: binary() | :timeout | {:error, term()}
   defdelegate send(vm, line, timeout), to: :evum
+
+  @doc """
+  Makes `pid` the VM's owner: the console goes to it from now on, and the
+  VM stops when it ends. `{:error, {:not_alive, pid}}` for a process that
+  has ended.
+  """
+  @spec give_away(Evm.vm(), pid()) :: :ok | {:error, term()}
+  defdelegate give_away(vm, pid), to: :evum
 
   @doc """
   Types a line on the console (a newline is added). Its echo and output

@@ -8,7 +8,7 @@
 %% '''
 -module(evm).
 
--export([create/1, stop/1, fetch/1, fetch/2, destroy/1]).
+-export([create/1, start_link/1, child_spec/1, stop/1, fetch/1, fetch/2, destroy/1]).
 
 -export_type([option/0, vm/0]).
 
@@ -31,12 +31,65 @@
     | {progress, evum_image:progress_fun()}
     | {console_backlog, pos_integer() | infinity}
     | {console_overflow, hold | drop}
+    | {owner, pid() | atom() | none}
     | {overcommit, boolean()}
     | evum_opts:boot_option().
 
+%% @doc As create/1, for a supervisor: the VM is linked to the caller, and
+%% its console goes to `{owner, Pid | Name}' if given, nowhere otherwise
+%% (`{owner, none}'), so that a supervisor is sent nothing. The VM stops
+%% when the caller (the supervisor) tells it to, or exits, as any child
+%% does. A VM whose guest ends exits with `normal' when the guest halted
+%% cleanly and `{shutdown, How}' otherwise, and `killed' after `exit(Vm,
+%% kill)': as OTP has it, a `permanent' child is restarted whatever its
+%% end, a `transient' one only after an abnormal exit such as `killed'.
+%% (evm:stop/1 ends a permanent child too, and it is restarted: stop it with
+%% supervisor:terminate_child/2.) See child_spec/1.
+-spec start_link([option()]) -> {ok, pid()} | {error, term()}.
+start_link(Options) when is_list(Options) ->
+    Owned =
+        case lists:keymember(owner, 1, Options) of
+            true -> Options;
+            false -> [{owner, none} | Options]
+        end,
+    case create(Owned) of
+        {ok, Vm} ->
+            case catch gen_server:call(Vm, {link, self()}, infinity) of
+                ok -> {ok, Vm};
+                _ -> {error, not_running}
+            end;
+        Error ->
+            Error
+    end;
+start_link(Options) ->
+    {error, {bad_option, Options}}.
+
+%% @doc A supervisor's child specification for a VM of these options
+%% (start_link/1's): its id is the label (`evm' without one), `permanent',
+%% with 15 s to stop (a guest's sync, halt and the signals after them).
+%%
+%% ```
+%% Children = [evm:child_spec([{label, app_vm}, {owner, app_console}])],
+%% supervisor:start_link(Sup, {#{strategy => one_for_one}, Children}).
+%% '''
+-spec child_spec([option()]) -> supervisor:child_spec().
+child_spec(Options) when is_list(Options) ->
+    #{
+        id => proplists:get_value(label, Options, ?MODULE),
+        start => {?MODULE, start_link, [Options]},
+        restart => permanent,
+        shutdown => 15000,
+        type => worker,
+        modules => [?MODULE, evum_vm]
+    }.
+
 %% @doc Boots a VM and waits until its guest is up. The caller becomes the
-%% VM's owner: it receives the console lines and is told when the VM ends,
-%% and the VM stops when the owner exits.
+%% VM's owner (or the process `{owner, Pid}' names): it receives the console
+%% lines and is told when the VM ends, and the VM stops when the owner
+%% exits. A VM created from the Erlang shell belongs to the shell's
+%% evaluator, which the shell replaces after an exception: the VM then goes
+%% to the new evaluator instead of stopping. evum:give_away/2 hands a VM to
+%% another process.
 %%
 %% Options: `label' (registers the VM's pid under that name, and names its
 %% copy-on-write disk), `dist' (`busybox', the default, `host', or an image
@@ -127,6 +180,7 @@ create_vm(Options) ->
                 Bad -> {error, {bad_option, {console_backlog, Bad}}}
             end
         end,
+        fun(VM) -> with(owner, owner(Get(owner, self())), VM) end,
         fun(VM) ->
             case Get(console_overflow, hold) of
                 Overflow when Overflow =:= hold; Overflow =:= drop -> {ok, VM};
@@ -177,7 +231,7 @@ create_vm(Options) ->
                 Error -> Error
             end
         end,
-        fun(#{config := Config} = VM) -> with(pid, start(Config), VM) end,
+        fun(#{config := Config, owner := Owner} = VM) -> with(pid, start(Owner, Config), VM) end,
         fun(#{pid := Pid} = VM) -> boot(Pid, VM) end,
         fun(#{pid := Pid, label := Label, mac := Mac} = VM) -> with(pid, join(Net, Label, Pid, Mac), VM) end,
         fun(#{pid := Pid, switch := Switch, mac := Mac} = VM) ->
@@ -239,6 +293,23 @@ runtime_path(Dir) ->
         error:_ -> false
     end.
 
+%% The process the console goes to: a live local process, by pid or
+%% registered name, or `none' (the console's lines are dropped).
+owner(none) ->
+    {ok, none};
+owner(Name) when is_atom(Name) ->
+    case whereis(Name) of
+        undefined -> {error, {bad_option, {owner, Name}}};
+        Pid -> owner(Pid)
+    end;
+owner(Pid) when is_pid(Pid), node(Pid) =:= node() ->
+    case is_process_alive(Pid) of
+        true -> {ok, Pid};
+        false -> {error, {bad_option, {owner, Pid}}}
+    end;
+owner(Other) ->
+    {error, {bad_option, {owner, Other}}}.
+
 with(Key, {ok, Value}, VM) -> {ok, VM#{Key => Value}};
 with(_Key, Error, _VM) -> Error.
 
@@ -252,8 +323,13 @@ switch_groups(Switch) ->
         Gid -> [Gid]
     end.
 
+switch_of(undefined, undefined) ->
+    {ok, undefined};
 switch_of(undefined, Switch) ->
-    {ok, Switch};
+    case evum_switch:group(Switch) of
+        {error, _} -> {error, {bad_option, {switch, Switch}}};
+        _ -> {ok, Switch}
+    end;
 switch_of(Net, undefined) ->
     evum_net:switch(Net);
 switch_of(Net, Switch) ->
@@ -281,8 +357,15 @@ join(Net, Label, Pid, Mac) ->
         end,
     Configured =
         case evum_net:lease(Net, Key) of
-            {ok, #{switch := Switch, address := Address, netmask := Mask, gateway := Gateway}} ->
-                Command = ["ifconfig eth0 ", Address, " netmask ", Mask, " up && route add default gw ", Gateway],
+            {ok, #{switch := Switch, address := Address, netmask := Mask, gateway := Gateway} = Lease} ->
+                Resolver =
+                    case Lease of
+                        #{dns := Dns} -> [" && echo 'nameserver ", Dns, "' >/etc/resolv.conf"];
+                        #{} -> []
+                    end,
+                Command = [
+                    "ifconfig eth0 ", Address, " netmask ", Mask, " up && route add default gw ", Gateway | Resolver
+                ],
                 case evum_switch:bind(Switch, Address, Mac) of
                     ok -> evum:cmd(Pid, Command);
                     Error -> Error
@@ -322,8 +405,8 @@ network(_Switch, Other, _Mac) ->
     %% Not a transport: evum_opts names it as a bad option.
     [{transport, Other}].
 
-start(Config) ->
-    case evum_vm_sup:start_vm(self(), Config) of
+start(Owner, Config) ->
+    case evum_vm_sup:start_vm(Owner, Config) of
         {error, {already_started, _}} -> {error, {label_in_use, maps:get(label, Config)}};
         Other -> Other
     end.
@@ -346,6 +429,7 @@ is_create_option({Key, _}) ->
         progress,
         console_backlog,
         console_overflow,
+        owner,
         overcommit
     ]);
 is_create_option(tagged) ->
@@ -401,8 +485,10 @@ fetch(Dist, Progress) when is_atom(Dist), is_function(Progress, 1) ->
             {error, _} = Error -> Error
         end
     end);
-fetch(Dist, Progress) ->
-    {error, {badarg, [Dist, Progress]}}.
+fetch(Dist, _Progress) when not is_atom(Dist) ->
+    {error, {bad_option, {dist, Dist}}};
+fetch(_Dist, Progress) ->
+    {error, {bad_option, {progress, Progress}}}.
 
 %% @doc Removes a label's copy-on-write disks: its next boot starts from the
 %% base image again. `{error, {running, Label}}' while its VM runs.
@@ -421,7 +507,9 @@ with_app(Fun) ->
 
 %% @doc Stops a VM: mconsole halt, then SIGTERM, then SIGKILL, waiting for
 %% the guest to be gone at each step. Returns when nothing of it is left.
--spec stop(vm()) -> ok | {error, not_running}.
+-spec stop(vm()) -> ok | {error, not_running | {not_a_vm, term()}}.
+stop(Vm) when not is_pid(Vm), not is_atom(Vm) ->
+    {error, {not_a_vm, Vm}};
 stop(Vm) ->
     %% The VM's process replies once the guest is gone and exits just after:
     %% waiting for that exit too frees its label (evm:destroy/1 and a new

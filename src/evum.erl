@@ -9,6 +9,7 @@
     stop/1,
     send/2,
     send/3,
+    give_away/2,
     puts/2,
     write/2,
     cmd/2,
@@ -51,6 +52,8 @@ start() ->
 %% @doc Like start/0, with evm:create/1 options; `dist' defaults to `host',
 %% and the VM joins the switch given to evum_ctl:start/1, if any.
 -spec start([evm:option()]) -> {ok, pid()} | {error, term()}.
+start(Options) when not is_list(Options) ->
+    {error, {bad_option, Options}};
 start(Options) ->
     Switch =
         case evum_ctl:switch() of
@@ -65,7 +68,9 @@ start(Options) ->
 ifconfig(Vm, {Address, Netmask, Gateway}) ->
     puts(Vm, [
         "ifconfig eth0 ", Address, " netmask ", Netmask, " up && route add default gw ", Gateway
-    ]).
+    ]);
+ifconfig(_Vm, Other) ->
+    {error, {bad_option, Other}}.
 
 %% @doc Prints every frame crossing a switch, one line each, on the caller's
 %% terminal, until the returned process is killed.
@@ -105,10 +110,16 @@ forward(Vm, {Proto, {HostAddr, HostPort}, GuestPort} = Forward) ->
 forward(_Vm, Forward) ->
     {error, {bad_forward, Forward}}.
 
-%% @doc Removes a forward: `{Proto, HostPort}' (on 127.0.0.1) or `{Proto,
-%% {HostAddress, HostPort}}'.
--spec unforward(evm:vm(), {tcp | udp, inet:port_number() | {evum_switch:address(), inet:port_number()}}) ->
+%% @doc Removes a forward: `{Proto, HostPort}' (on 127.0.0.1), `{Proto,
+%% {HostAddress, HostPort}}', or the port forward/2 returned alone.
+-spec unforward(evm:vm(), inet:port_number() | {tcp | udp, inet:port_number() | {evum_switch:address(), inet:port_number()}}) ->
     ok | {error, term()}.
+unforward(Vm, HostPort) when is_integer(HostPort) ->
+    %% The port forward/2 returned: its forward, TCP or UDP.
+    case unforward(Vm, {tcp, HostPort}) of
+        ok -> ok;
+        {error, _} -> unforward(Vm, {udp, HostPort})
+    end;
 unforward(Vm, {Proto, HostPort}) when is_integer(HostPort) ->
     unforward(Vm, {Proto, {"127.0.0.1", HostPort}});
 unforward(Vm, {Proto, {HostAddr, HostPort}}) ->
@@ -157,30 +168,36 @@ guest_network(Vm) ->
 stop(Vm) ->
     evm:stop(Vm).
 
-%% @doc Types a line on the console and returns the next console message the
-%% caller receives (the echo of the line), or `timeout'. The caller must be
-%% the VM's owner, who receives its console.
+%% @doc Types a line on the console and returns its echo, `<<"hostname">>'
+%% for `"hostname"' (the line as the guest's terminal shows it, the prompt
+%% left out), or `timeout' after 5 s. Any process may call it: the echo
+%% comes to the caller, not to the owner's mailbox, and the lines the guest
+%% prints after it go to the owner as ever. `{error, busy}' when 64 echoes
+%% are awaited already.
 -spec send(evm:vm(), iodata()) -> binary() | timeout | {error, term()}.
 send(Vm, Line) ->
     send(Vm, Line, ?SEND_TIMEOUT).
 
+%% @doc As send/2, waiting up to Timeout ms (or `infinity') for the echo.
 -spec send(evm:vm(), iodata(), timeout()) -> binary() | timeout | {error, term()}.
 send(Vm, Line, Timeout) ->
-    case write_line(Vm, Line) of
-        {ok, false} ->
-            receive
-                Bin when is_binary(Bin) -> Bin
-            after Timeout -> timeout
-            end;
-        {ok, true} ->
-            Pid = whereis_vm(Vm),
-            receive
-                {evum, Pid, {console, Bin}} -> Bin
-            after Timeout -> timeout
-            end;
-        {error, _} = Error ->
-            Error
+    case {to_binary(Line), is_timeout(Timeout)} of
+        {{ok, Bin}, true} -> call(Vm, {send, Bin, Timeout});
+        {{error, _} = Error, _} -> Error;
+        {_, false} -> {error, {bad_option, {timeout, Timeout}}}
     end.
+
+%% @doc Makes Pid the VM's owner: the console comes to it from now on, and
+%% the VM stops when Pid ends (as it did with its owner before). `{error,
+%% {not_alive, Pid}}' for a process that has ended.
+-spec give_away(evm:vm(), pid()) -> ok | {error, term()}.
+give_away(Vm, Pid) when is_pid(Pid) ->
+    call(Vm, {give_away, Pid});
+give_away(_Vm, Pid) ->
+    {error, {not_a_pid, Pid}}.
+
+is_timeout(infinity) -> true;
+is_timeout(T) -> is_integer(T) andalso T >= 0 andalso T =< ?MAX_TIMEOUT.
 
 %% @doc Types a line on the console.
 -spec puts(evm:vm(), iodata()) -> ok | {error, term()}.
@@ -253,8 +270,7 @@ cmd_options(Options) when is_list(Options) ->
 cmd_options(Other) ->
     {error, {bad_option, Other}}.
 
-is_cmd_option({timeout, infinity}) -> true;
-is_cmd_option({timeout, T}) -> is_integer(T) andalso T >= 0 andalso T =< ?MAX_TIMEOUT;
+is_cmd_option({timeout, T}) -> is_timeout(T);
 is_cmd_option({max_output, B}) -> is_integer(B) andalso B >= 0 andalso B =< ?CMD_MAX_OUTPUT_CEILING;
 is_cmd_option(_) -> false.
 
@@ -278,13 +294,17 @@ reboot(Vm) ->
 info(Vm) ->
     call(Vm, info).
 
+call(Vm, _Request) when not is_pid(Vm), not is_atom(Vm) ->
+    {error, {not_a_vm, Vm}};
 call(Vm, Request) ->
     try
         gen_server:call(Vm, Request, infinity)
     catch
         exit:{noproc, _} -> {error, not_running};
         exit:{normal, _} -> {error, not_running};
-        exit:{{shutdown, _}, _} -> {error, not_running}
+        exit:{{shutdown, _}, _} -> {error, not_running};
+        exit:{shutdown, _} -> {error, not_running};
+        exit:{killed, _} -> {error, not_running}
     end.
 
 whereis_vm(Pid) when is_pid(Pid) -> Pid;

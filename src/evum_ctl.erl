@@ -25,6 +25,14 @@ start(Switch) ->
 start(_Switch, [O | _]) ->
     {error, {bad_option, O}};
 start(Switch, []) ->
+    case evum_switch:group(Switch) of
+        {error, _} -> {error, {bad_option, {switch, Switch}}};
+        _ -> start_on(Switch)
+    end;
+start(_Switch, Options) ->
+    {error, {bad_option, Options}}.
+
+start_on(Switch) ->
     case whereis(?MODULE) of
         undefined ->
             Pid = proc_lib:spawn(?MODULE, init, [Switch]),

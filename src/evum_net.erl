@@ -19,7 +19,8 @@
     switch := pid(),
     address := binary(),
     netmask := binary(),
-    gateway := binary()
+    gateway := binary(),
+    dns => binary()
 }.
 -export_type([lease/0]).
 
@@ -154,9 +155,14 @@ take_offset(Key, #net{leases = Leases, config = #{first_ip := First}} = Net) ->
 
 lease_of(#net{switch = Switch, config = C}, Offset) ->
     #{base_ip := Base, first_ip := First, netmask := Mask, gw := Gw} = C,
-    #{
+    Lease = #{
         switch => Switch,
         address => <<Base/binary, (integer_to_binary(First + Offset))/binary>>,
         netmask => Mask,
         gateway => Gw
-    }.
+    },
+    %% A gateway's network has its DNS server, as its DHCP tells.
+    case gateway(C) of
+        [{gateway, #{dns := Dns}}] -> Lease#{dns => Dns};
+        [] -> Lease
+    end.

@@ -7,6 +7,9 @@
     vm_start/8,
     jail_ids/2,
     vm_console_flow/2,
+    vm_set_owner/2,
+    vm_expect_echo/3,
+    vm_forget_echo/2,
     vm_write/2,
     vm_run/4,
     vm_signal/3,
@@ -60,6 +63,9 @@ load() ->
 vm_start(_Owner, _Server, _Tagged, _Kernel, _Options, _Umid, _UmlDir, _Groups) -> ?NOT_LOADED.
 jail_ids(_First, _Count) -> ?NOT_LOADED.
 vm_console_flow(_Vm, _Flow) -> ?NOT_LOADED.
+vm_set_owner(_Vm, _Owner) -> ?NOT_LOADED.
+vm_expect_echo(_Vm, _Line, _Tag) -> ?NOT_LOADED.
+vm_forget_echo(_Vm, _Tag) -> ?NOT_LOADED.
 vm_write(_Vm, _Data) -> ?NOT_LOADED.
 vm_run(_Vm, _Id, _Command, _MaxOutput) -> ?NOT_LOADED.
 vm_signal(_Vm, _Signal, _WholeGroup) -> ?NOT_LOADED.

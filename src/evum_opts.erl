@@ -1,5 +1,5 @@
 %% @doc Boot options: checks what a user wrote and puts it in the one shape
-%% the NIF takes, `{Name, Index, Value}` with binaries and Index -1 for none.
+%% the NIF takes, `{Name, Index, Value}' with binaries and Index -1 for none.
 %% The kernel command line itself is built in Rust (evum_core::options).
 -module(evum_opts).
 
@@ -41,11 +41,11 @@
     | {append, text() | [text()]}
     | {cpu, any | auto | non_neg_integer() | [non_neg_integer()]}
     | {seccomp, boolean()}
-    | {cpus, 1..?MAX_CPUS}.
+    | {cpus, pos_integer()}.
 -type nif_option() :: {binary(), integer(), binary()}.
 
 %% @doc Checks and converts boot options. An unknown option or a value of
-%% the wrong type is `{error, {bad_option, Option}}`, naming it.
+%% the wrong type is `{error, {bad_option, Option}}', naming it.
 -spec normalize([boot_option()]) -> {ok, [nif_option()]} | {error, {bad_option, term()}}.
 normalize(Options) when is_list(Options) ->
     try

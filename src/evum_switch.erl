@@ -107,7 +107,7 @@ start() ->
 %% not know is `{error, {bad_option, Option}}'.
 -spec start([{name, atom()} | anonymous | hub | {hub, boolean()} | gateway | {gateway, map()} |
              {cpu, any | auto | non_neg_integer() | [non_neg_integer()]} |
-             {busy_poll, 0..?MAX_BUSY_POLL_US} | {max_macs, pos_integer()} |
+             {busy_poll, 0..1000} | {max_macs, pos_integer()} |
              {mac_table_size, pos_integer()} | {storm_limit, pos_integer() | infinity} |
              {port_rate, pos_integer() | infinity} | {port_security, boolean()} |
              {max_hold, pos_integer()}]) ->
@@ -190,9 +190,18 @@ limits(Options) ->
     %% The first of a name counts, as in proplists.
     maps:from_list(lists:reverse([{Nif, V} || {Option, Nif} <- Names, {O, V} <- Options, O =:= Option])).
 
--spec stop(switch()) -> ok.
+-spec stop(switch()) -> ok | {error, not_running}.
 stop(Switch) ->
-    gen_server:stop(Switch).
+    case where(Switch) of
+        undefined ->
+            {error, not_running};
+        Pid ->
+            try
+                gen_server:stop(Pid)
+            catch
+                exit:_ -> {error, not_running}
+            end
+    end.
 
 %% @doc Makes the calling process a port of the switch, with no MAC of its
 %% own: it receives what a port of the switch receives.
@@ -208,23 +217,23 @@ attach(Switch) ->
 attach(Switch, Options) ->
     Mac = proplists:get_value(mac, Options, undefined),
     case Mac =:= undefined orelse (is_binary(Mac) andalso byte_size(Mac) =:= 6) of
-        true -> gen_server:call(Switch, {attach, self(), Mac, proplists:get_bool(promiscuous, Options)});
+        true -> call(Switch, {attach, self(), Mac, proplists:get_bool(promiscuous, Options)});
         false -> {error, {bad_option, {mac, Mac}}}
     end.
 
 -spec detach(switch(), port_id()) -> ok | {error, term()}.
 detach(Switch, Port) ->
-    gen_server:call(Switch, {detach, Port}).
+    call(Switch, {detach, Port}).
 
 %% @doc Sends a frame into the switch from the caller's (only) port.
 -spec send(switch(), binary()) -> ok | {error, term()}.
 send(Switch, Frame) ->
-    gen_server:call(Switch, {send, self(), Frame}).
+    call(Switch, {send, self(), Frame}).
 
 %% @doc Sends a frame into the switch from one of the caller's ports.
 -spec send(switch(), port_id(), binary()) -> ok | {error, term()}.
 send(Switch, Port, Frame) when is_binary(Frame) ->
-    gen_server:call(Switch, {send, self(), Port, Frame});
+    call(Switch, {send, self(), Port, Frame});
 send(_Switch, _Port, Frame) ->
     {error, {not_binary, Frame}}.
 
@@ -232,51 +241,68 @@ send(_Switch, _Port, Frame) ->
 %% in and out, drops, and its `peer': an attached port's process, or the VM
 %% (created with `{switch, S}') whose interface has the port's MAC.
 -spec ports(switch()) -> {ok, [map()]} | {error, term()}.
-ports(Switch) -> gen_server:call(Switch, ports).
+ports(Switch) -> call(Switch, ports).
 
 %% @doc The learned MAC addresses: `[#{mac, port, age_ms}]'.
 -spec mac_table(switch()) -> {ok, [map()]} | {error, term()}.
-mac_table(Switch) -> gen_server:call(Switch, mac_table).
+mac_table(Switch) -> call(Switch, mac_table).
 
 %% @doc Input the switch rejected, by reason.
 -spec counters(switch()) -> {ok, map()} | {error, term()}.
-counters(Switch) -> gen_server:call(Switch, counters).
+counters(Switch) -> call(Switch, counters).
 
 %% @doc The daemon transport's control socket.
 -spec control_socket(switch()) -> binary().
-control_socket(Switch) -> gen_server:call(Switch, control_socket).
+control_socket(Switch) -> call(Switch, control_socket).
 
 %% @doc The bess transport's socket.
 -spec bess_socket(switch()) -> binary().
-bess_socket(Switch) -> gen_server:call(Switch, bess_socket).
+bess_socket(Switch) -> call(Switch, bess_socket).
 
 %% @doc The host group whose members may use the switch's sockets (besides
 %% evum's own user): its VMs' users join it. `undefined' when evum does not
 %% run as root (the sockets are then evum's user's only).
--spec group(switch()) -> non_neg_integer() | undefined.
-group(Switch) -> gen_server:call(Switch, group).
+-spec group(switch()) -> non_neg_integer() | undefined | {error, not_running}.
+group(Switch) -> call(Switch, group).
 
 %% @doc The boot option that puts a VM's eth0 on this switch, with `Mac'.
--spec eth_option(switch(), mac()) -> evum_opts:boot_option().
-eth_option(Switch, Mac) ->
-    {eth, 0, "daemon," ++ evum_sniff:format_mac(Mac) ++ ",unix," ++ binary_to_list(control_socket(Switch))}.
+-spec eth_option(switch(), mac()) -> evum_opts:boot_option() | {error, term()}.
+eth_option(Switch, <<_:48>> = Mac) ->
+    case control_socket(Switch) of
+        Ctl when is_binary(Ctl) -> {eth, 0, "daemon," ++ evum_sniff:format_mac(Mac) ++ ",unix," ++ binary_to_list(Ctl)};
+        Error -> Error
+    end;
+eth_option(_Switch, Mac) ->
+    {error, {bad_mac, Mac}}.
 
 %% @doc The boot option that puts a VM's vec0 on this switch over the vector
 %% driver's bess mode (kernels after 6.15 have no daemon transport).
--spec bess_option(switch(), mac()) -> evum_opts:boot_option().
-bess_option(Switch, Mac) ->
+-spec bess_option(switch(), mac()) -> evum_opts:boot_option() | {error, term()}.
+bess_option(Switch, <<_:48>> = Mac) ->
     %% The name of the VM's end tells the switch the VM's MAC, to which its
     %% port is then locked (port security).
     Hex = lists:flatten([io_lib:format("~2.16.0b", [B]) || <<B>> <= Mac]),
-    {append,
-        "vec0:transport=bess,src={runtime_dir}/bess-" ++ Hex ++ ",dst=" ++ binary_to_list(bess_socket(Switch)) ++
-            ",mac=" ++ evum_sniff:format_mac(Mac)}.
+    case bess_socket(Switch) of
+        Bess when is_binary(Bess) ->
+            {append,
+                "vec0:transport=bess,src={runtime_dir}/bess-" ++ Hex ++ ",dst=" ++ binary_to_list(Bess) ++ ",mac=" ++
+                    evum_sniff:format_mac(Mac)};
+        Error ->
+            Error
+    end;
+bess_option(_Switch, Mac) ->
+    {error, {bad_mac, Mac}}.
 
 %% @doc Tells the switch that VM `Vm' is on it with `Mac', so that ports/1
 %% can name it as the peer of its port (evm:create/1 does this).
--spec joined(switch(), pid(), mac()) -> ok.
-joined(Switch, Vm, Mac) ->
-    gen_server:cast(Switch, {joined, Vm, Mac}).
+-spec joined(switch(), pid(), mac()) -> ok | {error, term()}.
+joined(Switch, Vm, <<_:48>> = Mac) when is_pid(Vm) ->
+    case where(Switch) of
+        undefined -> {error, not_running};
+        Pid -> gen_server:cast(Pid, {joined, Vm, Mac})
+    end;
+joined(_Switch, Vm, Mac) ->
+    {error, {bad_argument, {Vm, Mac}}}.
 
 %% @doc Binds IPv4 `Address' to `Mac' on the switch (evm:create/1 does
 %% this for the address it gives a VM on a named network): ARP claiming
@@ -286,7 +312,7 @@ bind(Switch, Address, Mac) ->
     case addr(Address) of
         {ok, A} when is_binary(Mac), byte_size(Mac) =:= 6 ->
             {ok, {B1, B2, B3, B4}} = inet:parse_ipv4strict_address(binary_to_list(A)),
-            gen_server:call(Switch, {bind, <<B1, B2, B3, B4>>, Mac});
+            call(Switch, {bind, <<B1, B2, B3, B4>>, Mac});
         _ ->
             {error, {bad_address, {Address, Mac}}}
     end.
@@ -298,7 +324,7 @@ bind(Switch, Address, Mac) ->
 forward(Switch, {Proto, HostAddr, HostPort, GuestAddr, GuestPort} = Forward, For) ->
     case {addr(HostAddr), addr(GuestAddr)} of
         {{ok, H}, {ok, G}} when (Proto =:= tcp orelse Proto =:= udp), ?IS_PORT(HostPort), ?IS_PORT(GuestPort) ->
-            gen_server:call(Switch, {forward, {Proto, H, HostPort, G, GuestPort}, For});
+            call(Switch, {forward, {Proto, H, HostPort, G, GuestPort}, For});
         _ ->
             {error, {bad_forward, Forward}}
     end.
@@ -308,7 +334,7 @@ forward(Switch, {Proto, HostAddr, HostPort, GuestAddr, GuestPort} = Forward, For
 unforward(Switch, {Proto, HostAddr, HostPort} = Which) ->
     case addr(HostAddr) of
         {ok, H} when (Proto =:= tcp orelse Proto =:= udp), ?IS_PORT(HostPort) ->
-            gen_server:call(Switch, {unforward, {Proto, H, HostPort}});
+            call(Switch, {unforward, {Proto, H, HostPort}});
         _ ->
             {error, {bad_forward, Which}}
     end.
@@ -325,10 +351,36 @@ gateway_counters(Switch) ->
     gateway_call(Switch, fun evum_nif:gateway_counters/1).
 
 gateway_call(Switch, Fun) ->
-    case gen_server:call(Switch, gateway) of
+    case call(Switch, gateway) of
         {ok, Gateway} -> Fun(Gateway);
         Error -> Error
     end.
+
+%% A call to the switch; `{error, not_running}' for a switch that is not
+%% there (or a term that is no switch).
+call(Switch, Request) ->
+    case where(Switch) of
+        undefined ->
+            {error, not_running};
+        Pid ->
+            try
+                gen_server:call(Pid, Request)
+            catch
+                exit:{Why, _} when Why =:= noproc; Why =:= normal; Why =:= shutdown; element(1, Why) =:= shutdown ->
+                    {error, not_running}
+            end
+    end.
+
+%% The switch's pid, if it runs.
+where(Pid) when is_pid(Pid), node(Pid) =:= node() ->
+    case is_process_alive(Pid) of
+        true -> Pid;
+        false -> undefined
+    end;
+where(Name) when is_atom(Name) ->
+    whereis(Name);
+where(_) ->
+    undefined.
 
 addr({_, _, _, _} = A) -> {ok, list_to_binary(inet:ntoa(A))};
 addr(A) when is_list(A) -> addr(list_to_binary(A));

@@ -46,6 +46,14 @@
     %% What to start, until the VM is started.
     config :: evum_vm:config(),
     owner :: pid(),
+    owner_monitor :: reference(),
+    %% The Erlang shell whose evaluator the owner is, if it is one: the
+    %% shell replaces its evaluator after an exception, and the VM then
+    %% goes to the new one instead of stopping.
+    shell :: pid() | undefined,
+    %% The process that linked itself to the VM (evm:start_link/1's caller,
+    %% a supervisor): its exit stops the VM, as a parent's does.
+    linked_to :: pid() | undefined,
     label :: atom() | undefined,
     tagged :: boolean(),
     %% booting -> ready -> stopping -> exited
@@ -56,6 +64,9 @@
     %% Commands whose callers wait: Id => {From, Timer} (no timer for
     %% an infinite timeout).
     commands = #{} :: #{non_neg_integer() => {gen_server:from(), reference() | undefined}},
+    %% Callers of evum:send/2,3 waiting for their line's echo: Tag =>
+    %% {From, Timer}.
+    echoes = #{} :: #{pos_integer() => {gen_server:from(), reference() | undefined}},
     %% The command the guest's loop runs now (one at a time: the serial line
     %% holds little, and what overflows it is lost), and those waiting, each
     %% with the most output it may return.
@@ -95,6 +106,10 @@
 -define(SYNC_MAX_OUTPUT, 4096).
 %% How often a paused console looks whether its owner has caught up.
 -define(BACKLOG_CHECK, 50).
+%% How long a VM whose owner was a shell's evaluator waits for the shell's
+%% next one: tries, and ms between them.
+-define(ADOPT_TRIES, 50).
+-define(ADOPT_EVERY, 20).
 
 -spec start_link(pid(), config()) -> {ok, pid()} | {error, term()}.
 start_link(Owner, #{label := undefined} = Config) ->
@@ -104,13 +119,43 @@ start_link(Owner, #{label := Label} = Config) ->
 
 init({Owner, Config}) ->
     process_flag(trap_exit, true),
-    monitor(process, Owner),
     #{tagged := Tagged, label := Label} = Config,
     Backlog = maps:get(console_backlog, Config, ?CONSOLE_BACKLOG),
     Overflow = maps:get(console_overflow, Config, hold),
-    {ok, #state{
-        owner = Owner, label = Label, tagged = Tagged, config = Config, backlog = Backlog, overflow = Overflow
-    }}.
+    {ok,
+        owned_by(Owner, #state{
+            label = Label, tagged = Tagged, config = Config, backlog = Backlog, overflow = Overflow
+        })}.
+
+%% Makes Pid the VM's owner: it is monitored (the VM stops when it ends,
+%% unless it was a shell's evaluator) and gets the console from now on.
+%% With no owner (`none') this process takes the console, and drops it.
+owned_by(none, S) ->
+    owned_by(self(), S);
+owned_by(Pid, #state{owner_monitor = Old, vm = Vm} = S) ->
+    Old =:= undefined orelse demonitor(Old, [flush]),
+    Vm =:= undefined orelse evum_nif:vm_set_owner(Vm, Pid),
+    Monitor =
+        case Pid =:= self() of
+            true -> undefined;
+            false -> monitor(process, Pid)
+        end,
+    S#state{owner = Pid, owner_monitor = Monitor, shell = shell_of(Pid)}.
+
+%% The shell whose evaluator Pid is, or undefined. The shell's I/O server
+%% (its group leader, a `group' or `user' process) keeps the shell's pid
+%% in its dictionary as `shell', and the shell keeps its evaluator's as
+%% `evaluator' (shell:whereis_evaluator/1 reads that).
+shell_of(Pid) ->
+    try
+        {group_leader, Io} = process_info(Pid, group_leader),
+        {dictionary, Dict} = process_info(Io, dictionary),
+        {shell, Shell} = lists:keyfind(shell, 1, Dict),
+        Pid = shell:whereis_evaluator(Shell),
+        Shell
+    catch
+        _:_ -> undefined
+    end.
 
 %% The VM is started by the first call, not in init/1: a VM that cannot start
 %% is the caller's error, answered as one, not a crash of this process; and
@@ -136,6 +181,35 @@ started_call({write, Data}, _From, #state{vm = Vm, tagged = Tagged} = S) ->
     case evum_nif:vm_write(Vm, Data) of
         ok -> {reply, {ok, Tagged}, S};
         {error, _} = Error -> {reply, Error, S}
+    end;
+started_call({send, _, _}, _From, #state{phase = Phase} = S) when Phase =:= stopping; Phase =:= exited ->
+    {reply, {error, not_running}, S};
+started_call({send, Line, Timeout}, From, #state{vm = Vm, echoes = Echoes} = S) ->
+    %% The terminal echoes the line as it was typed, up to its first newline.
+    [Echo | _] = binary:split(Line, <<"\n">>),
+    Tag = erlang:unique_integer([positive]),
+    case evum_nif:vm_expect_echo(Vm, Echo, Tag) of
+        ok ->
+            case evum_nif:vm_write(Vm, <<Line/binary, "\n">>) of
+                ok ->
+                    Timer = timer(Timeout, {echo_timeout, Tag}),
+                    {noreply, S#state{echoes = Echoes#{Tag => {From, Timer}}}};
+                {error, _} = Error ->
+                    evum_nif:vm_forget_echo(Vm, Tag),
+                    {reply, Error, S}
+            end;
+        {error, _} = Error ->
+            {reply, Error, S}
+    end;
+started_call({link, Pid}, _From, S) ->
+    link(Pid),
+    {reply, ok, S#state{linked_to = Pid}};
+started_call({give_away, Pid}, _From, #state{owner = Pid} = S) ->
+    {reply, ok, S};
+started_call({give_away, Pid}, _From, S) ->
+    case is_process_alive(Pid) of
+        true -> {reply, ok, owned_by(Pid, S)};
+        false -> {reply, {error, {not_alive, Pid}}, S}
     end;
 started_call({cmd, Command, _}, _From, #state{phase = ready} = S) when byte_size(Command) > ?MAX_COMMAND ->
     {reply, {error, {too_large, ?MAX_COMMAND}}, S};
@@ -200,6 +274,24 @@ handle_info({evum_ctl, {result, Id, Status, Output}}, S) ->
     {noreply, run_next(answer(Id, {ok, Status, Output}, S))};
 handle_info({evum_ctl, {output_too_large, Id, Length}}, S) ->
     {noreply, run_next(answer(Id, {error, {output_too_large, Length}}, S))};
+handle_info({evum_echo, Tag, Line}, #state{echoes = Echoes} = S) ->
+    case maps:take(Tag, Echoes) of
+        {{From, Timer}, Rest} ->
+            cancel_timer(Timer),
+            gen_server:reply(From, Line),
+            {noreply, S#state{echoes = Rest}};
+        error ->
+            {noreply, S}
+    end;
+handle_info({echo_timeout, Tag}, #state{echoes = Echoes, vm = Vm} = S) ->
+    case maps:take(Tag, Echoes) of
+        {{From, _}, Rest} ->
+            evum_nif:vm_forget_echo(Vm, Tag),
+            gen_server:reply(From, timeout),
+            {noreply, S#state{echoes = Rest}};
+        error ->
+            {noreply, S}
+    end;
 handle_info({cmd_timeout, Id}, #state{commands = Commands, queued = Queued} = S) ->
     case maps:take(Id, Commands) of
         {{From, _}, Rest} ->
@@ -219,8 +311,27 @@ handle_info({evum_exit, How, Lines}, S) ->
     exited(How, Lines, S);
 handle_info({stop_step, Step}, S) ->
     {noreply, stop_step(Step, S)};
-handle_info({'DOWN', _, process, Owner, _}, #state{owner = Owner} = S) ->
+handle_info({'DOWN', Ref, process, _, _}, #state{owner_monitor = Ref, shell = undefined} = S) ->
     {noreply, begin_stop(S#state{stop_requested = true})};
+handle_info({'DOWN', Ref, process, Owner, _}, #state{owner_monitor = Ref, shell = Shell} = S) ->
+    %% A shell's evaluator that died of an exception is replaced at once:
+    %% the VM goes to the new one.
+    self() ! {adopt_evaluator, Shell, Owner, ?ADOPT_TRIES},
+    {noreply, S};
+handle_info({'EXIT', Pid, Reason}, #state{linked_to = Pid} = S) ->
+    %% Told to stop by its supervisor (or its linked caller ended): the
+    %% guest is stopped in terminate/2.
+    {stop, Reason, S};
+handle_info({adopt_evaluator, Shell, Old, Tries}, #state{owner = Old} = S) ->
+    case catch shell:whereis_evaluator(Shell) of
+        New when is_pid(New), New =/= Old ->
+            {noreply, owned_by(New, S)};
+        _ when Tries > 0 ->
+            erlang:send_after(?ADOPT_EVERY, self(), {adopt_evaluator, Shell, Old, Tries - 1}),
+            {noreply, S};
+        _ ->
+            {noreply, begin_stop(S#state{stop_requested = true})}
+    end;
 handle_info(_Msg, S) ->
     {noreply, S}.
 
@@ -266,8 +377,11 @@ console_flow(false, _Overflow) -> deliver;
 console_flow(true, Overflow) -> Overflow.
 
 %% The timer of a command's timeout; none for `infinity'.
-cmd_timer(infinity, _Id) -> undefined;
-cmd_timer(Timeout, Id) -> erlang:send_after(Timeout, self(), {cmd_timeout, Id}).
+cmd_timer(Timeout, Id) -> timer(Timeout, {cmd_timeout, Id}).
+
+%% A timer sending Msg to this process after Timeout; none for `infinity'.
+timer(infinity, _Msg) -> undefined;
+timer(Timeout, Msg) -> erlang:send_after(Timeout, self(), Msg).
 
 cancel_timer(undefined) -> ok;
 cancel_timer(Timer) -> erlang:cancel_timer(Timer).
@@ -357,12 +471,12 @@ run_stop_step(sigkill, Vm) ->
 index(X, List) -> length(lists:takewhile(fun(Y) -> Y =/= X end, List)).
 
 exited(How, Lines, S) ->
-    #state{owner = Owner, waiting_ready = WR, waiting_exit = WE, commands = Commands} = S,
+    #state{owner = Owner, waiting_ready = WR, waiting_exit = WE, commands = Commands, echoes = Echoes} = S,
     Owner ! {evum, self(), {exit, How}},
     WR =:= [] orelse boot_failed(WR, How, Lines, S),
-    [gen_server:reply(From, {error, {exited, How}}) || {From, _} <- maps:values(Commands)],
+    [gen_server:reply(From, {error, {exited, How}}) || {From, _} <- maps:values(Commands) ++ maps:values(Echoes)],
     [gen_server:reply(From, ok) || From <- WE],
-    Final = S#state{phase = exited, exit = How, waiting_ready = [], waiting_exit = [], commands = #{}},
+    Final = S#state{phase = exited, exit = How, waiting_ready = [], waiting_exit = [], commands = #{}, echoes = #{}},
     Reason =
         case {S#state.stop_requested, How} of
             {true, _} -> normal;
@@ -408,8 +522,21 @@ host_problem(Lines) ->
 %% monitor.)
 terminate(Reason, S) ->
     stop_guest(Reason, S),
+    tell_owner_stopped(Reason, S),
     catch evum_mem:release(),
     ok.
+
+%% A VM stopped under its owner (evum's application stopped, its supervisor
+%% shut it down): the owner hears of it as of any end.
+tell_owner_stopped(_Reason, #state{phase = exited}) ->
+    ok;
+tell_owner_stopped(Reason, #state{owner = Owner}) ->
+    How =
+        case Reason of
+            {shutdown, _} -> shutdown;
+            Other -> Other
+        end,
+    Owner ! {evum, self(), {exit, How}}.
 
 %% Shut down with the VM still running (supervisor shutdown, a crash): stop
 %% it here and wait, so no VM outlives its process.
@@ -418,13 +545,26 @@ stop_guest(_Reason, #state{phase = exited}) ->
 stop_guest(_Reason, #state{vm = undefined}) ->
     ok;
 stop_guest(_Reason, #state{vm = Vm}) ->
-    evum_nif:vm_signal(Vm, sigterm, false),
-    receive
-        {evum_exit, _, _} -> ok
-    after ?TERM_GRACE ->
-        evum_nif:vm_signal(Vm, sigkill, true),
-        receive
-            {evum_exit, _, _} -> ok
-        after ?KILL_GRACE -> ok
+    %% mconsole halt first: SIGTERM alone can catch UML's kernel mid-way and
+    %% end it in a panic, printed on the owner's console.
+    #{mconsole_socket := Socket} = evum_nif:vm_info(Vm),
+    Halted =
+        case evum_nif:mconsole_request(Socket, <<"halt">>, 1000) of
+            {ok, _} -> wait_exit(?HALT_GRACE);
+            _ -> false
+        end,
+    Halted orelse begin
+        evum_nif:vm_signal(Vm, sigterm, false),
+        wait_exit(?TERM_GRACE) orelse begin
+            evum_nif:vm_signal(Vm, sigkill, true),
+            wait_exit(?KILL_GRACE)
         end
+    end,
+    ok.
+
+%% Whether the guest's exit comes within Ms.
+wait_exit(Ms) ->
+    receive
+        {evum_exit, _, _} -> true
+    after Ms -> false
     end.

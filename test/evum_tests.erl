@@ -135,12 +135,7 @@ erl_shell() ->
         "evm:stop(Ref).\n",
         "halt().\n"
     ],
-    Port = open_port(
-        {spawn_executable, os:find_executable("erl")},
-        [{args, ["-pa", Ebin]}, binary, stream, exit_status, stderr_to_stdout]
-    ),
-    port_command(Port, Typed),
-    Output = collect_port(Port, <<>>),
+    Output = erl_session(Ebin, Typed),
     [
         ?assertMatch({_, _}, binary:match(Output, Want), Want)
      || Want <- [
@@ -150,6 +145,16 @@ erl_shell() ->
             <<"Shell got <<\"evm\">>">>
         ]
     ].
+
+%% What an `erl' shell prints when a user types `Typed' into it, with
+%% evum's modules (in Ebin) on its path.
+erl_session(Ebin, Typed) ->
+    Port = open_port(
+        {spawn_executable, os:find_executable("erl")},
+        [{args, ["-pa", Ebin]}, binary, stream, exit_status, stderr_to_stdout]
+    ),
+    port_command(Port, Typed),
+    collect_port(Port, <<>>).
 
 collect_port(Port, Acc) ->
     receive

@@ -298,6 +298,7 @@ fn right_sha256_gives_the_image_and_then_the_cache() {
     assert_eq!(mode(&dest), 0o644);
     assert_eq!(mode(&dir.join("cache/images")), 0o755);
     assert!(!sibling(&dest, ".part").exists());
+    assert!(!sibling(&dest, ".lock").exists(), "the lock stayed behind");
 
     // The second fetch is the cache: no request, only Done.
     let (result, events) = fetch_logged(&req);
@@ -334,7 +335,12 @@ fn wrong_checksum_leaves_nothing() {
     assert!(message.contains(&wrong), "{message}");
     assert!(message.contains(&sha256_hex(&gzip(&data))), "{message}");
     assert!(message.contains("/disk.img.gz"), "{message}");
-    for path in [dest.clone(), sibling(&dest, ".part"), sibling(&dest, ".unpack")] {
+    for path in [
+        dest.clone(),
+        sibling(&dest, ".part"),
+        sibling(&dest, ".unpack"),
+        sibling(&dest, ".lock"),
+    ] {
         assert!(!path.exists(), "{} exists", path.display());
     }
 }
@@ -362,6 +368,12 @@ fn missing_file_is_an_http_error() {
     let err = fetch(&req, &mut |_| {}).expect_err("fetch fails");
     assert!(matches!(err, FetchError::Status { status: 404, .. }), "{err:?}");
     assert!(err.to_string().contains("/nothing.img"), "{err}");
+    // A failed download leaves nothing in the cache.
+    let left: Vec<_> = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 #[test]

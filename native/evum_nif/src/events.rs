@@ -3,28 +3,86 @@
 //! Console lines go to the VM's owner, as bare binaries like the original
 //! evum or as `{evum, Server, {console, Line}}` when the VM was started
 //! `tagged`, and `{evum, Server, {console_dropped, N}}` when delivery
-//! resumes after N lines were dropped (`{console_overflow, drop}`). Command channel events and the exit go to the VM's gen_server:
+//! resumes after N lines were dropped (`{console_overflow, drop}`); but the
+//! echo of a line evum:send/2 typed goes to the VM's server, as
+//! `{evum_echo, Tag, Line}`, to answer the caller with. The owner can
+//! change while the VM runs ([`Routing`]). Command channel events and the
+//! exit go to the VM's gen_server:
 //! `{evum_ctl, ready}`, `{evum_ctl, {result, Id, Status, Output}}`, and
 //! `{evum_exit, {exit_status, N} | {signal, Name}, Lines}`, where Lines are
 //! the console's last lines before a guest that never came up died (the
 //! kernel's own account of why), and `[]` for a guest that did.
 
 use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use evum_core::vm::echo::{EchoMatcher, Routed};
 
 use evum_core::{ControlEvent, Exit, VmEvents};
 use rustler::{Binary, Encoder, Env, LocalPid, NewBinary, OwnedEnv, Term};
 
 mod atoms {
-    rustler::atoms! { evum, console, console_dropped, evum_console, evum_ctl, ready, result, output_too_large, evum_exit, exit_status, signal }
+    rustler::atoms! { evum, console, console_dropped, evum_console, evum_ctl, ready, result, output_too_large, evum_exit, exit_status, signal, evum_echo }
+}
+
+/// Where console lines go, shared by the I/O thread and the NIF calls that
+/// change it: the owner, and the echoes the VM's server waits for (see
+/// evum_core::vm::echo).
+pub struct Routing {
+    owner: LocalPid,
+    echoes: EchoMatcher,
+    /// How a line reaches the owner: the VM's server and `tagged`.
+    server: LocalPid,
+    tagged: bool,
+}
+
+/// The routing, as the VM's resource holds it.
+pub type SharedRouting = Arc<Mutex<Routing>>;
+
+impl Routing {
+    pub fn new(owner: LocalPid, server: LocalPid, tagged: bool) -> SharedRouting {
+        Arc::new(Mutex::new(Routing {
+            owner,
+            echoes: EchoMatcher::default(),
+            server,
+            tagged,
+        }))
+    }
+
+    /// A console line as the owner receives it.
+    pub fn line_term<'a>(&self, env: Env<'a>, line: &[u8]) -> Term<'a> {
+        console_term(env, self.server, self.tagged, line)
+    }
+
+    pub fn owner(&self) -> LocalPid {
+        self.owner
+    }
+
+    pub fn set_owner(&mut self, owner: LocalPid) {
+        self.owner = owner;
+    }
+
+    /// The next echo of `text` goes to the VM's server as `{evum_echo, Tag,
+    /// Text}`. False when evum_core::vm::echo::MAX_ECHOES are awaited.
+    pub fn expect_echo(&mut self, text: Vec<u8>, tag: u64) -> bool {
+        self.echoes.expect(text, tag)
+    }
+
+    /// The echo `tag` is no longer awaited; what was held back for it, for
+    /// the owner.
+    pub fn forget_echo(&mut self, tag: u64) -> Vec<Vec<u8>> {
+        self.echoes.forget(tag)
+    }
 }
 
 pub struct Mailboxes {
     env: OwnedEnv,
-    owner: LocalPid,
+    routing: SharedRouting,
     server: LocalPid,
     tagged: bool,
-    /// Set when a send to the owner fails: it is dead, stop building terms.
-    owner_gone: bool,
+    /// An owner a send to failed: it is dead, no more terms are built for
+    /// it (a new owner may come: see [`Routing::set_owner`]).
+    gone_owner: Option<LocalPid>,
     boot_log: BootLog,
     /// Console lines sent to the owner: every [`REPORT_EVERY`] the server
     /// hears, and checks the owner keeps up.
@@ -103,21 +161,54 @@ fn truncated(line: &[u8], max: usize) -> &[u8] {
 }
 
 impl Mailboxes {
-    pub fn new(owner: LocalPid, server: LocalPid, tagged: bool) -> Self {
+    pub fn new(routing: SharedRouting, server: LocalPid, tagged: bool) -> Self {
         Mailboxes {
             env: OwnedEnv::new(),
-            owner,
+            routing,
             server,
             tagged,
-            owner_gone: false,
+            gone_owner: None,
             boot_log: BootLog::default(),
             lines_sent: 0,
+        }
+    }
+
+    fn owner(&self) -> LocalPid {
+        self.routing.lock().unwrap_or_else(|p| p.into_inner()).owner()
+    }
+
+    /// A console line for `owner`, bare or tagged.
+    fn deliver_to_owner(&mut self, owner: LocalPid, line: &[u8]) {
+        if self.gone_owner == Some(owner) {
+            return;
+        }
+        let (tagged, server) = (self.tagged, self.server);
+        let sent = self
+            .env
+            .send_and_clear(&owner, |env| console_term(env, server, tagged, line));
+        if sent.is_err() {
+            self.gone_owner = Some(owner);
+        }
+        self.lines_sent += 1;
+        if self.lines_sent.is_multiple_of(REPORT_EVERY) {
+            self.tell_server(|env| atoms::evum_console().encode(env));
         }
     }
 
     fn tell_server(&mut self, make: impl for<'a> FnOnce(Env<'a>) -> Term<'a>) {
         // A dead server means the VM is being torn down; nothing to do.
         let _ = self.env.send_and_clear(&self.server, make);
+    }
+}
+
+/// A console line for the owner: a bare binary, or `{evum, Server,
+/// {console, Line}}` for a `tagged` VM.
+fn console_term<'a>(env: Env<'a>, server: LocalPid, tagged: bool, line: &[u8]) -> Term<'a> {
+    let line = binary(env, line);
+    if tagged {
+        (atoms::evum(), server, (atoms::console(), line)).encode(env)
+    } else {
+        line
     }
 }
 
@@ -135,34 +226,27 @@ fn signal_name(number: i32) -> String {
 impl VmEvents for Mailboxes {
     fn console_line(&mut self, line: &[u8]) {
         self.boot_log.push(line);
-        if self.owner_gone {
-            return;
-        }
-        let (tagged, server) = (self.tagged, self.server);
-        let sent = self.env.send_and_clear(&self.owner, |env| {
-            let line = binary(env, line);
-            if tagged {
-                (atoms::evum(), server, (atoms::console(), line)).encode(env)
-            } else {
-                line
-            }
+        let routing = self.routing.clone();
+        let mut routing = routing.lock().unwrap_or_else(|p| p.into_inner());
+        let owner = routing.owner;
+        routing.echoes.route(line, |routed| match routed {
+            Routed::Owner(line) => self.deliver_to_owner(owner, line),
+            Routed::Echo(tag, text) => self.tell_server(|env| (atoms::evum_echo(), tag, binary(env, text)).encode(env)),
         });
-        self.owner_gone = sent.is_err();
-        self.lines_sent += 1;
-        if self.lines_sent.is_multiple_of(REPORT_EVERY) {
-            self.tell_server(|env| atoms::evum_console().encode(env));
-        }
     }
 
     fn console_dropped(&mut self, lines: u64) {
-        if self.owner_gone {
+        let owner = self.owner();
+        if self.gone_owner == Some(owner) {
             return;
         }
         let server = self.server;
-        let sent = self.env.send_and_clear(&self.owner, |env| {
+        let sent = self.env.send_and_clear(&owner, |env| {
             (atoms::evum(), server, (atoms::console_dropped(), lines)).encode(env)
         });
-        self.owner_gone = sent.is_err();
+        if sent.is_err() {
+            self.gone_owner = Some(owner);
+        }
     }
 
     fn control(&mut self, event: ControlEvent) {
@@ -181,6 +265,12 @@ impl VmEvents for Mailboxes {
     }
 
     fn exited(&mut self, exit: Exit) {
+        // Pieces held back as a possible echo are the owner's after all.
+        let held = self.routing.lock().unwrap_or_else(|p| p.into_inner()).echoes.release();
+        let owner = self.owner();
+        for line in held {
+            self.deliver_to_owner(owner, &line);
+        }
         let lines = std::mem::take(&mut self.boot_log.lines);
         self.tell_server(|env| {
             let how = match exit {

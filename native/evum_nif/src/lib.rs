@@ -29,7 +29,7 @@ mod atoms {
         not_running, bad_option, spawn, runtime_dir, bad_umid, image, mconsole,
         timeout, not_found, none, os_pid, umid, runtime_dir_key = "runtime_dir", mconsole_socket, running,
         unsupported_by_kernel, jail, console_dropped, deliver, hold, drop,
-        system_limit, open_files, no_space,
+        system_limit, open_files, no_space, busy,
     }
 }
 
@@ -46,6 +46,8 @@ mod nix_signal {
 /// gen_server exited, however brutally), the VM is killed.
 pub struct VmResource {
     vm: Mutex<Vm>,
+    /// Where its console lines go (the I/O thread reads it per line).
+    routing: events::SharedRouting,
 }
 
 #[rustler::resource_impl]
@@ -157,9 +159,17 @@ fn vm_start<'a>(
         uml_dir: optional(uml_dir)?.map(PathBuf::from),
         groups,
     };
-    let events = events::Mailboxes::new(owner, server, tagged);
+    let routing = events::Routing::new(owner, server, tagged);
+    let events = events::Mailboxes::new(routing.clone(), server, tagged);
     match evum_core::start(config, Box::new(events)) {
-        Ok(vm) => Ok((atoms::ok(), ResourceArc::new(VmResource { vm: Mutex::new(vm) })).encode(env)),
+        Ok(vm) => Ok((
+            atoms::ok(),
+            ResourceArc::new(VmResource {
+                vm: Mutex::new(vm),
+                routing,
+            }),
+        )
+            .encode(env)),
         // `{error, {unsupported_by_kernel, Kernel, seccomp | cpus}}`: a
         // term to match on, naming the option the kernel lacks.
         Err(vm::StartError::UnsupportedByKernel { kernel, option }) => Ok((
@@ -198,6 +208,43 @@ fn queued(env: Env, result: Result<(), evum_core::NotRunning>) -> Term {
         Ok(()) => atoms::ok().encode(env),
         Err(_) => (atoms::error(), atoms::not_running()).encode(env),
     }
+}
+
+fn with_routing<T>(resource: &ResourceArc<VmResource>, f: impl FnOnce(&mut events::Routing) -> T) -> T {
+    let mut routing = resource.routing.lock().unwrap_or_else(|p| p.into_inner());
+    f(&mut routing)
+}
+
+/// Console lines go to `owner` from now on.
+#[rustler::nif]
+fn vm_set_owner(resource: ResourceArc<VmResource>, owner: LocalPid) -> Atom {
+    with_routing(&resource, |routing| routing.set_owner(owner));
+    atoms::ok()
+}
+
+/// The next console line that ends with `line` (its echo) goes to the VM's
+/// server as `{evum_echo, Tag, Line}`, not to the owner; `{error, busy}`
+/// when events::MAX_ECHOES are awaited already.
+#[rustler::nif]
+fn vm_expect_echo<'a>(env: Env<'a>, resource: ResourceArc<VmResource>, line: Binary<'a>, tag: u64) -> Term<'a> {
+    if with_routing(&resource, |routing| routing.expect_echo(line.as_slice().to_vec(), tag)) {
+        atoms::ok().encode(env)
+    } else {
+        (atoms::error(), atoms::busy()).encode(env)
+    }
+}
+
+/// The echo `tag` is no longer awaited: what was held back as its start
+/// goes to the owner after all.
+#[rustler::nif]
+fn vm_forget_echo(env: Env, resource: ResourceArc<VmResource>, tag: u64) -> Atom {
+    with_routing(&resource, |routing| {
+        for line in routing.forget_echo(tag) {
+            // An owner that is gone loses nothing it could have read.
+            let _ = env.send(&routing.owner(), routing.line_term(env, &line));
+        }
+    });
+    atoms::ok()
 }
 
 /// Queues console input. Returns at once: the I/O thread writes it.

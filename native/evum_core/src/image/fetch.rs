@@ -5,9 +5,9 @@
 //! runs, three other names:
 //!
 //! - `<dest>.lock`: held (flock) for the whole fetch, so two fetchers of one
-//!   image, threads or processes, take turns; the second finds it cached. It
-//!   stays behind afterwards: removing it would let a third fetcher lock a
-//!   new file while the second still waits on the old one.
+//!   image, threads or processes, take turns; the second finds it cached.
+//!   Its holder removes it when done; a fetcher that then gets the lock of
+//!   a file no longer at that path takes the lock anew.
 //! - `<dest>.part`: the bytes as the source publishes them. A transfer cut
 //!   short leaves it, and the next fetch resumes with `Range: bytes=N-`.
 //! - `<dest>.unpack`: the decompressed file or unpacked tar directory, renamed
@@ -19,7 +19,7 @@
 use std::ffi::OsString;
 use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
@@ -318,13 +318,41 @@ fn open_shared_file(path: &Path, truncate: bool) -> io::Result<File> {
     Ok(file)
 }
 
-fn lock(path: &Path) -> Result<Flock<File>, FetchError> {
-    let mut file = open_shared_file(path, false).map_err(io_error("opening lock file", path))?;
+/// A fetch's lock: `<dest>.lock`, held with flock for the whole fetch and
+/// removed when the fetch ends, however it ends, so no lock file is left in
+/// the cache.
+struct FetchLock {
+    path: PathBuf,
+    _held: Flock<File>,
+}
+
+impl Drop for FetchLock {
+    fn drop(&mut self) {
+        // Removed while still held: a fetcher waiting on this file then
+        // finds it is no longer the lock's (see lock) and takes a new one.
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+fn lock(path: &Path) -> Result<FetchLock, FetchError> {
     loop {
-        match Flock::lock(file, FlockArg::LockExclusive) {
-            Ok(lock) => return Ok(lock),
-            Err((again, Errno::EINTR)) => file = again,
-            Err((_, errno)) => return Err(io_error("locking", path)(errno.into())),
+        let mut file = open_shared_file(path, false).map_err(io_error("opening lock file", path))?;
+        let held = loop {
+            match Flock::lock(file, FlockArg::LockExclusive) {
+                Ok(held) => break held,
+                Err((again, Errno::EINTR)) => file = again,
+                Err((_, errno)) => return Err(io_error("locking", path)(errno.into())),
+            }
+        };
+        // The file locked must still be the one at the path: its holder
+        // removes it when done, and another fetcher may have made a new one.
+        let current = fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
+        let locked = held.metadata().ok().map(|m| (m.dev(), m.ino()));
+        if current.is_some() && current == locked {
+            return Ok(FetchLock {
+                path: path.to_path_buf(),
+                _held: held,
+            });
         }
     }
 }

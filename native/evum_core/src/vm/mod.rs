@@ -12,6 +12,7 @@
 
 pub mod console;
 pub mod control;
+pub mod echo;
 pub mod io_loop;
 pub mod jail;
 pub mod options;
