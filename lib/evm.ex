@@ -139,6 +139,14 @@ defmodule Evm do
     * `:kernel` - `:evum` (the default, the application's `kernel`): evum's
       own UML kernel, built once per machine (`make deps`, or on first use);
       or the path of any UML binary (Debian's is `"linux"`).
+    * `:switch` - an `Evum.Switch` (pid or name) for eth0, its MAC derived
+      from the label; a switch that is not running is
+      `{:error, {:bad_option, {:switch, switch}}}`.
+    * `:net` (or `:location`, as the original) - a named network of the
+      configuration (`:home`, `:coffeeshop`, `:library`, `:user` with the
+      gateway): its switch, and the next of its addresses, set up on eth0
+      once the guest is up (with `/etc/resolv.conf` on a gateway's
+      network); an unknown one is `{:error, {:unknown_network, net}}`.
     * `:transport` - how eth0 reaches the `:switch`: `:bess` (the vector
       driver, the default) or `:daemon` (kernels up to 6.15 only).
     * `:umid`, `:uml_dir` - UML's own names for the VM and its directory.
