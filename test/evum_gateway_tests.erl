@@ -60,6 +60,8 @@ listen(Vm, Command) ->
 shell_on_a_port(_) ->
     Vm = create([{label, gw_shell}, {net, user}]),
     ?assertEqual({ok, 0, <<"10.0.2.15\n">>}, evum:cmd(Vm, "ifconfig eth0 | grep -o 'addr:10[0-9.]*' | cut -d: -f2")),
+    %% Its resolver is the gateway's DNS, as the gateway's DHCP would say.
+    ?assertEqual({ok, 0, <<"nameserver 10.0.2.3\n">>}, evum:cmd(Vm, "cat /etc/resolv.conf")),
     %% The original ran socat in the guest; busybox's nc does the same.
     listen(Vm, "nc -ll -p 7777 -e /bin/sh"),
     {ok, Port} = evum:forward(Vm, {tcp, 0, 7777}),
