@@ -112,6 +112,24 @@ defmodule Evum do
   defdelegate give_away(vm, pid), to: :evum
 
   @doc """
+  Freezes the whole guest (UML's mconsole `stop`): it answers nothing until
+  `resume/1`; its clock, the host's, jumps ahead by the pause.
+  """
+  @spec pause(Evm.vm()) :: :ok | {:error, term()}
+  defdelegate pause(vm), to: :evum
+
+  @doc "Thaws a guest `pause/1` froze (mconsole `go`)."
+  @spec resume(Evm.vm()) :: :ok | {:error, term()}
+  defdelegate resume(vm), to: :evum
+
+  @doc """
+  Ends the VM as a crash would: SIGKILL, no sync, no halt; its disks stay as
+  they were. The owner is told `{:evum, vm, {:exit, {:signal, :sigkill}}}`.
+  """
+  @spec kill(Evm.vm()) :: :ok | {:error, term()}
+  defdelegate kill(vm), to: :evum
+
+  @doc """
   Types a line on the console (a newline is added). Its echo and output
   come to the owner as messages.
   """

@@ -10,6 +10,9 @@
     send/2,
     send/3,
     give_away/2,
+    pause/1,
+    resume/1,
+    kill/1,
     puts/2,
     write/2,
     cmd/2,
@@ -195,6 +198,30 @@ give_away(Vm, Pid) when is_pid(Pid) ->
     call(Vm, {give_away, Pid});
 give_away(_Vm, Pid) ->
     {error, {not_a_pid, Pid}}.
+
+%% @doc Freezes the whole guest: UML's mconsole `stop', in which the
+%% guest's kernel runs nothing but the management console until resume/1
+%% (its timers, processes and network wait; its clock, read from the host,
+%% goes on and jumps ahead at resume). The VM answers nothing meanwhile.
+-spec pause(evm:vm()) -> ok | {error, term()}.
+pause(Vm) ->
+    ok_of(mcons:stop(Vm)).
+
+%% @doc Thaws a guest pause/1 froze (mconsole `go').
+-spec resume(evm:vm()) -> ok | {error, term()}.
+resume(Vm) ->
+    ok_of(mcons:go(Vm)).
+
+%% @doc Ends the VM as a crash would: SIGKILL to every process of its UML,
+%% no sync, no halt. Its disks stay as they were (a label's copy-on-write
+%% disk is kept for its next boot); the owner is told `{evum, Vm, {exit,
+%% {signal, sigkill}}}'.
+-spec kill(evm:vm()) -> ok | {error, term()}.
+kill(Vm) ->
+    call(Vm, kill).
+
+ok_of({ok, _}) -> ok;
+ok_of({error, _} = Error) -> Error.
 
 is_timeout(infinity) -> true;
 is_timeout(T) -> is_integer(T) andalso T >= 0 andalso T =< ?MAX_TIMEOUT.

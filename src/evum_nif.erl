@@ -27,6 +27,10 @@
     switch_detach/2,
     switch_inject/3,
     switch_bind/3,
+    switch_fault/2,
+    switch_faults/1,
+    switch_capture/4,
+    switch_stop_capture/2,
     switch_ports/1,
     switch_mac_table/1,
     switch_counters/1,
@@ -83,6 +87,10 @@ switch_attach(_Switch, _Owner, _Server, _Mac, _Promiscuous) -> ?NOT_LOADED.
 switch_detach(_Switch, _Port) -> ?NOT_LOADED.
 switch_inject(_Switch, _Port, _Frame) -> ?NOT_LOADED.
 switch_bind(_Switch, _Address, _Mac) -> ?NOT_LOADED.
+switch_fault(_Switch, _Fault) -> ?NOT_LOADED.
+switch_faults(_Switch) -> ?NOT_LOADED.
+switch_capture(_Switch, _Target, _Path, _MaxBytes) -> ?NOT_LOADED.
+switch_stop_capture(_Switch, _Id) -> ?NOT_LOADED.
 switch_ports(_Switch) -> ?NOT_LOADED.
 switch_mac_table(_Switch) -> ?NOT_LOADED.
 switch_counters(_Switch) -> ?NOT_LOADED.

@@ -33,6 +33,14 @@
     bess_option/2,
     joined/3,
     bind/3,
+    partition/2,
+    heal/1,
+    partitions/1,
+    cut/3,
+    restore/3,
+    capture/3,
+    capture/4,
+    stop_capture/2,
     forward/3,
     unforward/2,
     forwards/1,
@@ -317,6 +325,73 @@ bind(Switch, Address, Mac) ->
             {error, {bad_address, {Address, Mac}}}
     end.
 
+%% @doc Splits the switch: each group of `Groups' (VMs, by pid or label, or
+%% port ids) talks inside, not across, and the ports no group names form
+%% one more group. Replaces a partition before; in force for every frame
+%% after it returns. Frames kept from a port are counted on their sender's
+%% port (`drops_nemesis' in ports/1); a promiscuous attached port (a
+%% sniffer) still sees them. `{error, {unknown_target, T}}' for a VM that
+%% is not on the switch.
+-spec partition(switch(), [[evm:vm() | port_id()]]) -> ok | {error, term()}.
+partition(Switch, Groups) when is_list(Groups) ->
+    case lists:all(fun is_list/1, Groups) of
+        true -> call(Switch, {fault, {partition, Groups}});
+        false -> {error, {bad_partition, Groups}}
+    end;
+partition(_Switch, Groups) ->
+    {error, {bad_partition, Groups}}.
+
+%% @doc Ends the partition (cuts stay).
+-spec heal(switch()) -> ok | {error, term()}.
+heal(Switch) ->
+    call(Switch, {fault, heal}).
+
+%% @doc The partition's groups and the cuts in force, by port id (ports/1
+%% names each port's VM): `{ok, #{groups => [[Port]], cuts => [{From,
+%% To}]}}'.
+-spec partitions(switch()) -> {ok, #{groups := [[port_id()]], cuts := [{port_id(), port_id()}]}} | {error, term()}.
+partitions(Switch) ->
+    call(Switch, faults).
+
+%% @doc Drops every frame from `From' to `To' (VMs or ports), the other way
+%% not, until restore/3; in force when it returns.
+-spec cut(switch(), evm:vm() | port_id(), evm:vm() | port_id()) -> ok | {error, term()}.
+cut(Switch, From, To) ->
+    call(Switch, {fault, {cut, From, To}}).
+
+%% @doc Ends a cut/3.
+-spec restore(switch(), evm:vm() | port_id(), evm:vm() | port_id()) -> ok | {error, term()}.
+restore(Switch, From, To) ->
+    call(Switch, {fault, {restore, From, To}}).
+
+%% @doc Captures the frames the switch forwards from and to `Target' (a VM,
+%% by pid or label, or a port id; `all': every frame) into `File', a new
+%% pcap file (nanosecond timestamps) that tshark and Wireshark read, until
+%% stop_capture/2: `{ok, Capture}'. An existing file is not overwritten
+%% (`{error, {capture, Why}}').
+-spec capture(switch(), evm:vm() | port_id() | all, file:filename_all()) -> {ok, pos_integer()} | {error, term()}.
+capture(Switch, Target, File) ->
+    capture(Switch, Target, File, []).
+
+%% @doc As capture/3, with `{max_bytes, N}' (1 GiB by default): the file
+%% stops growing there, and the frames it misses after are counted.
+-spec capture(switch(), evm:vm() | port_id() | all, file:filename_all(), [{max_bytes, pos_integer()}]) ->
+    {ok, pos_integer()} | {error, term()}.
+capture(Switch, Target, File, Options) ->
+    case {proplists:get_value(max_bytes, Options, 1 bsl 30), is_list(File) orelse is_binary(File)} of
+        {Max, true} when is_integer(Max), Max > 0 -> call(Switch, {capture, Target, unicode:characters_to_binary(File), Max});
+        {Max, true} -> {error, {bad_option, {max_bytes, Max}}};
+        {_, false} -> {error, {bad_option, {file, File}}}
+    end.
+
+%% @doc Ends a capture, its file complete: `{ok, #{frames, bytes,
+%% missed}}'.
+-spec stop_capture(switch(), pos_integer()) -> {ok, map()} | {error, term()}.
+stop_capture(Switch, Capture) when is_integer(Capture) ->
+    call(Switch, {stop_capture, Capture});
+stop_capture(_Switch, Capture) ->
+    {error, {unknown_capture, Capture}}.
+
 %% @doc Forwards `HostAddress:HostPort' on the host to `GuestAddress:GuestPort'
 %% through the switch's gateway: `{ok, BoundHostPort}'. With a `For' process
 %% (a VM), the forward goes when that process ends.
@@ -355,6 +430,45 @@ gateway_call(Switch, Fun) ->
         {ok, Gateway} -> Fun(Gateway);
         Error -> Error
     end.
+
+%% A fault with its targets as port ids.
+port_ids(heal, _S) ->
+    {ok, heal};
+port_ids({partition, Groups}, S) ->
+    Ports = [[port_id(T, S) || T <- Group] || Group <- Groups],
+    case [Bad || Group <- Ports, {error, _} = Bad <- Group] of
+        [] -> {ok, {partition, Ports}};
+        [Error | _] -> Error
+    end;
+port_ids({Kind, From, To}, S) ->
+    case {port_id(From, S), port_id(To, S)} of
+        {{error, _} = Error, _} -> Error;
+        {_, {error, _} = Error} -> Error;
+        {F, T} -> {ok, {Kind, F, T}}
+    end.
+
+%% A port by its id, or the port of a VM on the switch (the port with the
+%% VM's MAC).
+port_id(Port, _S) when is_integer(Port), Port >= 0 ->
+    Port;
+port_id(Vm, #state{switch = Switch, vms = Vms}) when is_pid(Vm); is_atom(Vm) ->
+    Pid =
+        case is_atom(Vm) of
+            true -> whereis(Vm);
+            false -> Vm
+        end,
+    Macs = [Mac || {Mac, {P, _}} <- maps:to_list(Vms), P =:= Pid],
+    Ports =
+        case evum_nif:switch_ports(Switch) of
+            {ok, All} -> [Id || #{id := Id, mac := Mac} <- All, lists:member(Mac, Macs)];
+            _ -> []
+        end,
+    case Ports of
+        [Id | _] -> Id;
+        [] -> {error, {unknown_target, Vm}}
+    end;
+port_id(Other, _S) ->
+    {error, {unknown_target, Other}}.
 
 %% A call to the switch; `{error, not_running}' for a switch that is not
 %% there (or a term that is no switch).
@@ -463,6 +577,28 @@ handle_call(ports, _From, #state{switch = Switch, attached = A, vms = Vms} = S) 
                 Error
         end,
     {reply, Reply, S};
+handle_call({fault, Fault}, _From, #state{switch = Switch} = S) ->
+    Reply =
+        case port_ids(Fault, S) of
+            {ok, Resolved} -> evum_nif:switch_fault(Switch, Resolved);
+            Error -> Error
+        end,
+    {reply, Reply, S};
+handle_call({capture, Target, File, Max}, _From, #state{switch = Switch} = S) ->
+    Reply =
+        case Target of
+            all -> evum_nif:switch_capture(Switch, all, File, Max);
+            _ ->
+                case port_id(Target, S) of
+                    {error, _} = Error -> Error;
+                    Port -> evum_nif:switch_capture(Switch, Port, File, Max)
+                end
+        end,
+    {reply, Reply, S};
+handle_call({stop_capture, Capture}, _From, #state{switch = Switch} = S) ->
+    {reply, evum_nif:switch_stop_capture(Switch, Capture), S};
+handle_call(faults, _From, #state{switch = Switch} = S) ->
+    {reply, evum_nif:switch_faults(Switch), S};
 handle_call(mac_table, _From, #state{switch = Switch} = S) ->
     {reply, evum_nif:switch_mac_table(Switch), S};
 handle_call(counters, _From, #state{switch = Switch} = S) ->

@@ -201,6 +201,11 @@ started_call({send, Line, Timeout}, From, #state{vm = Vm, echoes = Echoes} = S) 
         {error, _} = Error ->
             {reply, Error, S}
     end;
+started_call(kill, _From, #state{phase = exited} = S) ->
+    {reply, {error, not_running}, S};
+started_call(kill, _From, #state{vm = Vm} = S) ->
+    evum_nif:vm_signal(Vm, sigkill, true),
+    {reply, ok, S};
 started_call({link, Pid}, _From, S) ->
     link(Pid),
     {reply, ok, S#state{linked_to = Pid}};
@@ -346,9 +351,11 @@ start(#state{owner = Owner, config = Config, waiting_ready = Waiting} = S) ->
         tagged := Tagged,
         boot_timeout := BootTimeout
     } = Config,
+    %% The boot's time runs from before the start: a start that a busy host
+    %% makes slow counts, and the guest's READY cannot come before it.
+    erlang:send_after(BootTimeout, self(), boot_timeout),
     case evum_nif:vm_start(Owner, self(), Tagged, Kernel, Boot, Umid, UmlDir, Groups) of
         {ok, Vm} ->
-            erlang:send_after(BootTimeout, self(), boot_timeout),
             {noreply, S#state{vm = Vm}};
         {error, _} = Error ->
             [gen_server:reply(From, Error) || From <- Waiting],

@@ -47,6 +47,9 @@ evum_calls() ->
             {evum, send, [Vm, "hostname"]},
             {evum, send, [Vm, "hostname", 100]},
             {evum, give_away, [Vm, self()]},
+            {evum, pause, [Vm]},
+            {evum, resume, [Vm]},
+            {evum, kill, [Vm]},
             {evum, puts, [Vm, "x"]},
             {evum, write, [Vm, "x"]},
             {evum, cmd, [Vm, "true"]},
@@ -89,7 +92,16 @@ switch_calls() ->
             {evum_switch, forward, [S, {tcp, "127.0.0.1", 0, "10.0.2.15", 80}, undefined]},
             {evum_switch, unforward, [S, {tcp, "127.0.0.1", 8080}]},
             {evum_switch, forwards, [S]},
-            {evum_switch, gateway_counters, [S]}
+            {evum_switch, gateway_counters, [S]},
+            {evum_switch, partition, [S, [[1], [2]]]},
+            {evum_switch, partition, [S, not_groups]},
+            {evum_switch, heal, [S]},
+            {evum_switch, partitions, [S]},
+            {evum_switch, cut, [S, 1, 2]},
+            {evum_switch, restore, [S, 1, 2]},
+            {evum_switch, capture, [S, all, "/nonexistent/x.pcap"]},
+            {evum_switch, capture, [S, all, "/nonexistent/x.pcap", [{max_bytes, 0}]]},
+            {evum_switch, stop_capture, [S, 1]}
         ]
      || S <- targets()
     ]) ++

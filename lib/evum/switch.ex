@@ -110,6 +110,50 @@ defmodule Evum.Switch do
   @spec bind(switch(), tuple() | String.t() | charlist(), binary()) :: :ok | {:error, term()}
   defdelegate bind(switch, address, mac), to: :evum_switch
 
+  @doc """
+  Splits the switch: each group (VMs by pid or label, or port ids) talks
+  inside, not across; the ports no group names are one more group. In force
+  for every frame after it returns; what it keeps from a port is counted in
+  the sender's `drops_nemesis`.
+  """
+  @spec partition(switch(), [[Evm.vm() | non_neg_integer()]]) :: :ok | {:error, term()}
+  defdelegate partition(switch, groups), to: :evum_switch
+
+  @doc "Ends the partition (cuts stay)."
+  @spec heal(switch()) :: :ok | {:error, term()}
+  defdelegate heal(switch), to: :evum_switch
+
+  @doc "The partition's groups and the cuts, by port id: `{:ok, %{groups: groups, cuts: cuts}}`."
+  @spec partitions(switch()) :: {:ok, map()} | {:error, term()}
+  defdelegate partitions(switch), to: :evum_switch
+
+  @doc "Drops every frame from `from` to `to` (VMs or ports), the other way not."
+  @spec cut(switch(), Evm.vm() | non_neg_integer(), Evm.vm() | non_neg_integer()) ::
+          :ok | {:error, term()}
+  defdelegate cut(switch, from, to), to: :evum_switch
+
+  @doc "Ends a `cut/3`."
+  @spec restore(switch(), Evm.vm() | non_neg_integer(), Evm.vm() | non_neg_integer()) ::
+          :ok | {:error, term()}
+  defdelegate restore(switch, from, to), to: :evum_switch
+
+  @doc """
+  Captures the frames forwarded from and to `target` (a VM, a port id, or
+  `:all`) into a new pcap file with nanosecond timestamps: `{:ok, capture}`.
+  """
+  @spec capture(switch(), Evm.vm() | non_neg_integer() | :all, Path.t()) ::
+          {:ok, pos_integer()} | {:error, term()}
+  defdelegate capture(switch, target, file), to: :evum_switch
+
+  @doc "As `capture/3`, with `max_bytes: n` (1 GiB by default)."
+  @spec capture(switch(), Evm.vm() | non_neg_integer() | :all, Path.t(), keyword()) ::
+          {:ok, pos_integer()} | {:error, term()}
+  defdelegate capture(switch, target, file, options), to: :evum_switch
+
+  @doc "Ends a capture: `{:ok, %{frames: n, bytes: n, missed: n}}`."
+  @spec stop_capture(switch(), pos_integer()) :: {:ok, map()} | {:error, term()}
+  defdelegate stop_capture(switch, capture), to: :evum_switch
+
   @doc "The boot option that puts a VM's vec0 on this switch over bess, with the given MAC."
   @spec bess_option(switch(), binary()) :: tuple()
   defdelegate bess_option(switch, mac), to: :evum_switch

@@ -78,7 +78,7 @@ fn text(term: Term) -> NifResult<String> {
 }
 
 /// A path as the binary's bytes, UTF-8 or not; empty or with a NUL is badarg.
-fn path(term: Term) -> NifResult<PathBuf> {
+pub(crate) fn path(term: Term) -> NifResult<PathBuf> {
     let bytes = term.decode_as_binary()?.as_slice().to_vec();
     if bytes.is_empty() || bytes.contains(&0) {
         return Err(rustler::Error::BadArg);

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::atom_map;
-use evum_core::switch::{FrameSink, Mac, PortId, PortKind, Switch, SwitchConfig};
+use evum_core::switch::{Fault, FrameSink, Mac, PortId, PortKind, Switch, SwitchConfig};
 use evum_core::vm::jail::{self, HeldId};
 use evum_core::vm::placement::{choice_set, CpuChoice};
 use rustler::{Binary, Encoder, Env, LocalPid, NewBinary, NifResult, OwnedEnv, ResourceArc, Term};
@@ -23,6 +23,8 @@ mod atoms {
         oversized_frame, bad_option, foreign_peer, foreign_address, mac_table_full,
         drops_rate, drops_storm, drops_spoofed, drops_mac_limit, drops_guard, infinity,
         max_hold_ms, max_macs, mac_table_size, storm_limit, port_rate, port_security,
+        drops_nemesis, partition, heal, cut, restore, groups, cuts,
+        all, capture, unknown_capture, frames, bytes, missed,
     }
 }
 
@@ -268,6 +270,101 @@ fn switch_inject<'a>(env: Env<'a>, resource: ResourceArc<SwitchResource>, port: 
     })
 }
 
+/// Makes or ends a fault: `{partition, [[Port]]}`, `heal`, `{cut, From,
+/// To}`, `{restore, From, To}` (ports by id); in force when this returns.
+#[rustler::nif(schedule = "DirtyIo")]
+fn switch_fault<'a>(env: Env<'a>, resource: ResourceArc<SwitchResource>, fault: Term<'a>) -> NifResult<Term<'a>> {
+    let ports = |ids: Vec<u64>| ids.into_iter().map(PortId).collect::<Vec<_>>();
+    let fault = if let Ok(atom) = fault.decode::<rustler::Atom>() {
+        if atom != atoms::heal() {
+            return Err(rustler::Error::BadArg);
+        }
+        Fault::Heal
+    } else if let Ok((tag, groups)) = fault.decode::<(rustler::Atom, Vec<Vec<u64>>)>() {
+        if tag != atoms::partition() {
+            return Err(rustler::Error::BadArg);
+        }
+        Fault::Partition(groups.into_iter().map(ports).collect())
+    } else {
+        let (tag, from, to) = fault.decode::<(rustler::Atom, u64, u64)>()?;
+        match tag {
+            t if t == atoms::cut() => Fault::Cut(PortId(from), PortId(to)),
+            t if t == atoms::restore() => Fault::Restore(PortId(from), PortId(to)),
+            _ => return Err(rustler::Error::BadArg),
+        }
+    };
+    try_with_switch(env, &resource, |switch| match switch.fault(fault) {
+        Ok(()) => Ok(atoms::ok().encode(env)),
+        Err(e) => Ok(switch_error(env, e)),
+    })
+}
+
+/// The faults in force: `{ok, #{groups => [[Port]], cuts => [{From, To}]}}`.
+#[rustler::nif(schedule = "DirtyIo")]
+fn switch_faults(env: Env, resource: ResourceArc<SwitchResource>) -> NifResult<Term> {
+    try_with_switch(env, &resource, |switch| match switch.faults() {
+        Ok((groups, cuts)) => {
+            let groups: Vec<Vec<u64>> = groups
+                .into_iter()
+                .map(|g| g.into_iter().map(|p| p.0).collect())
+                .collect();
+            let cuts: Vec<(u64, u64)> = cuts.into_iter().map(|(from, to)| (from.0, to.0)).collect();
+            let map = atom_map(
+                env,
+                &[(atoms::groups(), groups.encode(env)), (atoms::cuts(), cuts.encode(env))],
+            )?;
+            Ok((atoms::ok(), map).encode(env))
+        }
+        Err(e) => Ok(switch_error(env, e)),
+    })
+}
+
+/// Starts a capture of `target` (a port id, or `all`) into a new pcap file
+/// at `path`, of at most `max_bytes`: `{ok, Id}` or `{error, {capture,
+/// Why}}` (the file exists, or cannot be made).
+#[rustler::nif(schedule = "DirtyIo")]
+fn switch_capture<'a>(
+    env: Env<'a>,
+    resource: ResourceArc<SwitchResource>,
+    target: Term<'a>,
+    path: Term<'a>,
+    max_bytes: u64,
+) -> NifResult<Term<'a>> {
+    let target = match target.decode::<rustler::Atom>() {
+        Ok(a) if a == atoms::all() => None,
+        _ => Some(PortId(target.decode()?)),
+    };
+    let path = crate::path(path)?;
+    try_with_switch(env, &resource, |switch| {
+        match switch.capture(target, &path, max_bytes) {
+            Ok(Ok(id)) => Ok((atoms::ok(), id).encode(env)),
+            Ok(Err(e)) => Ok((atoms::error(), (atoms::capture(), e.to_string())).encode(env)),
+            Err(e) => Ok(switch_error(env, e)),
+        }
+    })
+}
+
+/// Ends a capture: `{ok, #{frames, bytes, missed}}`, or `{error,
+/// unknown_capture}`.
+#[rustler::nif(schedule = "DirtyIo")]
+fn switch_stop_capture(env: Env, resource: ResourceArc<SwitchResource>, id: u64) -> NifResult<Term> {
+    try_with_switch(env, &resource, |switch| match switch.stop_capture(id) {
+        Ok(Some(stats)) => {
+            let map = atom_map(
+                env,
+                &[
+                    (atoms::frames(), stats.frames.encode(env)),
+                    (atoms::bytes(), stats.bytes.encode(env)),
+                    (atoms::missed(), stats.missed.encode(env)),
+                ],
+            )?;
+            Ok((atoms::ok(), map).encode(env))
+        }
+        Ok(None) => Ok((atoms::error(), atoms::unknown_capture()).encode(env)),
+        Err(e) => Ok(switch_error(env, e)),
+    })
+}
+
 /// Binds an address (4 bytes) to a MAC (6 bytes): see `Switch::bind`.
 #[rustler::nif(schedule = "DirtyIo")]
 fn switch_bind<'a>(
@@ -326,6 +423,7 @@ fn switch_ports(env: Env, resource: ResourceArc<SwitchResource>) -> NifResult<Te
                     (atoms::drops_spoofed(), p.counters.drops_spoofed.encode(env)),
                     (atoms::drops_mac_limit(), p.counters.drops_mac_limit.encode(env)),
                     (atoms::drops_guard(), p.counters.drops_guard.encode(env)),
+                    (atoms::drops_nemesis(), p.counters.drops_nemesis.encode(env)),
                     (atoms::queued(), p.queued.encode(env)),
                 ],
             )?);

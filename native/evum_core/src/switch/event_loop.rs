@@ -17,14 +17,16 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::busy_poll::BusyPoll;
+use super::capture::Capture;
 use super::daemon::{self, RawUnixAddr, RequestError, REQUEST_LEN};
 use super::fdb::{is_group, Fdb, Learned, Mac};
 use super::guard::{self, Claim};
+use super::nemesis::Nemesis;
 use super::port::{Offer, Peer, Port, Role};
 use super::rate::TokenBucket;
 use super::{
-    bess_path, control_path, port_data_name, sock, Command, Counters, PortId, PortKind, SwitchConfig, SwitchError,
-    MAX_FRAME, MIN_FRAME,
+    bess_path, control_path, port_data_name, sock, Command, Counters, Fault, PortId, PortKind, SwitchConfig,
+    SwitchError, MAX_FRAME, MIN_FRAME,
 };
 
 pub const WAKER: Token = Token(usize::MAX);
@@ -115,6 +117,11 @@ pub struct SwitchLoop {
     busy_poll: BusyPoll,
     /// The gateway's port, while it is connected.
     gateway: Option<u64>,
+    /// Partitions and cuts made on purpose ([`super::Switch::fault`]).
+    nemesis: Nemesis,
+    /// Captures under way, by id ([`super::Switch::capture`]).
+    captures: HashMap<u64, Capture>,
+    next_capture: u64,
     /// The gateway's own addresses ([`super::Switch::guard`]).
     guarded: Vec<Ipv4Addr>,
     /// Addresses with the MAC they belong to: given by the gateway's DHCP
@@ -161,6 +168,9 @@ impl SwitchLoop {
             rx,
             fdb: Fdb::new(config.mac_ageing, config.max_macs, config.mac_table_size),
             gateway: None,
+            nemesis: Nemesis::default(),
+            captures: HashMap::new(),
+            next_capture: 1,
             guarded: Vec::new(),
             leases: HashMap::new(),
             config,
@@ -437,12 +447,45 @@ impl SwitchLoop {
                 self.lease(address, mac);
                 let _ = done.send(());
             }
+            Command::Fault(fault, done) => {
+                match fault {
+                    Fault::Partition(groups) => self.nemesis.partition(&groups),
+                    Fault::Heal => self.nemesis.heal(),
+                    Fault::Cut(from, to) => self.nemesis.cut(from, to),
+                    Fault::Restore(from, to) => self.nemesis.restore(from, to),
+                }
+                let _ = done.send(());
+            }
+            Command::Capture {
+                target,
+                path,
+                max_bytes,
+                reply,
+            } => {
+                let started = Capture::create(&path, target, max_bytes).map(|capture| {
+                    let id = self.next_capture;
+                    self.next_capture += 1;
+                    self.captures.insert(id, capture);
+                    id
+                });
+                let _ = reply.send(started);
+            }
+            Command::StopCapture(id, reply) => {
+                let _ = reply.send(self.captures.remove(&id).map(Capture::finish));
+            }
+            Command::Faults(reply) => {
+                let _ = reply.send((self.nemesis.partitions(), self.nemesis.cuts()));
+            }
             Command::Stop => return false,
         }
         true
     }
 
     fn shut_down(&mut self) {
+        // A capture's file is complete even when the switch stops first.
+        for (_, capture) in self.captures.drain() {
+            capture.finish();
+        }
         let ids: Vec<u64> = self.ports.keys().copied().collect();
         for id in ids {
             self.remove_port(PortId(id));
@@ -905,6 +948,7 @@ impl SwitchLoop {
             Peer::Attached { .. } => {}
         }
         self.fdb.forget_port(id);
+        self.nemesis.forget_port(id);
     }
 
     // ---- forwarding
@@ -940,11 +984,21 @@ impl SwitchLoop {
         } else {
             self.fdb.lookup(&dst, now)
         };
+        let first_staged = self.staged.len();
+        let nemesis = (!self.nemesis.is_idle()).then_some(&self.nemesis);
+        // What the nemesis keeps from each port (promiscuous ports, which
+        // watch the network, see everything).
+        let stopped = |to: &Port| nemesis.is_some_and(|n| !to.is_promiscuous() && !n.allows(src, to.id));
+        let mut held_back = 0;
         match target {
             // Known unicast: that port alone, unless someone listens to all.
             Some(t) if self.promiscuous == 0 => {
-                if t != src && self.ports.contains_key(&t.0) {
-                    self.staged.push((t.0, index));
+                if let Some(to) = self.ports.get(&t.0).filter(|_| t != src) {
+                    if stopped(to) {
+                        held_back += 1;
+                    } else {
+                        self.staged.push((t.0, index));
+                    }
                 }
             }
             _ => {
@@ -955,8 +1009,25 @@ impl SwitchLoop {
                         Some(t) => p.id == t || p.is_promiscuous(),
                     };
                     if p.id != src && wanted {
-                        staged.push((p.id.0, index));
+                        if stopped(p) {
+                            held_back += 1;
+                        } else {
+                            staged.push((p.id.0, index));
+                        }
                     }
+                }
+            }
+        }
+        if held_back > 0 {
+            if let Some(port) = self.ports.get_mut(&src.0) {
+                port.counters.drops_nemesis += held_back;
+            }
+        }
+        if !self.captures.is_empty() {
+            let to = &self.staged[first_staged..];
+            for capture in self.captures.values_mut() {
+                if capture.wants(src, to.iter().map(|&(port, _)| PortId(port))) {
+                    capture.take(frame);
                 }
             }
         }

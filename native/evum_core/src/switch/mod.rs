@@ -59,10 +59,12 @@
 //! known unicast destination is found without looking at the other ports.
 
 mod busy_poll;
+mod capture;
 pub mod daemon;
 mod event_loop;
 pub mod fdb;
 mod guard;
+mod nemesis;
 mod port;
 mod rate;
 mod sock;
@@ -80,6 +82,7 @@ use mio::{Poll, Waker};
 use nix::sched::{sched_setaffinity, CpuSet};
 use nix::unistd::Pid;
 
+pub use capture::{CaptureStats, MAX_BYTES as MAX_CAPTURE_BYTES};
 pub use fdb::Mac;
 pub use port::PortCounters;
 
@@ -268,6 +271,21 @@ pub enum SwitchError {
     Cpu(nix::Error),
 }
 
+/// A fault made on purpose (see [`Switch::partition`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Groups of ports that talk inside, not across (the ports not named
+    /// are one more group); replaces a partition before.
+    Partition(Vec<Vec<PortId>>),
+    Heal,
+    /// Frames from the first port to the second are dropped.
+    Cut(PortId, PortId),
+    Restore(PortId, PortId),
+}
+
+/// The partition's named groups and the cuts, as [`Switch::faults`] says.
+pub type Faults = (Vec<Vec<PortId>>, Vec<(PortId, PortId)>);
+
 enum Command {
     Attach {
         id: PortId,
@@ -282,6 +300,15 @@ enum Command {
     Counters(Sender<Counters>),
     Guard(Vec<Ipv4Addr>, Sender<()>),
     Bind(Ipv4Addr, Mac, Sender<()>),
+    Fault(Fault, Sender<()>),
+    Capture {
+        target: Option<PortId>,
+        path: PathBuf,
+        max_bytes: u64,
+        reply: Sender<io::Result<u64>>,
+    },
+    StopCapture(u64, Sender<Option<CaptureStats>>),
+    Faults(Sender<Faults>),
     Stop,
 }
 
@@ -400,6 +427,39 @@ impl Switch {
     /// In force for every frame after it returns.
     pub fn bind(&self, address: Ipv4Addr, mac: Mac) -> Result<(), SwitchError> {
         self.ask(|done| Command::Bind(address, mac, done))
+    }
+
+    /// Makes a fault (a partition, a cut) or ends one, in force for every
+    /// frame forwarded after it returns. Frames it keeps from a port are
+    /// counted on their sender's port (`drops_nemesis`); promiscuous
+    /// attached ports, which watch the switch, still see them.
+    pub fn fault(&self, fault: Fault) -> Result<(), SwitchError> {
+        self.ask(|done| Command::Fault(fault, done))
+    }
+
+    /// Writes the frames the switch forwards from and to `target` (every
+    /// frame: None) to a new pcap file at `path`, until stop_capture or
+    /// `max_bytes`; returns the capture's id. The frames a partition or a
+    /// cut keeps from a port are not in it as forwarded to that port (they
+    /// are counted in the sender's `drops_nemesis`).
+    pub fn capture(&self, target: Option<PortId>, path: &Path, max_bytes: u64) -> Result<io::Result<u64>, SwitchError> {
+        self.ask(|reply| Command::Capture {
+            target,
+            path: path.to_path_buf(),
+            max_bytes,
+            reply,
+        })
+    }
+
+    /// Ends a capture, its file complete: what it took, or None for no
+    /// such capture.
+    pub fn stop_capture(&self, id: u64) -> Result<Option<CaptureStats>, SwitchError> {
+        self.ask(|reply| Command::StopCapture(id, reply))
+    }
+
+    /// The partition and the cuts in force.
+    pub fn faults(&self) -> Result<Faults, SwitchError> {
+        self.ask(Command::Faults)
     }
 
     /// Rejected input, by reason.

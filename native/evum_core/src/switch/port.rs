@@ -32,6 +32,9 @@ pub struct PortCounters {
     /// ARP and DHCP frames in that claim what is not the port's (ARP
     /// guard, DHCP snooping; on a switch with a gateway).
     pub drops_guard: u64,
+    /// Frames in kept from a port by a partition or a cut, once per port
+    /// not reached.
+    pub drops_nemesis: u64,
 }
 
 /// How frames reach the port's peer.

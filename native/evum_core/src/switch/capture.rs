@@ -1,0 +1,176 @@
+//! Packet capture: the frames a switch forwards, written as they pass to a
+//! pcap file (nanosecond timestamps, Ethernet) that tshark and Wireshark
+//! read. Written on the switch's thread into a buffer (a write per 64 KiB),
+//! so a capture costs forwarding a copy of each frame it takes; a capture
+//! that fails to write, or reaches its size limit, stops taking frames and
+//! counts the ones it missed.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
+use pcap_file::TsResolution;
+
+use super::PortId;
+
+/// The bytes a capture file may reach by default (1 GiB).
+pub const MAX_BYTES: u64 = 1 << 30;
+/// A record's header in a pcap file: 16 bytes before each frame.
+const RECORD_HEADER: u64 = 16;
+const BUFFER: usize = 64 << 10;
+
+/// What a capture took, as [`super::Switch::stop_capture`] reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CaptureStats {
+    /// Frames written.
+    pub frames: u64,
+    /// Bytes of the file, its header included.
+    pub bytes: u64,
+    /// Frames it should have taken but did not (a write failed, or the
+    /// file reached its limit).
+    pub missed: u64,
+}
+
+pub struct Capture {
+    /// The port whose frames it takes, in and out; None: every frame.
+    pub target: Option<PortId>,
+    writer: Option<PcapWriter<BufWriter<File>>>,
+    max_bytes: u64,
+    stats: CaptureStats,
+}
+
+impl Capture {
+    /// Creates `path` (it must not exist: a capture never overwrites a
+    /// file) and writes the pcap header.
+    pub fn create(path: &Path, target: Option<PortId>, max_bytes: u64) -> io::Result<Capture> {
+        let file = File::options().write(true).create_new(true).open(path)?;
+        let header = PcapHeader {
+            ts_resolution: TsResolution::NanoSecond,
+            ..PcapHeader::default()
+        };
+        let writer =
+            PcapWriter::with_header(BufWriter::with_capacity(BUFFER, file), header).map_err(io::Error::other)?;
+        Ok(Capture {
+            target,
+            writer: Some(writer),
+            max_bytes,
+            stats: CaptureStats {
+                bytes: 24,
+                ..CaptureStats::default()
+            },
+        })
+    }
+
+    /// Whether it takes a frame from `src` that goes to the ports `to`.
+    pub fn wants(&self, src: PortId, mut to: impl Iterator<Item = PortId>) -> bool {
+        match self.target {
+            None => true,
+            Some(t) => t == src || to.any(|p| p == t),
+        }
+    }
+
+    /// Writes one frame, stamped now.
+    pub fn take(&mut self, frame: &[u8]) {
+        let size = RECORD_HEADER + frame.len() as u64;
+        let Some(writer) = self
+            .writer
+            .as_mut()
+            .filter(|_| self.stats.bytes + size <= self.max_bytes)
+        else {
+            self.stats.missed += 1;
+            return;
+        };
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+        match writer.write_packet(&PcapPacket::new(now, frame.len() as u32, frame)) {
+            Ok(_) => {
+                self.stats.frames += 1;
+                self.stats.bytes += size;
+            }
+            Err(e) => {
+                log::warn!("evum switch: a capture stops: {e}");
+                self.stats.missed += 1;
+                self.writer = None;
+            }
+        }
+    }
+
+    /// Writes what is buffered and closes the file.
+    pub fn finish(mut self) -> CaptureStats {
+        if let Some(writer) = self.writer.take() {
+            let mut buffered = writer.into_writer();
+            if let Err(e) = buffered.flush() {
+                log::warn!("evum switch: a capture's last frames were not written: {e}");
+            }
+        }
+        self.stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pcap_file::pcap::PcapReader;
+
+    fn temp(name: &str) -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!("evum-capture-{}-{name}.pcap", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        path
+    }
+
+    #[test]
+    fn frames_are_read_back_with_nanosecond_stamps() {
+        let path = temp("read");
+        let mut capture = Capture::create(&path, None, MAX_BYTES).unwrap();
+        capture.take(&[1u8; 60]);
+        capture.take(&[2u8; 1514]);
+        let stats = capture.finish();
+        assert_eq!(
+            stats,
+            CaptureStats {
+                frames: 2,
+                bytes: 24 + 16 + 60 + 16 + 1514,
+                missed: 0
+            }
+        );
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), stats.bytes);
+        let mut reader = PcapReader::new(File::open(&path).unwrap()).unwrap();
+        assert_eq!(reader.header().ts_resolution, TsResolution::NanoSecond);
+        let first = reader.next_packet().unwrap().unwrap();
+        assert_eq!(first.data.as_ref(), &[1u8; 60]);
+        assert!(first.timestamp.as_secs() > 1_600_000_000);
+        assert_eq!(reader.next_packet().unwrap().unwrap().data.len(), 1514);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_full_capture_counts_what_it_missed_and_an_existing_file_is_refused() {
+        let path = temp("full");
+        let mut capture = Capture::create(&path, Some(PortId(3)), 24 + 2 * 76).unwrap();
+        for _ in 0..5 {
+            capture.take(&[0u8; 60]);
+        }
+        assert_eq!(
+            capture.finish(),
+            CaptureStats {
+                frames: 2,
+                bytes: 24 + 2 * 76,
+                missed: 3
+            }
+        );
+        assert!(Capture::create(&path, None, MAX_BYTES).is_err());
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_port_capture_takes_its_port_both_ways() {
+        let path = temp("port");
+        let capture = Capture::create(&path, Some(PortId(3)), MAX_BYTES).unwrap();
+        assert!(capture.wants(PortId(3), [PortId(4)].into_iter()));
+        assert!(capture.wants(PortId(1), [PortId(2), PortId(3)].into_iter()));
+        assert!(!capture.wants(PortId(1), [PortId(2)].into_iter()));
+        capture.finish();
+        std::fs::remove_file(&path).unwrap();
+    }
+}

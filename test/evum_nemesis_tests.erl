@@ -1,0 +1,150 @@
+%% Faults made on purpose, with real guests: a partition and a heal, a
+%% one-way cut, a paused and resumed guest, a killed one.
+-module(evum_nemesis_tests).
+
+-include_lib("eunit/include/eunit.hrl").
+
+-compile([export_all, nowarn_export_all]).
+
+-define(BOOT, 60000).
+
+nemesis_test_() ->
+    {setup, fun() -> {ok, _} = application:ensure_all_started(evum) end, fun(_) -> ok end, [
+        {timeout, 180, {T, fun() -> ?MODULE:F() end}}
+     || {T, F} <- [
+            {"a partition: pings inside a group pass, across fail, from the first; heal restores", partition},
+            {"a cut drops one way only", cut},
+            {"a capture holds exactly the frames sent, as tshark reads them", capture},
+            {"a paused guest answers nothing until resumed", pause},
+            {"kill ends a guest as a crash, its disk kept", kill}
+        ]
+    ]}.
+
+vm(Switch, Label, Address) ->
+    {ok, Vm} = evm:create([{label, Label}, {switch, Switch}, {timeout, ?BOOT}]),
+    {ok, 0, _} = evum:cmd(Vm, ["ifconfig eth0 ", Address, " netmask 255.255.255.0 up"]),
+    Vm.
+
+%% Whether one ping from Vm to Address is answered (within a second).
+answers(Vm, Address) ->
+    case evum:cmd(Vm, ["ping -c 1 -W 1 ", Address], 10000) of
+        {ok, 0, _} -> true;
+        {ok, _, _} -> false
+    end.
+
+three(Switch) ->
+    [vm(Switch, L, A) || {L, A} <- [{nem_a, "10.0.9.1"}, {nem_b, "10.0.9.2"}, {nem_c, "10.0.9.3"}]].
+
+partition() ->
+    {ok, S} = evum_switch:start([anonymous]),
+    [A, B, C] = Vms = three(S),
+    %% Learned both ways first: ARP is not what the test is about.
+    [true = answers(X, Y) || {X, Y} <- [{A, "10.0.9.2"}, {B, "10.0.9.3"}, {A, "10.0.9.3"}]],
+    ok = evum_switch:partition(S, [[A], [nem_b, C]]),
+    ?assertNot(answers(A, "10.0.9.2")),
+    ?assertNot(answers(C, "10.0.9.1")),
+    ?assert(answers(B, "10.0.9.3")),
+    {ok, #{groups := [[PortA], [_, _] = BC], cuts := []}} = evum_switch:partitions(S),
+    {ok, Ports} = evum_switch:ports(S),
+    ?assertEqual([A], [Vm || #{id := Id, peer := Vm} <- Ports, Id =:= PortA]),
+    ?assertEqual(lists:sort([B, C]), lists:sort([Vm || #{id := Id, peer := Vm} <- Ports, lists:member(Id, BC)])),
+    ?assert(lists:sum([N || #{drops_nemesis := N} <- Ports]) > 0),
+    ok = evum_switch:heal(S),
+    ?assert(answers(A, "10.0.9.2")),
+    ?assertEqual({ok, #{groups => [], cuts => []}}, evum_switch:partitions(S)),
+    ?assertEqual({error, {unknown_target, nosuch_vm}}, evum_switch:partition(S, [[nosuch_vm]])),
+    [ok = evm:stop(Vm) || Vm <- Vms],
+    evum_switch:stop(S).
+
+cut() ->
+    {ok, S} = evum_switch:start([anonymous]),
+    [A, B, C] = Vms = three(S),
+    true = answers(A, "10.0.9.2"),
+    ok = evum_switch:cut(S, A, B),
+    %% A's requests do not reach B; B's reach A, but A's replies do not come back.
+    #{id := PortB} = port_of(S, B),
+    Before = maps:get(frames_out, port_of(S, B)),
+    ?assertNot(answers(A, "10.0.9.2")),
+    ?assertNot(answers(B, "10.0.9.1")),
+    ?assertEqual(Before, maps:get(frames_out, port_of(S, B))),
+    ?assert(maps:get(drops_nemesis, port_of(S, A)) > 0),
+    %% The others are untouched.
+    ?assert(answers(C, "10.0.9.1")),
+    ?assert(answers(C, "10.0.9.2")),
+    {ok, #{cuts := [{_, PortB}]}} = evum_switch:partitions(S),
+    ok = evum_switch:restore(S, A, B),
+    ?assert(answers(A, "10.0.9.2")),
+    [ok = evm:stop(Vm) || Vm <- Vms],
+    evum_switch:stop(S).
+
+capture() ->
+    {ok, S} = evum_switch:start([anonymous]),
+    [A, _B, C] = Vms = three(S),
+    true = answers(A, "10.0.9.2"),
+    true = answers(C, "10.0.9.1"),
+    File = filename:join("/tmp", "evum-capture-" ++ os:getpid() ++ ".pcap"),
+    file:delete(File),
+    {ok, Capture} = evum_switch:capture(S, A, File),
+    ?assertMatch({error, {capture, _}}, evum_switch:capture(S, all, File)),
+    {ok, 0, _} = evum:cmd(A, "ping -c 5 -i 0.2 10.0.9.2", 30000),
+    %% Not A's: not in A's capture.
+    {ok, 0, _} = evum:cmd(C, "ping -c 3 -i 0.2 10.0.9.2", 30000),
+    {ok, #{frames := Frames, missed := 0}} = evum_switch:stop_capture(S, Capture),
+    Icmp = os:cmd("tshark -r " ++ File ++ " -Y icmp -T fields -e ip.src -e ip.dst -e icmp.type 2>/dev/null"),
+    Lines = string:lexemes(Icmp, "\n"),
+    ?assertEqual(5, length([L || L <- Lines, string:lexemes(L, "\t") =:= ["10.0.9.1", "10.0.9.2", "8"]]), Icmp),
+    ?assertEqual(5, length([L || L <- Lines, string:lexemes(L, "\t") =:= ["10.0.9.2", "10.0.9.1", "0"]]), Icmp),
+    ?assertEqual(10, length(Lines), Icmp),
+    ?assert(Frames >= 10),
+    ?assertEqual({error, unknown_capture}, evum_switch:stop_capture(S, Capture)),
+    ok = file:delete(File),
+    [ok = evm:stop(Vm) || Vm <- Vms],
+    evum_switch:stop(S).
+
+port_of(Switch, Vm) ->
+    {ok, Ports} = evum_switch:ports(Switch),
+    [Port] = [P || #{peer := Peer} = P <- Ports, Peer =:= Vm],
+    Port.
+
+pause() ->
+    {ok, S} = evum_switch:start([anonymous]),
+    [A, B, C] = Vms = three(S),
+    true = answers(A, "10.0.9.2"),
+    {ok, 0, Up0} = evum:cmd(B, "cut -d' ' -f1 /proc/uptime"),
+    ok = evum:pause(B),
+    T0 = erlang:monotonic_time(millisecond),
+    ?assertNot(answers(A, "10.0.9.2")),
+    timer:sleep(1000),
+    ok = evum:resume(B),
+    Paused = (erlang:monotonic_time(millisecond) - T0) / 1000,
+    ?assert(answers(A, "10.0.9.2")),
+    {ok, 0, Up1} = evum:cmd(B, "cut -d' ' -f1 /proc/uptime"),
+    Advanced = binary_to_float(string:trim(Up1)) - binary_to_float(string:trim(Up0)),
+    %% What the guest's clock did over the pause (it reads the host's).
+    ?debugFmt("paused ~.2f s; the guest's uptime advanced ~.2f s over it", [Paused, Advanced]),
+    ?assert(Advanced >= Paused),
+    [ok = evm:stop(Vm) || Vm <- [A, C]],
+    ok = evm:stop(B),
+    ?assertEqual({error, not_running}, evum:pause(B)),
+    evum_switch:stop(S),
+    Vms.
+
+kill() ->
+    Disk = filename:join("/tmp", "evum-nemesis-disk-" ++ os:getpid()),
+    ok = file:write_file(Disk, binary:copy(<<0>>, 1 bsl 20)),
+    {ok, Vm} = evm:create([{ubd, 1, Disk}, {timeout, ?BOOT}]),
+    %% Written through to the host file, as a database's commit is.
+    {ok, 0, _} = evum:cmd(Vm, "echo kept | dd of=/dev/ubdb conv=fsync 2>/dev/null"),
+    #{os_pid := OsPid} = evum:info(Vm),
+    Ref = monitor(process, Vm),
+    ok = evum:kill(Vm),
+    receive
+        {'DOWN', Ref, process, Vm, Reason} -> ?assertEqual({shutdown, {signal, sigkill}}, Reason)
+    after 10000 -> error(not_killed)
+    end,
+    ?assert(receive {evum, Vm, {exit, {signal, sigkill}}} -> true after 1000 -> false end),
+    ?assertNot(filelib:is_dir("/proc/" ++ integer_to_list(OsPid))),
+    %% The disk is as the kill left it.
+    {ok, <<"kept\n", _/binary>>} = file:read_file(Disk),
+    ?assertEqual({error, not_running}, evum:kill(Vm)),
+    ok = file:delete(Disk).
