@@ -41,6 +41,9 @@
     capture/3,
     capture/4,
     stop_capture/2,
+    impair/3,
+    impairments/1,
+    clear/2,
     forward/3,
     unforward/2,
     forwards/1,
@@ -183,6 +186,7 @@ good_option({storm_limit, N}) -> N =:= infinity orelse ?IS_COUNT(N);
 good_option({port_rate, N}) -> N =:= infinity orelse ?IS_COUNT(N);
 good_option({port_security, On}) -> is_boolean(On);
 good_option({max_hold, Ms}) -> ?IS_COUNT(Ms);
+good_option({seed, Seed}) -> is_integer(Seed) andalso Seed >= 0 andalso Seed < 1 bsl 64;
 good_option(_) -> false.
 
 %% The limits given, for the NIF (which has the defaults), by its names.
@@ -193,7 +197,8 @@ limits(Options) ->
         {storm_limit, storm_limit},
         {port_rate, port_rate},
         {port_security, port_security},
-        {max_hold, max_hold_ms}
+        {max_hold, max_hold_ms},
+        {seed, seed}
     ],
     %% The first of a name counts, as in proplists.
     maps:from_list(lists:reverse([{Nif, V} || {Option, Nif} <- Names, {O, V} <- Options, O =:= Option])).
@@ -391,6 +396,74 @@ stop_capture(Switch, Capture) when is_integer(Capture) ->
     call(Switch, {stop_capture, Capture});
 stop_capture(_Switch, Capture) ->
     {error, {unknown_capture, Capture}}.
+
+%% @doc Impairs a link, as netem does: the frames to `Target' (a VM, by pid
+%% or label, or a port id), or those from one to another (`{From, To}').
+%% Settings, all optional: `loss' (a probability, 0 to 1), `loss_burst'
+%% (`{P, MeanLen}': a burst of loss starts at a frame with probability P
+%% and takes MeanLen frames on average), `delay' and `jitter' (ms: each
+%% frame waits delay plus or minus up to jitter), `duplicate', `reorder'
+%% (the chance a frame skips the delay and overtakes those waiting),
+%% `corrupt' (the chance one bit of a frame flips), `rate' (bits a second).
+%% Replaces the link's settings before; in force for every frame after it
+%% returns. The switch's random draws come from its `{seed, N}' (start/1)
+%% when given, so a run can be replayed. A link holds at most 4096 frames;
+%% what is over is dropped and counted (`overflow' in impairments/1).
+-spec impair(switch(), evm:vm() | port_id() | {evm:vm() | port_id(), evm:vm() | port_id()}, map()) ->
+    ok | {error, term()}.
+impair(Switch, Target, Settings) when is_map(Settings) ->
+    case impairment(Settings) of
+        {ok, Checked} -> call(Switch, {impair, Target, Checked});
+        Error -> Error
+    end;
+impair(_Switch, _Target, Settings) ->
+    {error, {bad_impairment, Settings}}.
+
+%% @doc Makes a link clean again at once: no impairment, no frame held.
+-spec clear(switch(), evm:vm() | port_id() | {evm:vm() | port_id(), evm:vm() | port_id()}) -> ok | {error, term()}.
+clear(Switch, Target) ->
+    call(Switch, {impair, Target, clean}).
+
+%% @doc Every impaired link (`{to, Port}' or `{pair, From, To}') with what
+%% it did: frames, lost, duplicated, corrupted, reordered, overflow, held.
+-spec impairments(switch()) -> {ok, [map()]} | {error, term()}.
+impairments(Switch) ->
+    call(Switch, impairments).
+
+%% Impairment settings as the NIF takes them: every key, times in µs.
+impairment(Settings) ->
+    Known = [loss, loss_burst, delay, jitter, duplicate, reorder, corrupt, rate],
+    Get = fun(K, D) -> maps:get(K, Settings, D) end,
+    Probability = fun(P) -> is_number(P) andalso P >= 0 andalso P =< 1 end,
+    Ms = fun(M) -> is_number(M) andalso M >= 0 andalso M =< 3600000 end,
+    Checks = [
+        {loss, Probability},
+        {duplicate, Probability},
+        {reorder, Probability},
+        {corrupt, Probability},
+        {delay, Ms},
+        {jitter, Ms},
+        {rate, fun(R) -> is_integer(R) andalso R > 0 andalso R < 1 bsl 64 end},
+        {loss_burst, fun({P, L}) -> Probability(P) andalso is_number(L) andalso L >= 1; (_) -> false end}
+    ],
+    Bad = [{K, V} || {K, Check} <- Checks, #{K := V} <- [Settings], not Check(V)] ++
+        [{K, V} || {K, V} <- maps:to_list(Settings), not lists:member(K, Known)],
+    case Bad of
+        [] ->
+            {BurstP, BurstLen} = Get(loss_burst, {0, 1}),
+            {ok, #{
+                loss => float(Get(loss, 0)),
+                loss_burst => {float(BurstP), float(BurstLen)},
+                delay_us => round(Get(delay, 0) * 1000),
+                jitter_us => round(Get(jitter, 0) * 1000),
+                duplicate => float(Get(duplicate, 0)),
+                reorder => float(Get(reorder, 0)),
+                corrupt => float(Get(corrupt, 0)),
+                rate => Get(rate, 0)
+            }};
+        [First | _] ->
+            {error, {bad_impairment, First}}
+    end.
 
 %% @doc Forwards `HostAddress:HostPort' on the host to `GuestAddress:GuestPort'
 %% through the switch's gateway: `{ok, BoundHostPort}'. With a `For' process
@@ -595,6 +668,29 @@ handle_call({capture, Target, File, Max}, _From, #state{switch = Switch} = S) ->
                 end
         end,
     {reply, Reply, S};
+handle_call({impair, Target, Settings}, _From, #state{switch = Switch} = S) ->
+    Link =
+        case Target of
+            {From, To} ->
+                case {port_id(From, S), port_id(To, S)} of
+                    {{error, _} = Error, _} -> Error;
+                    {_, {error, _} = Error} -> Error;
+                    {F, T} -> {pair, F, T}
+                end;
+            _ ->
+                case port_id(Target, S) of
+                    {error, _} = Error -> Error;
+                    Port -> {to, Port}
+                end
+        end,
+    Reply =
+        case Link of
+            {error, _} -> Link;
+            _ -> evum_nif:switch_impair(Switch, Link, Settings)
+        end,
+    {reply, Reply, S};
+handle_call(impairments, _From, #state{switch = Switch} = S) ->
+    {reply, evum_nif:switch_impairments(Switch), S};
 handle_call({stop_capture, Capture}, _From, #state{switch = Switch} = S) ->
     {reply, evum_nif:switch_stop_capture(Switch, Capture), S};
 handle_call(faults, _From, #state{switch = Switch} = S) ->

@@ -101,11 +101,15 @@ switch_calls() ->
             {evum_switch, restore, [S, 1, 2]},
             {evum_switch, capture, [S, all, "/nonexistent/x.pcap"]},
             {evum_switch, capture, [S, all, "/nonexistent/x.pcap", [{max_bytes, 0}]]},
-            {evum_switch, stop_capture, [S, 1]}
+            {evum_switch, stop_capture, [S, 1]},
+            {evum_switch, impair, [S, 1, #{loss => 0.5}]},
+            {evum_switch, impair, [S, 1, not_a_map]},
+            {evum_switch, clear, [S, 1]},
+            {evum_switch, impairments, [S]}
         ]
      || S <- targets()
     ]) ++
-        [{evum_switch, start, [A]} || A <- [42, [{busy_poll, -1}], [{max_macs, 0}], [{storm_limit, fast}]]].
+        [{evum_switch, start, [A]} || A <- [42, [{busy_poll, -1}], [{max_macs, 0}], [{storm_limit, fast}], [{seed, -1}]]].
 
 mcons_calls() ->
     lists:append([

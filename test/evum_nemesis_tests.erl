@@ -15,6 +15,7 @@ nemesis_test_() ->
             {"a partition: pings inside a group pass, across fail, from the first; heal restores", partition},
             {"a cut drops one way only", cut},
             {"a capture holds exactly the frames sent, as tshark reads them", capture},
+            {"delay and loss on a link show in the guests' pings; clear ends them", impair},
             {"a paused guest answers nothing until resumed", pause},
             {"kill ends a guest as a crash, its disk kept", kill}
         ]
@@ -100,6 +101,37 @@ capture() ->
     ok = file:delete(File),
     [ok = evm:stop(Vm) || Vm <- Vms],
     evum_switch:stop(S).
+
+impair() ->
+    {ok, S} = evum_switch:start([anonymous, {seed, 17}]),
+    [A, B, _C] = Vms = three(S),
+    true = answers(A, "10.0.9.2"),
+    %% 50 ms (10 ms of jitter) on the frames to B: the echo requests.
+    ok = evum_switch:impair(S, B, #{delay => 50, jitter => 10}),
+    Median = median_rtt(A, "10.0.9.2", 10),
+    ?assert(Median >= 40.0 andalso Median < 80.0, Median),
+    ?assert(median_rtt(A, "10.0.9.3", 5) < 10.0),
+    %% 30% loss from A to B on top, then clean again.
+    ok = evum_switch:impair(S, {A, B}, #{loss => 0.3}),
+    {ok, _, Out} = evum:cmd(A, "ping -c 40 -i 0.05 -W 1 10.0.9.2", 60000),
+    {match, [Received]} = re:run(Out, "([0-9]+) packets received", [{capture, all_but_first, list}]),
+    ?assert(list_to_integer(Received) < 38, Out),
+    {ok, Links} = evum_switch:impairments(S),
+    ?assertEqual(2, length(Links)),
+    ok = evum_switch:clear(S, {A, B}),
+    ok = evum_switch:clear(S, B),
+    ?assertEqual({ok, []}, evum_switch:impairments(S)),
+    ?assert(median_rtt(A, "10.0.9.2", 5) < 10.0),
+    ?assertMatch({error, {bad_impairment, {loss, 2}}}, evum_switch:impair(S, B, #{loss => 2})),
+    [ok = evm:stop(Vm) || Vm <- Vms],
+    evum_switch:stop(S).
+
+%% The median of N pings' round trips, in ms.
+median_rtt(Vm, Address, N) ->
+    {ok, 0, Out} = evum:cmd(Vm, ["ping -c ", integer_to_list(N), " -i 0.1 ", Address], 60000),
+    {match, Times} = re:run(Out, "time=([0-9.]+) ms", [global, {capture, all_but_first, list}]),
+    Sorted = lists:sort([list_to_float(T) || [T] <- Times]),
+    lists:nth(length(Sorted) div 2 + 1, Sorted).
 
 port_of(Switch, Vm) ->
     {ok, Ports} = evum_switch:ports(Switch),

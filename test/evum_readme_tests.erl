@@ -7,6 +7,7 @@
 %% - the lines after it are what the shell prints, in order, each a pattern:
 %%   `...' alone stands for any lines, `...' within a line for any text, a
 %%   pid for any pid, and a decimal number for any number;
+%% - a file the session names under /tmp/evum-* is removed before and after;
 %% - `$ Command' before the first prompt starts the shell and is not run;
 %%   after a prompt it is a host command: the next line is its input, the
 %%   lines after that its output, and a word that is a variable bound in the
@@ -99,6 +100,21 @@ strip_comment(Text, Mark) ->
 %%% Running a session
 
 check(Session) ->
+    Files = files_written(Session),
+    [file:delete(F) || F <- Files],
+    try run(Session) after [file:delete(F) || F <- Files] end.
+
+%% The files a session names under /tmp/evum-*: a capture, say, which
+%% must not exist before (a capture never overwrites).
+files_written(Session) ->
+    lists:usort([
+        F
+     || {typed, Expr, _} <- Session,
+        {match, Found} <- [re:run(Expr, "/tmp/evum-[A-Za-z0-9._-]+", [global, {capture, all, list}])],
+        [F] <- Found
+    ]).
+
+run(Session) ->
     Ebin = filename:dirname(code:which(evm)),
     Port = open_port(
         {spawn_executable, os:find_executable("erl")},

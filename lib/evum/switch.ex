@@ -150,6 +150,23 @@ defmodule Evum.Switch do
           {:ok, pos_integer()} | {:error, term()}
   defdelegate capture(switch, target, file, options), to: :evum_switch
 
+  @doc """
+  Impairs the frames to `target` (a VM or port id), or from one to another
+  (`{from, to}`), as netem does: `loss`, `loss_burst: {p, mean_len}`,
+  `delay` and `jitter` (ms), `duplicate`, `reorder`, `corrupt`
+  (probabilities), `rate` (bits a second). See `:evum_switch.impair/3`.
+  """
+  @spec impair(switch(), term(), map()) :: :ok | {:error, term()}
+  defdelegate impair(switch, target, settings), to: :evum_switch
+
+  @doc "Makes a link clean again at once."
+  @spec clear(switch(), term()) :: :ok | {:error, term()}
+  defdelegate clear(switch, target), to: :evum_switch
+
+  @doc "Every impaired link with what it did."
+  @spec impairments(switch()) :: {:ok, [map()]} | {:error, term()}
+  defdelegate impairments(switch), to: :evum_switch
+
   @doc "Ends a capture: `{:ok, %{frames: n, bytes: n, missed: n}}`."
   @spec stop_capture(switch(), pos_integer()) :: {:ok, map()} | {:error, term()}
   defdelegate stop_capture(switch, capture), to: :evum_switch

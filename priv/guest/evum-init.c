@@ -97,7 +97,7 @@ static int interface_request(int sock, unsigned long request, struct ifreq *ifr)
 /*
  * Loopback up at 127.0.0.1, and the vector driver's vecN interfaces (how
  * guests reach evum's switch) renamed ethN, the names guests, evum:ifconfig/2
- * and the original README know them by.
+ * and the original README know them by, and brought up.
  */
 static void set_up_network(void)
 {
@@ -128,7 +128,16 @@ static void set_up_network(void)
 		memset(&ifr, 0, sizeof(ifr));
 		strcpy(ifr.ifr_name, entry->d_name);
 		snprintf(ifr.ifr_newname, IFNAMSIZ, "eth%s", entry->d_name + 3);
-		interface_request(sock, SIOCSIFNAME, &ifr);
+		if (interface_request(sock, SIOCSIFNAME, &ifr) != 0)
+			continue;
+		/* Up, without an address: its port is on the switch from the
+		 * boot on, as a plugged-in cable is (the vector driver connects
+		 * when the interface comes up). */
+		strcpy(ifr.ifr_name, ifr.ifr_newname);
+		if (interface_request(sock, SIOCGIFFLAGS, &ifr) == 0) {
+			ifr.ifr_flags |= IFF_UP;
+			interface_request(sock, SIOCSIFFLAGS, &ifr);
+		}
 	}
 	if (interfaces)
 		closedir(interfaces);

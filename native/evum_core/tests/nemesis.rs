@@ -113,3 +113,122 @@ fn a_cut_is_one_way() {
     assert_eq!(b.recv().as_deref(), Some(&again[..]));
     assert_eq!(switch.faults().unwrap(), (vec![], vec![]));
 }
+
+// ---------------------------------------------------------------- impairment
+
+use evum_core::switch::{Impairment, Link};
+
+fn switch_with_seed(dir: &TempDir, seed: u64) -> Switch {
+    let mut config = common::switch_config(&dir.0.join("switch"));
+    config.seed = Some(seed);
+    Switch::start(config).unwrap()
+}
+
+/// Counts the frames `client` receives until none came for 300 ms.
+fn count(client: &BessClient) -> usize {
+    client.drain().len()
+}
+
+#[test]
+fn loss_on_a_link_is_its_rate_and_clear_makes_it_clean() {
+    let dir = TempDir::new("loss");
+    let switch = switch_with_seed(&dir, 42);
+    let nodes = three(&switch);
+    let [(a, _), (b, pb), (c, _)] = &nodes[..] else {
+        unreachable!()
+    };
+    switch
+        .impair(
+            Link::To(*pb),
+            Some(Impairment {
+                loss: 0.2,
+                ..Default::default()
+            }),
+        )
+        .unwrap();
+    const N: usize = 5000;
+    let receiver = {
+        let b = b.clone_fd();
+        std::thread::spawn(move || count(&b))
+    };
+    for n in 0..N {
+        a.send(&frame(mac(2), mac(1), n as u8));
+    }
+    let got = receiver.join().unwrap();
+    let lost = (N - got) as f64 / N as f64;
+    assert!((0.18..=0.22).contains(&lost), "lost {lost}");
+    let links = switch.impairments().unwrap();
+    assert_eq!(links[0].2.lost as usize, N - got);
+    // Other links are untouched.
+    let to_c = frame(mac(3), mac(1), 0);
+    a.send(&to_c);
+    assert_eq!(c.recv().as_deref(), Some(&to_c[..]));
+    switch.impair(Link::To(*pb), None).unwrap();
+    assert!(switch.impairments().unwrap().is_empty());
+    for n in 0..100u8 {
+        a.send(&frame(mac(2), mac(1), n));
+    }
+    assert_eq!(count(b), 100);
+}
+
+#[test]
+fn delay_jitter_and_rate_shape_a_link() {
+    let dir = TempDir::new("delay");
+    let switch = switch_with_seed(&dir, 1);
+    let nodes = three(&switch);
+    let [(a, pa), (b, pb), _] = &nodes[..] else {
+        unreachable!()
+    };
+    let delay = Impairment {
+        delay: Duration::from_millis(50),
+        jitter: Duration::from_millis(10),
+        ..Default::default()
+    };
+    switch.impair(Link::Pair(*pa, *pb), Some(delay)).unwrap();
+    let mut waits = Vec::new();
+    for n in 0..20u8 {
+        let sent = Instant::now();
+        a.send(&frame(mac(2), mac(1), n));
+        assert!(b.recv().is_some());
+        waits.push(sent.elapsed());
+    }
+    waits.sort();
+    let median = waits[waits.len() / 2];
+    assert!(
+        median >= Duration::from_millis(40) && median < Duration::from_millis(70),
+        "{waits:?}"
+    );
+    assert!(waits[0] >= Duration::from_millis(39), "{waits:?}");
+    // The other way is not delayed.
+    let sent = Instant::now();
+    b.send(&frame(mac(1), mac(2), 0));
+    assert!(a.recv().is_some());
+    assert!(sent.elapsed() < Duration::from_millis(30));
+    // 1 Mbit/s: 50 frames of 1250 bytes take half a second.
+    let big = {
+        let mut f = frame(mac(2), mac(1), 0);
+        f.resize(1250, 0);
+        f
+    };
+    switch
+        .impair(
+            Link::Pair(*pa, *pb),
+            Some(Impairment {
+                rate: Some(1_000_000),
+                ..Default::default()
+            }),
+        )
+        .unwrap();
+    let started = Instant::now();
+    for _ in 0..50 {
+        a.send(&big);
+    }
+    for _ in 0..50 {
+        assert!(b.recv().is_some());
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(480) && took < Duration::from_millis(650),
+        "{took:?}"
+    );
+}

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::atom_map;
-use evum_core::switch::{Fault, FrameSink, Mac, PortId, PortKind, Switch, SwitchConfig};
+use evum_core::switch::{Fault, FrameSink, Impairment, Link, Mac, PortId, PortKind, Switch, SwitchConfig};
 use evum_core::vm::jail::{self, HeldId};
 use evum_core::vm::placement::{choice_set, CpuChoice};
 use rustler::{Binary, Encoder, Env, LocalPid, NewBinary, NifResult, OwnedEnv, ResourceArc, Term};
@@ -25,6 +25,8 @@ mod atoms {
         max_hold_ms, max_macs, mac_table_size, storm_limit, port_rate, port_security,
         drops_nemesis, partition, heal, cut, restore, groups, cuts,
         all, capture, unknown_capture, frames, bytes, missed,
+        to, pair, loss, loss_burst, delay_us, jitter_us, duplicate, reorder, corrupt, rate, clean, link,
+        settings, lost, duplicated, corrupted, reordered, overflow, held, seed,
     }
 }
 
@@ -164,6 +166,9 @@ fn apply_limits(config: &mut SwitchConfig, limits: Term) -> NifResult<()> {
     }
     if let Some(on) = get(atoms::port_security()) {
         config.port_security = on.decode()?;
+    }
+    if let Some(seed) = get(atoms::seed()) {
+        config.seed = Some(seed.decode()?);
     }
     Ok(())
 }
@@ -361,6 +366,87 @@ fn switch_stop_capture(env: Env, resource: ResourceArc<SwitchResource>, id: u64)
             Ok((atoms::ok(), map).encode(env))
         }
         Ok(None) => Ok((atoms::error(), atoms::unknown_capture()).encode(env)),
+        Err(e) => Ok(switch_error(env, e)),
+    })
+}
+
+/// `{to, Port}` or `{pair, From, To}`.
+fn decode_link(term: Term) -> NifResult<Link> {
+    if let Ok((tag, port)) = term.decode::<(rustler::Atom, u64)>() {
+        if tag == atoms::to() {
+            return Ok(Link::To(PortId(port)));
+        }
+    }
+    let (tag, from, to) = term.decode::<(rustler::Atom, u64, u64)>()?;
+    if tag != atoms::pair() {
+        return Err(rustler::Error::BadArg);
+    }
+    Ok(Link::Pair(PortId(from), PortId(to)))
+}
+
+fn encode_link<'a>(env: Env<'a>, link: Link) -> Term<'a> {
+    match link {
+        Link::To(p) => (atoms::to(), p.0).encode(env),
+        Link::Pair(a, b) => (atoms::pair(), a.0, b.0).encode(env),
+    }
+}
+
+/// Impairs a link with the settings evum_switch checked (every key given,
+/// times in microseconds, `rate` 0 for none), or `clean` makes it clean.
+#[rustler::nif(schedule = "DirtyIo")]
+fn switch_impair<'a>(
+    env: Env<'a>,
+    resource: ResourceArc<SwitchResource>,
+    link: Term<'a>,
+    settings: Term<'a>,
+) -> NifResult<Term<'a>> {
+    let link = decode_link(link)?;
+    let impairment = if settings.decode::<rustler::Atom>().is_ok_and(|a| a == atoms::clean()) {
+        None
+    } else {
+        let get = |key: rustler::Atom| settings.map_get(key.encode(env));
+        let burst: (f64, f64) = get(atoms::loss_burst())?.decode()?;
+        let rate: u64 = get(atoms::rate())?.decode()?;
+        Some(Impairment {
+            loss: get(atoms::loss())?.decode()?,
+            loss_burst: (burst.0 > 0.0).then_some(burst),
+            delay: Duration::from_micros(get(atoms::delay_us())?.decode()?),
+            jitter: Duration::from_micros(get(atoms::jitter_us())?.decode()?),
+            duplicate: get(atoms::duplicate())?.decode()?,
+            reorder: get(atoms::reorder())?.decode()?,
+            corrupt: get(atoms::corrupt())?.decode()?,
+            rate: (rate > 0).then_some(rate),
+        })
+    };
+    try_with_switch(env, &resource, |switch| match switch.impair(link, impairment) {
+        Ok(()) => Ok(atoms::ok().encode(env)),
+        Err(e) => Ok(switch_error(env, e)),
+    })
+}
+
+/// Every impaired link: `[#{link, counters...}]`.
+#[rustler::nif(schedule = "DirtyIo")]
+fn switch_impairments(env: Env, resource: ResourceArc<SwitchResource>) -> NifResult<Term> {
+    try_with_switch(env, &resource, |switch| match switch.impairments() {
+        Ok(links) => {
+            let mut out = Vec::with_capacity(links.len());
+            for (link, _, c) in links {
+                out.push(atom_map(
+                    env,
+                    &[
+                        (atoms::link(), encode_link(env, link)),
+                        (atoms::frames(), c.frames.encode(env)),
+                        (atoms::lost(), c.lost.encode(env)),
+                        (atoms::duplicated(), c.duplicated.encode(env)),
+                        (atoms::corrupted(), c.corrupted.encode(env)),
+                        (atoms::reordered(), c.reordered.encode(env)),
+                        (atoms::overflow(), c.overflow.encode(env)),
+                        (atoms::held(), c.held.encode(env)),
+                    ],
+                )?);
+            }
+            Ok((atoms::ok(), out).encode(env))
+        }
         Err(e) => Ok(switch_error(env, e)),
     })
 }

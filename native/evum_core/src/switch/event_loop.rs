@@ -21,6 +21,7 @@ use super::capture::Capture;
 use super::daemon::{self, RawUnixAddr, RequestError, REQUEST_LEN};
 use super::fdb::{is_group, Fdb, Learned, Mac};
 use super::guard::{self, Claim};
+use super::impair::Impairments;
 use super::nemesis::Nemesis;
 use super::port::{Offer, Peer, Port, Role};
 use super::rate::TokenBucket;
@@ -119,6 +120,8 @@ pub struct SwitchLoop {
     gateway: Option<u64>,
     /// Partitions and cuts made on purpose ([`super::Switch::fault`]).
     nemesis: Nemesis,
+    /// Impaired links and the frames they hold ([`super::Switch::impair`]).
+    impairments: Impairments,
     /// Captures under way, by id ([`super::Switch::capture`]).
     captures: HashMap<u64, Capture>,
     next_capture: u64,
@@ -171,6 +174,7 @@ impl SwitchLoop {
             nemesis: Nemesis::default(),
             captures: HashMap::new(),
             next_capture: 1,
+            impairments: Impairments::new(config.seed),
             guarded: Vec::new(),
             leases: HashMap::new(),
             config,
@@ -285,6 +289,7 @@ impl SwitchLoop {
             if self.now >= self.next_deadline() {
                 self.run_deadlines();
             }
+            self.release_impaired();
             self.resume_input(&mut batch);
         }
     }
@@ -326,8 +331,29 @@ impl SwitchLoop {
             .map(|p| p.deadline)
             .chain([self.next_sweep])
             .chain(self.paused_until)
+            .chain(self.impairments.next_due())
             .min()
             .unwrap_or(self.next_sweep)
+    }
+
+    /// Sends the frames impaired links held that are due now.
+    fn release_impaired(&mut self) {
+        if self.impairments.next_due().is_none_or(|at| at > self.now) {
+            return;
+        }
+        let mut due = Vec::new();
+        self.impairments
+            .due(self.now, |to, frame| due.push((to, frame.to_vec())));
+        for (to, frame) in due {
+            let Some(port) = self.ports.get_mut(&to.0) else {
+                continue;
+            };
+            match port.offer_many(&[&frame]) {
+                Offer::Sent | Offer::Dropped => {}
+                Offer::Queued => self.set_writable_interest(to.0, true),
+                Offer::Gone => self.remove_port(to),
+            }
+        }
     }
 
     /// Whether port `id`'s input waits for a congested port to drain.
@@ -469,6 +495,16 @@ impl SwitchLoop {
                     id
                 });
                 let _ = reply.send(started);
+            }
+            Command::Impair(link, impairment, done) => {
+                match impairment {
+                    Some(impairment) => self.impairments.set(link, impairment),
+                    None => self.impairments.clear(link),
+                }
+                let _ = done.send(());
+            }
+            Command::Impairments(reply) => {
+                let _ = reply.send(self.impairments.list());
             }
             Command::StopCapture(id, reply) => {
                 let _ = reply.send(self.captures.remove(&id).map(Capture::finish));
@@ -949,6 +985,7 @@ impl SwitchLoop {
         }
         self.fdb.forget_port(id);
         self.nemesis.forget_port(id);
+        self.impairments.forget_port(id);
     }
 
     // ---- forwarding
@@ -985,6 +1022,7 @@ impl SwitchLoop {
             self.fdb.lookup(&dst, now)
         };
         let first_staged = self.staged.len();
+        let impairing = !self.impairments.is_idle();
         let nemesis = (!self.nemesis.is_idle()).then_some(&self.nemesis);
         // What the nemesis keeps from each port (promiscuous ports, which
         // watch the network, see everything).
@@ -1023,12 +1061,33 @@ impl SwitchLoop {
                 port.counters.drops_nemesis += held_back;
             }
         }
+        if impairing {
+            self.impair_staged(src, frame, first_staged, now);
+        }
         if !self.captures.is_empty() {
             let to = &self.staged[first_staged..];
             for capture in self.captures.values_mut() {
                 if capture.wants(src, to.iter().map(|&(port, _)| PortId(port))) {
                     capture.take(frame);
                 }
+            }
+        }
+    }
+
+    /// Takes out of the frames just staged (from `first`) those for impaired
+    /// links, which then hold them (promiscuous ports, watching, get theirs
+    /// as they are).
+    fn impair_staged(&mut self, src: PortId, frame: &[u8], first: usize, now: Instant) {
+        let mut i = first;
+        while i < self.staged.len() {
+            let to = PortId(self.staged[i].0);
+            let watching = self.ports.get(&to.0).is_some_and(Port::is_promiscuous);
+            match self.impairments.link(src, to).filter(|_| !watching) {
+                Some(link) => {
+                    self.impairments.take(link, to, frame, now);
+                    self.staged.swap_remove(i);
+                }
+                None => i += 1,
             }
         }
     }

@@ -64,6 +64,7 @@ pub mod daemon;
 mod event_loop;
 pub mod fdb;
 mod guard;
+mod impair;
 mod nemesis;
 mod port;
 mod rate;
@@ -84,6 +85,7 @@ use nix::unistd::Pid;
 
 pub use capture::{CaptureStats, MAX_BYTES as MAX_CAPTURE_BYTES};
 pub use fdb::Mac;
+pub use impair::{Impairment, Link, LinkCounters, MAX_HELD as MAX_IMPAIRED_HELD};
 pub use port::PortCounters;
 
 /// How long an inspection waits for the loop's answer.
@@ -232,6 +234,9 @@ pub struct SwitchConfig {
     /// VMs that joined it, no one else. None: sockets open to evum's user
     /// only.
     pub group: Option<u32>,
+    /// The seed of the random draws link impairment makes (None: from the
+    /// system), so that a failing run can be replayed.
+    pub seed: Option<u64>,
 }
 
 impl SwitchConfig {
@@ -253,6 +258,7 @@ impl SwitchConfig {
             max_ports: 1024,
             cpus: None,
             group: None,
+            seed: None,
         }
     }
 }
@@ -308,6 +314,8 @@ enum Command {
         reply: Sender<io::Result<u64>>,
     },
     StopCapture(u64, Sender<Option<CaptureStats>>),
+    Impair(Link, Option<Impairment>, Sender<()>),
+    Impairments(Sender<Vec<(Link, Impairment, LinkCounters)>>),
     Faults(Sender<Faults>),
     Stop,
 }
@@ -455,6 +463,17 @@ impl Switch {
     /// such capture.
     pub fn stop_capture(&self, id: u64) -> Result<Option<CaptureStats>, SwitchError> {
         self.ask(|reply| Command::StopCapture(id, reply))
+    }
+
+    /// Impairs a link (`Some`) or makes it clean again (`None`: nothing held
+    /// stays); in force for every frame after it returns.
+    pub fn impair(&self, link: Link, impairment: Option<Impairment>) -> Result<(), SwitchError> {
+        self.ask(|done| Command::Impair(link, impairment, done))
+    }
+
+    /// Every impaired link, what it does and what it did.
+    pub fn impairments(&self) -> Result<Vec<(Link, Impairment, LinkCounters)>, SwitchError> {
+        self.ask(Command::Impairments)
     }
 
     /// The partition and the cuts in force.

@@ -211,6 +211,11 @@ impl BessClient {
         assert_eq!(n, frame.len());
     }
 
+    /// The same connection, for another thread.
+    pub fn clone_fd(&self) -> BessClient {
+        BessClient(self.0.try_clone().expect("dup"))
+    }
+
     /// Sends without waiting: false when the switch's socket has no room.
     pub fn send_nowait(&self, frame: &[u8]) -> bool {
         send(self.0.as_raw_fd(), frame, MsgFlags::MSG_DONTWAIT).is_ok()
