@@ -116,6 +116,8 @@ switch_bench({S, Open}, Load, Secs, Rounds, Tmp) ->
     io:format("~n-- 6. evum's switch with its limits and checks (the defaults) and without (~p) --~n",
               [?NO_LIMITS]),
     Limits = limits_rounds(S, Open, Load, Secs, Rounds),
+    io:format("~n-- 7. faults on purpose: an impairment on another port, a capture of every frame --~n"),
+    Faults = faults_rounds(S, Load, Secs, Rounds, Tmp),
     %% The figures.
     Med = fun(Key, L) -> median([maps:get(Key, R) || R <- L]) end,
     Fps = fun(Kind, Size) -> Med(fps, maps:get({Kind, Size}, Daemon)) end,
@@ -162,6 +164,7 @@ switch_bench({S, Open}, Load, Secs, Rounds, Tmp) ->
     Ratio("switch 64-byte frames/s attached Erlang process/evum daemon", AttFps / E64, '>=', 0.5),
     overload_figures(Overload, Figure, Ratio),
     limits_figures(Limits, Ratio),
+    faults_figures(Faults, Ratio),
     io:format("~n"),
     daemon_guest_figures(Guests, Tag),
     bess_guest_figures(Guests, Tag).
@@ -244,6 +247,49 @@ limits_rounds(S, Open, Load, Secs, Rounds) ->
     end, -1),
     maps:from_list([{{Kind, T}, [maps:get(T, R) || R <- L]} || {{Kind, _}, L} <- maps:to_list(ByKind),
                                                                T <- [daemon, bess]]).
+
+%% Rounds of the daemon load (64-byte frames) on evum's switch as it is,
+%% with loss and delay on the frames to a third port (an attached process
+%% that takes no part in the load), and with a capture of every frame into
+%% a file: State => [Result].
+faults_rounds(S, Load, Secs, Rounds, Tmp) ->
+    Ctl = binary_to_list(evum_switch:control_socket(S)),
+    {ok, Other} = evum_switch:attach(S, [{mac, <<2, 16#be, 0, 0, 0, 16#0f>>}]),
+    File = filename:join(Tmp, "bench-capture.pcap"),
+    Setups = [
+        {clean, fun() -> ok end, fun() -> ok end},
+        {impaired_other, fun() -> ok = evum_switch:impair(S, Other, #{loss => 0.1, delay => 10}) end,
+            fun() -> ok = evum_switch:clear(S, Other) end},
+        {capture_all,
+            fun() ->
+                file:delete(File),
+                {ok, C} = evum_switch:capture(S, all, File),
+                put(capture, C)
+            end,
+            fun() ->
+                {ok, #{frames := Frames}} = evum_switch:stop_capture(S, get(capture)),
+                io:format("    (captured ~b frames, ~b bytes)~n", [Frames, filelib:file_size(File)]),
+                file:delete(File)
+            end}
+    ],
+    ByKind = rounds(Setups, Rounds, fun({Kind, Setup, Teardown}, I) ->
+        Setup(),
+        R = load(Load, ["daemon", Ctl, 64, Secs]),
+        Teardown(),
+        print_load(Kind, I, R),
+        R
+    end, -1),
+    evum_switch:detach(S, Other),
+    flush(),
+    maps:from_list([{Kind, L} || {{Kind, _, _}, L} <- maps:to_list(ByKind)]).
+
+faults_figures(Faults, Ratio) ->
+    Fps = fun(Kind) -> median([maps:get(fps, R) || R <- maps:get(Kind, Faults)]) end,
+    Clean = Fps(clean),
+    io:format("  daemon 64-byte: ~b frames/s clean, ~b with an impairment on another port, ~b captured~n",
+              [round(Clean), round(Fps(impaired_other)), round(Fps(capture_all))]),
+    Ratio("switch daemon 64-byte frames/s with another port impaired/clean", Fps(impaired_other) / Clean, '>=', 0.95),
+    Ratio("switch daemon 64-byte frames/s with every frame captured/clean", Fps(capture_all) / Clean, '>=', 0.90).
 
 limits_figures(Limits, Ratio) ->
     Fps = fun(Key) -> median([maps:get(fps, R) || R <- maps:get(Key, Limits)]) end,

@@ -31,6 +31,7 @@
     switch_faults/1,
     switch_capture/4,
     switch_impair/3,
+    switch_events/2,
     switch_impairments/1,
     switch_stop_capture/2,
     switch_ports/1,
@@ -94,6 +95,7 @@ switch_faults(_Switch) -> ?NOT_LOADED.
 switch_capture(_Switch, _Target, _Path, _MaxBytes) -> ?NOT_LOADED.
 switch_stop_capture(_Switch, _Id) -> ?NOT_LOADED.
 switch_impair(_Switch, _Link, _Settings) -> ?NOT_LOADED.
+switch_events(_Switch, _Pid) -> ?NOT_LOADED.
 switch_impairments(_Switch) -> ?NOT_LOADED.
 switch_ports(_Switch) -> ?NOT_LOADED.
 switch_mac_table(_Switch) -> ?NOT_LOADED.

@@ -44,6 +44,8 @@
     impair/3,
     impairments/1,
     clear/2,
+    subscribe/1,
+    unsubscribe/1,
     forward/3,
     unforward/2,
     forwards/1,
@@ -79,7 +81,9 @@
     gateway :: term() | undefined,
     %% Forwards made for a process (a VM), removed when it ends:
     %% Monitor => [{Proto, HostAddr, HostPort}].
-    forwards_of = #{} :: #{reference() => [{tcp | udp, binary(), inet:port_number()}]}
+    forwards_of = #{} :: #{reference() => [{tcp | udp, binary(), inet:port_number()}]},
+    %% Processes told of the switch's events: Pid => Monitor.
+    subscribers = #{} :: #{pid() => reference()}
 }).
 
 %% @doc Starts a switch. The first one started without a name is registered
@@ -465,6 +469,22 @@ impairment(Settings) ->
             {error, {bad_impairment, First}}
     end.
 
+%% @doc Tells the caller of the switch's events, each as `{evum_switch,
+%% Switch, Event}' with Event one of: `{port_up, Port, Kind, Mac |
+%% undefined}', `{port_down, Port}', `{mac_moved, Mac, FromPort, ToPort}'
+%% (at most 100 a second; the rest are counted in counters/1's
+%% `events_dropped'), `{partition, [[Port]]}', `heal', `{cut, From, To}',
+%% `{restore, From, To}', `{impair, Link, Settings}', `{clear, Link}'
+%% (Link: `{to, Port}' or `{pair, From, To}'). Until unsubscribe/1 or the
+%% caller's end.
+-spec subscribe(switch()) -> ok | {error, term()}.
+subscribe(Switch) ->
+    call(Switch, {subscribe, self()}).
+
+-spec unsubscribe(switch()) -> ok | {error, term()}.
+unsubscribe(Switch) ->
+    call(Switch, {unsubscribe, self()}).
+
 %% @doc Forwards `HostAddress:HostPort' on the host to `GuestAddress:GuestPort'
 %% through the switch's gateway: `{ok, BoundHostPort}'. With a `For' process
 %% (a VM), the forward goes when that process ends.
@@ -585,6 +605,7 @@ init({Hub, Gateway, Cpu, BusyPoll, Limits}) ->
         {ok, Switch} ->
             {ok, Ctl, Bess} = evum_nif:switch_sockets(Switch),
             S = #state{switch = Switch, ctl = Ctl, bess = Bess},
+            ok = evum_nif:switch_events(Switch, self()),
             case start_gateway(Gateway, Switch) of
                 {ok, G} ->
                     {ok, S#state{gateway = G}};
@@ -653,10 +674,27 @@ handle_call(ports, _From, #state{switch = Switch, attached = A, vms = Vms} = S) 
 handle_call({fault, Fault}, _From, #state{switch = Switch} = S) ->
     Reply =
         case port_ids(Fault, S) of
-            {ok, Resolved} -> evum_nif:switch_fault(Switch, Resolved);
-            Error -> Error
+            {ok, Resolved} ->
+                Done = evum_nif:switch_fault(Switch, Resolved),
+                Done =:= ok andalso notify(Resolved, S),
+                Done;
+            Error ->
+                Error
         end,
     {reply, Reply, S};
+handle_call({subscribe, Pid}, _From, #state{subscribers = Subs} = S) ->
+    case Subs of
+        #{Pid := _} -> {reply, ok, S};
+        _ -> {reply, ok, S#state{subscribers = Subs#{Pid => monitor(process, Pid)}}}
+    end;
+handle_call({unsubscribe, Pid}, _From, #state{subscribers = Subs} = S) ->
+    case maps:take(Pid, Subs) of
+        {Ref, Rest} ->
+            demonitor(Ref, [flush]),
+            {reply, ok, S#state{subscribers = Rest}};
+        error ->
+            {reply, ok, S}
+    end;
 handle_call({capture, Target, File, Max}, _From, #state{switch = Switch} = S) ->
     Reply =
         case Target of
@@ -685,8 +723,17 @@ handle_call({impair, Target, Settings}, _From, #state{switch = Switch} = S) ->
         end,
     Reply =
         case Link of
-            {error, _} -> Link;
-            _ -> evum_nif:switch_impair(Switch, Link, Settings)
+            {error, _} ->
+                Link;
+            _ ->
+                Done = evum_nif:switch_impair(Switch, Link, Settings),
+                Event =
+                    case Settings of
+                        clean -> {clear, Link};
+                        _ -> {impair, Link, Settings}
+                    end,
+                Done =:= ok andalso notify(Event, S),
+                Done
         end,
     {reply, Reply, S};
 handle_call(impairments, _From, #state{switch = Switch} = S) ->
@@ -736,6 +783,10 @@ handle_cast(_Msg, S) ->
     {noreply, S}.
 
 %% An attached process is gone: so is its port. A VM is gone: forget it.
+handle_info({'DOWN', Ref, process, Pid, _}, #state{subscribers = Subs} = S) when
+    is_map_key(Pid, Subs), map_get(Pid, Subs) =:= Ref
+->
+    {noreply, S#state{subscribers = maps:remove(Pid, Subs)}};
 handle_info({'DOWN', Ref, process, _Pid, _}, #state{switch = Switch, attached = A, vms = Vms} = S) ->
     case [Port || {Port, {_, R}} <- maps:to_list(A), R =:= Ref] of
         [Port] ->
@@ -745,8 +796,16 @@ handle_info({'DOWN', Ref, process, _Pid, _}, #state{switch = Switch, attached = 
             S1 = S#state{vms = maps:filter(fun(_, {_, R}) -> R =/= Ref end, Vms)},
             {noreply, drop_forwards(Ref, S1)}
     end;
+handle_info({evum_switch_event, Event}, S) ->
+    notify(Event, S),
+    {noreply, S};
 handle_info(_Msg, S) ->
     {noreply, S}.
+
+%% Tells every subscriber.
+notify(Event, #state{subscribers = Subs}) ->
+    [Pid ! {evum_switch, self(), Event} || Pid <- maps:keys(Subs)],
+    ok.
 
 %% A process a forward was made for has ended: the forward goes too.
 drop_forwards(Ref, #state{forwards_of = F, gateway = G} = S) ->

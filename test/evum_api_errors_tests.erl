@@ -105,7 +105,9 @@ switch_calls() ->
             {evum_switch, impair, [S, 1, #{loss => 0.5}]},
             {evum_switch, impair, [S, 1, not_a_map]},
             {evum_switch, clear, [S, 1]},
-            {evum_switch, impairments, [S]}
+            {evum_switch, impairments, [S]},
+            {evum_switch, subscribe, [S]},
+            {evum_switch, unsubscribe, [S]}
         ]
      || S <- targets()
     ]) ++

@@ -17,7 +17,8 @@ nemesis_test_() ->
             {"a capture holds exactly the frames sent, as tshark reads them", capture},
             {"delay and loss on a link show in the guests' pings; clear ends them", impair},
             {"a paused guest answers nothing until resumed", pause},
-            {"kill ends a guest as a crash, its disk kept", kill}
+            {"kill ends a guest as a crash, its disk kept", kill},
+            {"a subscriber hears of ports, MAC moves, faults and impairments", events}
         ]
     ]}.
 
@@ -180,3 +181,39 @@ kill() ->
     {ok, <<"kept\n", _/binary>>} = file:read_file(Disk),
     ?assertEqual({error, not_running}, evum:kill(Vm)),
     ok = file:delete(Disk).
+
+events() ->
+    {ok, S} = evum_switch:start([anonymous]),
+    ok = evum_switch:subscribe(S),
+    {ok, A} = evm:create([{label, nem_ev}, {switch, S}, {timeout, ?BOOT}]),
+    #{id := Port, mac := Mac} = port_of(S, A),
+    ?assertEqual({port_up, Port, bess, Mac}, event(S)),
+    ok = evum_switch:partition(S, [[A]]),
+    ?assertEqual({partition, [[Port]]}, event(S)),
+    ok = evum_switch:heal(S),
+    ?assertEqual(heal, event(S)),
+    ok = evum_switch:impair(S, A, #{loss => 0.5}),
+    ?assertMatch({impair, {to, Port}, #{loss := 0.5}}, event(S)),
+    ok = evum_switch:clear(S, A),
+    ?assertEqual({clear, {to, Port}}, event(S)),
+    %% A MAC seen on one attached port, then another: a move.
+    {ok, P1} = evum_switch:attach(S),
+    {ok, P2} = evum_switch:attach(S),
+    [?assertMatch({port_up, P, attached, undefined}, event(S)) || P <- [P1, P2]],
+    Moving = <<2, 16#ab, 0, 0, 0, 1>>,
+    Frame = <<16#ffffffffffff:48, Moving/binary, 16#88b5:16, 0:(46 * 8)>>,
+    ok = evum_switch:send(S, P1, Frame),
+    ok = evum_switch:send(S, P2, Frame),
+    ?assertEqual({mac_moved, Moving, P1, P2}, event(S)),
+    ok = evm:stop(A),
+    ?assertEqual({port_down, Port}, event(S)),
+    ok = evum_switch:unsubscribe(S),
+    evum_switch:stop(S),
+    evum_tests:flush().
+
+%% The next event of the switch's, skipping frames for this process's ports.
+event(S) ->
+    receive
+        {evum_switch, S, Event} -> Event
+    after 5000 -> error(no_event)
+    end.

@@ -163,6 +163,18 @@ defmodule Evum.Switch do
   @spec clear(switch(), term()) :: :ok | {:error, term()}
   defdelegate clear(switch, target), to: :evum_switch
 
+  @doc """
+  Tells the caller of the switch's events as `{:evum_switch, switch, event}`:
+  ports up and down, MAC moves, partitions, cuts, impairments (see
+  `:evum_switch.subscribe/1` for their shapes).
+  """
+  @spec subscribe(switch()) :: :ok | {:error, term()}
+  defdelegate subscribe(switch), to: :evum_switch
+
+  @doc "Stops `subscribe/1`'s messages."
+  @spec unsubscribe(switch()) :: :ok | {:error, term()}
+  defdelegate unsubscribe(switch), to: :evum_switch
+
   @doc "Every impaired link with what it did."
   @spec impairments(switch()) :: {:ok, [map()]} | {:error, term()}
   defdelegate impairments(switch), to: :evum_switch

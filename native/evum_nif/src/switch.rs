@@ -8,7 +8,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::atom_map;
-use evum_core::switch::{Fault, FrameSink, Impairment, Link, Mac, PortId, PortKind, Switch, SwitchConfig};
+use evum_core::switch::{
+    EventSink, Fault, FrameSink, Impairment, Link, Mac, PortId, PortKind, Switch, SwitchConfig, SwitchEvent,
+};
 use evum_core::vm::jail::{self, HeldId};
 use evum_core::vm::placement::{choice_set, CpuChoice};
 use rustler::{Binary, Encoder, Env, LocalPid, NewBinary, NifResult, OwnedEnv, ResourceArc, Term};
@@ -27,6 +29,7 @@ mod atoms {
         all, capture, unknown_capture, frames, bytes, missed,
         to, pair, loss, loss_burst, delay_us, jitter_us, duplicate, reorder, corrupt, rate, clean, link,
         settings, lost, duplicated, corrupted, reordered, overflow, held, seed,
+        evum_switch_event, port_up, port_down, mac_moved, events_dropped,
     }
 }
 
@@ -370,6 +373,51 @@ fn switch_stop_capture(env: Env, resource: ResourceArc<SwitchResource>, id: u64)
     })
 }
 
+/// Sends a switch's events to a process as `{evum_switch_event, Event}`.
+struct EventsTo {
+    pid: LocalPid,
+    env: OwnedEnv,
+}
+
+impl EventSink for EventsTo {
+    fn event(&mut self, event: SwitchEvent) {
+        let _ = self.env.send_and_clear(&self.pid, |env| {
+            let event = match event {
+                SwitchEvent::PortUp { port, kind, mac } => {
+                    (atoms::port_up(), port.0, kind_atom(kind), mac_term(env, mac)).encode(env)
+                }
+                SwitchEvent::PortDown { port } => (atoms::port_down(), port.0).encode(env),
+                SwitchEvent::MacMoved { mac, from, to } => {
+                    (atoms::mac_moved(), mac_term(env, Some(mac)), from.0, to.0).encode(env)
+                }
+            };
+            (atoms::evum_switch_event(), event).encode(env)
+        });
+    }
+}
+
+fn kind_atom(kind: PortKind) -> rustler::Atom {
+    match kind {
+        PortKind::Daemon => atoms::daemon(),
+        PortKind::Bess => atoms::bess(),
+        PortKind::Attached => atoms::attached(),
+    }
+}
+
+/// The switch's events go to `pid` (evum_switch's process) from now on.
+#[rustler::nif]
+fn switch_events(env: Env, resource: ResourceArc<SwitchResource>, pid: LocalPid) -> Term {
+    with_switch(env, &resource, |s| {
+        match s.events(Box::new(EventsTo {
+            pid,
+            env: OwnedEnv::new(),
+        })) {
+            Ok(()) => atoms::ok().encode(env),
+            Err(e) => switch_error(env, e),
+        }
+    })
+}
+
 /// `{to, Port}` or `{pair, From, To}`.
 fn decode_link(term: Term) -> NifResult<Link> {
     if let Ok((tag, port)) = term.decode::<(rustler::Atom, u64)>() {
@@ -487,11 +535,7 @@ fn switch_ports(env: Env, resource: ResourceArc<SwitchResource>) -> NifResult<Te
         };
         let mut out = Vec::with_capacity(ports.len());
         for p in ports {
-            let kind = match p.kind {
-                PortKind::Daemon => atoms::daemon(),
-                PortKind::Bess => atoms::bess(),
-                PortKind::Attached => atoms::attached(),
-            };
+            let kind = kind_atom(p.kind);
             out.push(atom_map(
                 env,
                 &[
@@ -565,6 +609,7 @@ fn switch_counters(env: Env, resource: ResourceArc<SwitchResource>) -> NifResult
                     (atoms::foreign_peer(), c.foreign_peer.encode(env)),
                     (atoms::foreign_address(), c.foreign_address.encode(env)),
                     (atoms::mac_table_full(), c.mac_table_full.encode(env)),
+                    (atoms::events_dropped(), c.events_dropped.encode(env)),
                 ],
             )?,
         )

@@ -26,8 +26,8 @@ use super::nemesis::Nemesis;
 use super::port::{Offer, Peer, Port, Role};
 use super::rate::TokenBucket;
 use super::{
-    bess_path, control_path, port_data_name, sock, Command, Counters, Fault, PortId, PortKind, SwitchConfig,
-    SwitchError, MAX_FRAME, MIN_FRAME,
+    bess_path, control_path, port_data_name, sock, Command, Counters, EventSink, Fault, PortId, PortKind, SwitchConfig,
+    SwitchError, SwitchEvent, MAX_FRAME, MAX_MOVE_EVENTS, MIN_FRAME,
 };
 
 pub const WAKER: Token = Token(usize::MAX);
@@ -120,6 +120,10 @@ pub struct SwitchLoop {
     gateway: Option<u64>,
     /// Partitions and cuts made on purpose ([`super::Switch::fault`]).
     nemesis: Nemesis,
+    /// Who hears the switch's events ([`super::Switch::events`]), and the
+    /// MAC moves told in the current second.
+    events: Option<Box<dyn EventSink>>,
+    moves_told: (Instant, u32),
     /// Impaired links and the frames they hold ([`super::Switch::impair`]).
     impairments: Impairments,
     /// Captures under way, by id ([`super::Switch::capture`]).
@@ -175,6 +179,8 @@ impl SwitchLoop {
             captures: HashMap::new(),
             next_capture: 1,
             impairments: Impairments::new(config.seed),
+            events: None,
+            moves_told: (Instant::now(), 0),
             guarded: Vec::new(),
             leases: HashMap::new(),
             config,
@@ -446,6 +452,11 @@ impl SwitchLoop {
                 if let Some(mac) = mac {
                     self.fdb.fix(mac, id);
                 }
+                self.tell(SwitchEvent::PortUp {
+                    port: id,
+                    kind: PortKind::Attached,
+                    mac,
+                });
             }
             Command::Detach(id) => self.remove_port(id),
             Command::Inject(id, frame) => {
@@ -473,6 +484,7 @@ impl SwitchLoop {
                 self.lease(address, mac);
                 let _ = done.send(());
             }
+            Command::Events(sink) => self.events = Some(sink),
             Command::Fault(fault, done) => {
                 match fault {
                     Fault::Partition(groups) => self.nemesis.partition(&groups),
@@ -668,6 +680,11 @@ impl SwitchLoop {
         };
         let port = self.socket_port(id, peer, Role::Open);
         self.ports.insert(id, port);
+        self.tell(SwitchEvent::PortUp {
+            port: PortId(id),
+            kind: PortKind::Daemon,
+            mac: None,
+        });
     }
 
     /// A port for a VM's socket, with the limits of the switch's settings
@@ -810,7 +827,13 @@ impl SwitchLoop {
                         Role::Open => {}
                     }
                     let port = self.socket_port(id, Peer::Bess { conn }, role);
+                    let mac = port.mac;
                     self.ports.insert(id, port);
+                    self.tell(SwitchEvent::PortUp {
+                        port: PortId(id),
+                        kind: PortKind::Bess,
+                        mac,
+                    });
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -986,6 +1009,7 @@ impl SwitchLoop {
         self.fdb.forget_port(id);
         self.nemesis.forget_port(id);
         self.impairments.forget_port(id);
+        self.tell(SwitchEvent::PortDown { port: id });
     }
 
     // ---- forwarding
@@ -1074,6 +1098,29 @@ impl SwitchLoop {
         }
     }
 
+    /// Tells the watcher a MAC moved, within [`MAX_MOVE_EVENTS`] a second.
+    fn moved(&mut self, mac: Mac, from: PortId, to: PortId, now: Instant) {
+        let Some(sink) = self.events.as_mut() else { return };
+        let (since, told) = &mut self.moves_told;
+        if now.saturating_duration_since(*since) >= Duration::from_secs(1) {
+            *since = now;
+            *told = 0;
+        }
+        if *told >= MAX_MOVE_EVENTS {
+            self.counters.events_dropped += 1;
+            return;
+        }
+        *told += 1;
+        sink.event(SwitchEvent::MacMoved { mac, from, to });
+    }
+
+    /// Tells the watcher, if any.
+    fn tell(&mut self, event: SwitchEvent) {
+        if let Some(sink) = self.events.as_mut() {
+            sink.event(event);
+        }
+    }
+
     /// Takes out of the frames just staged (from `first`) those for impaired
     /// links, which then hold them (promiscuous ports, watching, get theirs
     /// as they are).
@@ -1110,9 +1157,11 @@ impl SwitchLoop {
             counters.drops_spoofed += 1;
             return false;
         }
+        let mut moved = None;
         if !is_group(from) {
             match self.fdb.learn(*from, src, now) {
                 Learned::Yes => {}
+                Learned::Moved(old) => moved = Some(old),
                 Learned::Taken => {
                     counters.drops_spoofed += 1;
                     return false;
@@ -1135,6 +1184,9 @@ impl SwitchLoop {
                     return false;
                 }
             }
+        }
+        if let Some(old) = moved {
+            self.moved(*from, old, src, now);
         }
         let guarding = self.gateway.is_some() || !self.leases.is_empty();
         if guarding && !self.guard_allows(src.0, from, frame) {

@@ -22,6 +22,8 @@ const REFRESH: Duration = Duration::from_millis(100);
 pub enum Learned {
     /// Known (now) on that port; group addresses, never learned, too.
     Yes,
+    /// Known now on that port, and until now on this other one.
+    Moved(PortId),
     /// The address was given to another port: the frame is a spoof.
     Taken,
     /// A new address on a port that has its `max_per_port` already: the
@@ -91,7 +93,10 @@ impl Fdb {
         }
         self.entries.insert(mac, (port, now));
         self.last = Some((mac, port, now));
-        Learned::Yes
+        match old {
+            Some(old) if old != port => Learned::Moved(old),
+            _ => Learned::Yes,
+        }
     }
 
     fn uncount(&mut self, port: PortId) {
@@ -239,7 +244,7 @@ mod tests {
         assert_eq!(fdb.learn(mac(4), PortId(2), t0), Learned::TableFull);
         assert_eq!(fdb.lookup(&mac(4), t0), None);
         // A move counts against the port moved to, and frees the old one.
-        assert_eq!(fdb.learn(mac(2), PortId(2), t0), Learned::Yes);
+        assert_eq!(fdb.learn(mac(2), PortId(2), t0), Learned::Moved(PortId(1)));
         assert_eq!(fdb.learn(mac(5), PortId(1), t0), Learned::TableFull);
         // Ageing frees room.
         let late = t0 + Duration::from_secs(301);

@@ -154,6 +154,8 @@ pub struct Counters {
     pub oversized_frame: u64,
     /// Source MACs left unlearned because the table was full.
     pub mac_table_full: u64,
+    /// Events not told, over [`MAX_MOVE_EVENTS`] a second.
+    pub events_dropped: u64,
 }
 
 /// The shortest frame forwarded: the Ethernet header.
@@ -161,6 +163,36 @@ pub const MIN_FRAME: usize = 14;
 /// The longest frame forwarded: what UML itself sends at most (MTU 1500
 /// plus its 26 bytes of header room).
 pub const MAX_FRAME: usize = 1526;
+
+/// What happens on a switch that a watcher may want to hear of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SwitchEvent {
+    PortUp {
+        port: PortId,
+        kind: PortKind,
+        mac: Option<Mac>,
+    },
+    PortDown {
+        port: PortId,
+    },
+    /// A source MAC seen on another port than before (at most
+    /// [`MAX_MOVE_EVENTS`] a second are told; the rest are counted in
+    /// `events_dropped`).
+    MacMoved {
+        mac: Mac,
+        from: PortId,
+        to: PortId,
+    },
+}
+
+/// MAC moves told a second, at most: a guest sending from random MACs
+/// must not flood the watcher.
+pub const MAX_MOVE_EVENTS: u32 = 100;
+
+/// Hears a switch's events. Called on the switch thread: it must not block.
+pub trait EventSink: Send {
+    fn event(&mut self, event: SwitchEvent);
+}
 
 /// Receives the frames for an attached port. Called on the switch thread:
 /// it must not block.
@@ -307,6 +339,7 @@ enum Command {
     Guard(Vec<Ipv4Addr>, Sender<()>),
     Bind(Ipv4Addr, Mac, Sender<()>),
     Fault(Fault, Sender<()>),
+    Events(Box<dyn EventSink>),
     Capture {
         target: Option<PortId>,
         path: PathBuf,
@@ -463,6 +496,12 @@ impl Switch {
     /// such capture.
     pub fn stop_capture(&self, id: u64) -> Result<Option<CaptureStats>, SwitchError> {
         self.ask(|reply| Command::StopCapture(id, reply))
+    }
+
+    /// Tells `sink` of the switch's events from now on (ports up and down,
+    /// MAC moves), instead of any sink before.
+    pub fn events(&self, sink: Box<dyn EventSink>) -> Result<(), SwitchError> {
+        self.command(Command::Events(sink))
     }
 
     /// Impairs a link (`Some`) or makes it clean again (`None`: nothing held
