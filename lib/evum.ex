@@ -130,6 +130,13 @@ defmodule Evum do
   defdelegate kill(vm), to: :evum
 
   @doc """
+  Moves the guest's wall clock by `seconds` (negative: back), as a clock step
+  would; its monotonic clocks and the host's are untouched.
+  """
+  @spec clock_jump(Evm.vm(), integer()) :: :ok | {:error, term()}
+  defdelegate clock_jump(vm, seconds), to: :evum
+
+  @doc """
   Types a line on the console (a newline is added). Its echo and output
   come to the owner as messages.
   """

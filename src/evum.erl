@@ -13,6 +13,7 @@
     pause/1,
     resume/1,
     kill/1,
+    clock_jump/2,
     puts/2,
     write/2,
     cmd/2,
@@ -219,6 +220,21 @@ resume(Vm) ->
 -spec kill(evm:vm()) -> ok | {error, term()}.
 kill(Vm) ->
     call(Vm, kill).
+
+%% @doc Moves the guest's wall clock by `Seconds' (negative: back), as a
+%% clock step or an NTP correction would: its kernel's CLOCK_REALTIME, set
+%% from inside (busybox `date -s'); its monotonic clocks and the host's are
+%% untouched.
+-spec clock_jump(evm:vm(), integer()) -> ok | {error, term()}.
+clock_jump(Vm, Seconds) when is_integer(Seconds) ->
+    Command = ["date -s @$(( $(date +%s) + ", integer_to_list(Seconds), " )) >/dev/null"],
+    case cmd(Vm, Command) of
+        {ok, 0, _} -> ok;
+        {ok, Status, Output} -> {error, {clock_jump, Status, Output}};
+        {error, _} = Error -> Error
+    end;
+clock_jump(_Vm, Seconds) ->
+    {error, {bad_option, {seconds, Seconds}}}.
 
 ok_of({ok, _}) -> ok;
 ok_of({error, _} = Error) -> Error.

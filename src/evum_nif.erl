@@ -30,6 +30,7 @@
     switch_fault/2,
     switch_faults/1,
     switch_capture/4,
+    switch_capture_to/5,
     switch_impair/3,
     switch_events/2,
     switch_impairments/1,
@@ -93,6 +94,7 @@ switch_bind(_Switch, _Address, _Mac) -> ?NOT_LOADED.
 switch_fault(_Switch, _Fault) -> ?NOT_LOADED.
 switch_faults(_Switch) -> ?NOT_LOADED.
 switch_capture(_Switch, _Target, _Path, _MaxBytes) -> ?NOT_LOADED.
+switch_capture_to(_Switch, _Target, _Pid, _Server, _MaxFrames) -> ?NOT_LOADED.
 switch_stop_capture(_Switch, _Id) -> ?NOT_LOADED.
 switch_impair(_Switch, _Link, _Settings) -> ?NOT_LOADED.
 switch_events(_Switch, _Pid) -> ?NOT_LOADED.

@@ -378,14 +378,25 @@ restore(Switch, From, To) ->
 %% pcap file (nanosecond timestamps) that tshark and Wireshark read, until
 %% stop_capture/2: `{ok, Capture}'. An existing file is not overwritten
 %% (`{error, {capture, Why}}').
--spec capture(switch(), evm:vm() | port_id() | all, file:filename_all()) -> {ok, pos_integer()} | {error, term()}.
+-spec capture(switch(), evm:vm() | port_id() | all, file:filename_all() | {pid, pid()}) ->
+    {ok, pos_integer()} | {error, term()}.
 capture(Switch, Target, File) ->
     capture(Switch, Target, File, []).
 
 %% @doc As capture/3, with `{max_bytes, N}' (1 GiB by default): the file
-%% stops growing there, and the frames it misses after are counted.
--spec capture(switch(), evm:vm() | port_id() | all, file:filename_all(), [{max_bytes, pos_integer()}]) ->
+%% stops growing there, and the frames it misses after are counted. With
+%% `{pid, Pid}' instead of a file, Pid gets each frame as `{evum_capture,
+%% Switch, Target, Frame}' (Target the port id, 0 for `all'), at most
+%% `{max_frames, N}' of them (100000 by default; the rest are counted as
+%% missed), so that its mailbox stays bounded.
+-spec capture(switch(), evm:vm() | port_id() | all, file:filename_all() | {pid, pid()},
+              [{max_bytes, pos_integer()} | {max_frames, pos_integer()}]) ->
     {ok, pos_integer()} | {error, term()}.
+capture(Switch, Target, {pid, Pid}, Options) when is_pid(Pid) ->
+    case proplists:get_value(max_frames, Options, 100000) of
+        Max when is_integer(Max), Max > 0 -> call(Switch, {capture_to, Target, Pid, Max});
+        Max -> {error, {bad_option, {max_frames, Max}}}
+    end;
 capture(Switch, Target, File, Options) ->
     case {proplists:get_value(max_bytes, Options, 1 bsl 30), is_list(File) orelse is_binary(File)} of
         {Max, true} when is_integer(Max), Max > 0 -> call(Switch, {capture, Target, unicode:characters_to_binary(File), Max});
@@ -539,6 +550,10 @@ port_ids({Kind, From, To}, S) ->
         {_, {error, _} = Error} -> Error;
         {F, T} -> {ok, {Kind, F, T}}
     end.
+
+%% What a capture takes: `all', or a port.
+capture_target(all, _S) -> all;
+capture_target(Target, S) -> port_id(Target, S).
 
 %% A port by its id, or the port of a VM on the switch (the port with the
 %% VM's MAC).
@@ -697,13 +712,9 @@ handle_call({unsubscribe, Pid}, _From, #state{subscribers = Subs} = S) ->
     end;
 handle_call({capture, Target, File, Max}, _From, #state{switch = Switch} = S) ->
     Reply =
-        case Target of
-            all -> evum_nif:switch_capture(Switch, all, File, Max);
-            _ ->
-                case port_id(Target, S) of
-                    {error, _} = Error -> Error;
-                    Port -> evum_nif:switch_capture(Switch, Port, File, Max)
-                end
+        case capture_target(Target, S) of
+            {error, _} = Error -> Error;
+            Port -> evum_nif:switch_capture(Switch, Port, File, Max)
         end,
     {reply, Reply, S};
 handle_call({impair, Target, Settings}, _From, #state{switch = Switch} = S) ->
@@ -738,6 +749,13 @@ handle_call({impair, Target, Settings}, _From, #state{switch = Switch} = S) ->
     {reply, Reply, S};
 handle_call(impairments, _From, #state{switch = Switch} = S) ->
     {reply, evum_nif:switch_impairments(Switch), S};
+handle_call({capture_to, Target, Pid, Max}, _From, #state{switch = Switch} = S) ->
+    Reply =
+        case capture_target(Target, S) of
+            {error, _} = Error -> Error;
+            Port -> evum_nif:switch_capture_to(Switch, Port, Pid, self(), Max)
+        end,
+    {reply, Reply, S};
 handle_call({stop_capture, Capture}, _From, #state{switch = Switch} = S) ->
     {reply, evum_nif:switch_stop_capture(Switch, Capture), S};
 handle_call(faults, _From, #state{switch = Switch} = S) ->

@@ -18,7 +18,8 @@ nemesis_test_() ->
             {"delay and loss on a link show in the guests' pings; clear ends them", impair},
             {"a paused guest answers nothing until resumed", pause},
             {"kill ends a guest as a crash, its disk kept", kill},
-            {"a subscriber hears of ports, MAC moves, faults and impairments", events}
+            {"a subscriber hears of ports, MAC moves, faults and impairments", events},
+            {"a capture to a process, bounded; a guest's clock jumps", capture_to_process}
         ]
     ]}.
 
@@ -217,3 +218,24 @@ event(S) ->
         {evum_switch, S, Event} -> Event
     after 5000 -> error(no_event)
     end.
+
+capture_to_process() ->
+    {ok, S} = evum_switch:start([anonymous]),
+    [A, B, C] = Vms = three(S),
+    true = answers(A, "10.0.9.2"),
+    {ok, Cap} = evum_switch:capture(S, A, {pid, self()}, [{max_frames, 6}]),
+    {ok, 0, _} = evum:cmd(A, "ping -c 5 -i 0.2 10.0.9.2", 30000),
+    {ok, #{frames := 6, missed := Missed}} = evum_switch:stop_capture(S, Cap),
+    ?assert(Missed >= 4),
+    Frames = [F || {evum_capture, Sw, _, F} <- evum_owner_tests:mailbox(), Sw =:= S],
+    ?assertEqual(6, length(Frames)),
+    %% The guest's wall clock, an hour on.
+    {ok, 0, Before} = evum:cmd(B, "date +%s"),
+    ok = evum:clock_jump(B, 3600),
+    {ok, 0, After} = evum:cmd(B, "date +%s"),
+    Jump = binary_to_integer(string:trim(After)) - binary_to_integer(string:trim(Before)),
+    ?assert(Jump >= 3600 andalso Jump < 3610, Jump),
+    ?assertEqual({error, {bad_option, {seconds, soon}}}, evum:clock_jump(B, soon)),
+    [ok = evm:stop(Vm) || Vm <- [A, B, C]],
+    evum_switch:stop(S),
+    Vms.

@@ -29,7 +29,7 @@ mod atoms {
         all, capture, unknown_capture, frames, bytes, missed,
         to, pair, loss, loss_burst, delay_us, jitter_us, duplicate, reorder, corrupt, rate, clean, link,
         settings, lost, duplicated, corrupted, reordered, overflow, held, seed,
-        evum_switch_event, port_up, port_down, mac_moved, events_dropped,
+        evum_switch_event, port_up, port_down, mac_moved, events_dropped, evum_capture,
     }
 }
 
@@ -207,19 +207,23 @@ fn switch_sockets(env: Env, resource: ResourceArc<SwitchResource>) -> Term {
     })
 }
 
+/// Frames to a process as `{Tag, Server, Port, Frame}`: `evum_frame` for
+/// an attached port, `evum_capture` for a capture (Port: its target, 0 for
+/// every frame).
 struct PidSink {
     env: OwnedEnv,
     owner: LocalPid,
     server: LocalPid,
+    tag: rustler::Atom,
 }
 
 impl FrameSink for PidSink {
     fn frame(&mut self, port: PortId, frame: &[u8]) -> bool {
-        let server = self.server;
+        let (server, tag) = (self.server, self.tag);
         self.env
             .send_and_clear(&self.owner, |env| {
                 let bin: Binary = NewBinary::from_slice(env, frame).into();
-                (atoms::evum_frame(), server, port.0, bin).encode(env)
+                (tag, server, port.0, bin).encode(env)
             })
             .is_ok()
     }
@@ -251,6 +255,7 @@ fn switch_attach<'a>(
             env: OwnedEnv::new(),
             owner,
             server,
+            tag: atoms::evum_frame(),
         };
         match s.attach(mac, promiscuous, Box::new(sink)) {
             Ok(port) => (atoms::ok(), port.0).encode(env),
@@ -347,6 +352,35 @@ fn switch_capture<'a>(
         match switch.capture(target, &path, max_bytes) {
             Ok(Ok(id)) => Ok((atoms::ok(), id).encode(env)),
             Ok(Err(e)) => Ok((atoms::error(), (atoms::capture(), e.to_string())).encode(env)),
+            Err(e) => Ok(switch_error(env, e)),
+        }
+    })
+}
+
+/// A capture whose frames go to `pid` as `{evum_capture, Server, Target,
+/// Frame}`, at most `max_frames` of them: `{ok, Id}`.
+#[rustler::nif(schedule = "DirtyIo")]
+fn switch_capture_to<'a>(
+    env: Env<'a>,
+    resource: ResourceArc<SwitchResource>,
+    target: Term<'a>,
+    pid: LocalPid,
+    server: LocalPid,
+    max_frames: u64,
+) -> NifResult<Term<'a>> {
+    let target = match target.decode::<rustler::Atom>() {
+        Ok(a) if a == atoms::all() => None,
+        _ => Some(PortId(target.decode()?)),
+    };
+    let sink = PidSink {
+        env: OwnedEnv::new(),
+        owner: pid,
+        server,
+        tag: atoms::evum_capture(),
+    };
+    try_with_switch(env, &resource, |switch| {
+        match switch.capture_to(target, Box::new(sink), max_frames) {
+            Ok(id) => Ok((atoms::ok(), id).encode(env)),
             Err(e) => Ok(switch_error(env, e)),
         }
     })

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
 use pcap_file::TsResolution;
 
-use super::PortId;
+use super::{FrameSink, PortId};
 
 /// The bytes a capture file may reach by default (1 GiB).
 pub const MAX_BYTES: u64 = 1 << 30;
@@ -33,11 +33,21 @@ pub struct CaptureStats {
     pub missed: u64,
 }
 
+/// Where a capture's frames go.
+enum Output {
+    /// A pcap file, while it can be written.
+    File(Option<PcapWriter<BufWriter<File>>>),
+    /// A process in this program (a sink), for as many frames as it may
+    /// still take: a process's mailbox is not to grow without end.
+    Sink(Box<dyn FrameSink>),
+}
+
 pub struct Capture {
     /// The port whose frames it takes, in and out; None: every frame.
     pub target: Option<PortId>,
-    writer: Option<PcapWriter<BufWriter<File>>>,
-    max_bytes: u64,
+    output: Output,
+    /// Bytes (file) or frames (sink) it may take in all.
+    limit: u64,
     stats: CaptureStats,
 }
 
@@ -54,13 +64,23 @@ impl Capture {
             PcapWriter::with_header(BufWriter::with_capacity(BUFFER, file), header).map_err(io::Error::other)?;
         Ok(Capture {
             target,
-            writer: Some(writer),
-            max_bytes,
+            output: Output::File(Some(writer)),
+            limit: max_bytes,
             stats: CaptureStats {
                 bytes: 24,
                 ..CaptureStats::default()
             },
         })
+    }
+
+    /// A capture whose frames go to `sink`, at most `max_frames` of them.
+    pub fn to_sink(target: Option<PortId>, sink: Box<dyn FrameSink>, max_frames: u64) -> Capture {
+        Capture {
+            target,
+            output: Output::Sink(sink),
+            limit: max_frames,
+            stats: CaptureStats::default(),
+        }
     }
 
     /// Whether it takes a frame from `src` that goes to the ports `to`.
@@ -71,19 +91,28 @@ impl Capture {
         }
     }
 
-    /// Writes one frame, stamped now.
+    /// Takes one frame: written, stamped now, or handed to the sink.
     pub fn take(&mut self, frame: &[u8]) {
+        let writer = match &mut self.output {
+            Output::Sink(sink) => {
+                if self.stats.frames < self.limit && sink.frame(self.target.unwrap_or(PortId(0)), frame) {
+                    self.stats.frames += 1;
+                    self.stats.bytes += frame.len() as u64;
+                } else {
+                    self.stats.missed += 1;
+                }
+                return;
+            }
+            Output::File(writer) => writer,
+        };
         let size = RECORD_HEADER + frame.len() as u64;
-        let Some(writer) = self
-            .writer
-            .as_mut()
-            .filter(|_| self.stats.bytes + size <= self.max_bytes)
-        else {
+        let room = self.stats.bytes + size <= self.limit;
+        let Some(pcap) = writer.as_mut().filter(|_| room) else {
             self.stats.missed += 1;
             return;
         };
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
-        match writer.write_packet(&PcapPacket::new(now, frame.len() as u32, frame)) {
+        match pcap.write_packet(&PcapPacket::new(now, frame.len() as u32, frame)) {
             Ok(_) => {
                 self.stats.frames += 1;
                 self.stats.bytes += size;
@@ -91,14 +120,14 @@ impl Capture {
             Err(e) => {
                 log::warn!("evum switch: a capture stops: {e}");
                 self.stats.missed += 1;
-                self.writer = None;
+                *writer = None;
             }
         }
     }
 
     /// Writes what is buffered and closes the file.
     pub fn finish(mut self) -> CaptureStats {
-        if let Some(writer) = self.writer.take() {
+        if let Output::File(Some(writer)) = std::mem::replace(&mut self.output, Output::File(None)) {
             let mut buffered = writer.into_writer();
             if let Err(e) = buffered.flush() {
                 log::warn!("evum switch: a capture's last frames were not written: {e}");

@@ -518,6 +518,17 @@ impl SwitchLoop {
             Command::Impairments(reply) => {
                 let _ = reply.send(self.impairments.list());
             }
+            Command::CaptureTo {
+                target,
+                sink,
+                max_frames,
+                reply,
+            } => {
+                let id = self.next_capture;
+                self.next_capture += 1;
+                self.captures.insert(id, Capture::to_sink(target, sink, max_frames));
+                let _ = reply.send(id);
+            }
             Command::StopCapture(id, reply) => {
                 let _ = reply.send(self.captures.remove(&id).map(Capture::finish));
             }

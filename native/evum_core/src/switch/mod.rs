@@ -346,6 +346,12 @@ enum Command {
         max_bytes: u64,
         reply: Sender<io::Result<u64>>,
     },
+    CaptureTo {
+        target: Option<PortId>,
+        sink: Box<dyn FrameSink>,
+        max_frames: u64,
+        reply: Sender<u64>,
+    },
     StopCapture(u64, Sender<Option<CaptureStats>>),
     Impair(Link, Option<Impairment>, Sender<()>),
     Impairments(Sender<Vec<(Link, Impairment, LinkCounters)>>),
@@ -488,6 +494,22 @@ impl Switch {
             target,
             path: path.to_path_buf(),
             max_bytes,
+            reply,
+        })
+    }
+
+    /// As [`capture`](Self::capture), the frames handed to `sink` (on the
+    /// switch's thread), at most `max_frames` of them.
+    pub fn capture_to(
+        &self,
+        target: Option<PortId>,
+        sink: Box<dyn FrameSink>,
+        max_frames: u64,
+    ) -> Result<u64, SwitchError> {
+        self.ask(|reply| Command::CaptureTo {
+            target,
+            sink,
+            max_frames,
             reply,
         })
     }
