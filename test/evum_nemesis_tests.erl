@@ -19,7 +19,8 @@ nemesis_test_() ->
             {"a paused guest answers nothing until resumed", pause},
             {"kill ends a guest as a crash, its disk kept", kill},
             {"a subscriber hears of ports, MAC moves, faults and impairments", events},
-            {"a capture to a process, bounded; a guest's clock jumps", capture_to_process}
+            {"a capture to a process, bounded; a guest's clock jumps", capture_to_process},
+            {"a 2 Mbit/s link carries guest TCP within 10% of that rate", rate}
         ]
     ]}.
 
@@ -239,3 +240,46 @@ capture_to_process() ->
     [ok = evm:stop(Vm) || Vm <- [A, B, C]],
     evum_switch:stop(S),
     Vms.
+
+rate() ->
+    {ok, S} = evum_switch:start([anonymous]),
+    [A, B, C] = Vms = three(S),
+    true = answers(A, "10.0.9.2"),
+    ok = evum_switch:impair(S, B, #{rate => 2000000}),
+    {ok, 0, _} = evum:cmd(B, "nc -l -p 5001 -e dd of=/dev/null >/dev/null 2>&1 </dev/null &"),
+    timer:sleep(300),
+    %% 1 MiB from A to B; timed on the switch, from B's first frame of the
+    %% stream to its last.
+    {ok, 0, _} = evum:cmd(A, "nc 10.0.9.2 5001 -e dd if=/dev/zero bs=1k count=1024 >/dev/null 2>&1 </dev/null &"),
+    {Secs, Bytes} = stream_time(S, B),
+    Mbps = 1024 * 1024 * 8 / Secs / 1.0e6,
+    ?debugFmt("guest TCP over a 2 Mbit/s link: ~.2f Mbit/s of payload (~b bytes of frames in ~.2f s)", [Mbps, Bytes, Secs]),
+    %% Payload is 1448 of the 1514 bytes of a full frame: 1.91 Mbit/s at most.
+    ?assert(Mbps > 1.8 andalso Mbps < 2.0, Mbps),
+    [ok = evm:stop(Vm) || Vm <- [A, B, C]],
+    evum_switch:stop(S),
+    Vms.
+
+%% The time from the first byte out to B's port until no more for 500 ms,
+%% polled every 50 ms, and the bytes.
+stream_time(S, Vm) ->
+    #{bytes_out := B0} = port_of(S, Vm),
+    T0 = wait_growth(S, Vm, B0),
+    last_growth(S, Vm, T0, B0, T0).
+
+wait_growth(S, Vm, B0) ->
+    timer:sleep(50),
+    case port_of(S, Vm) of
+        #{bytes_out := B} when B > B0 -> erlang:monotonic_time(millisecond);
+        _ -> wait_growth(S, Vm, B0)
+    end.
+
+last_growth(S, Vm, T0, Seen, LastAt) ->
+    timer:sleep(50),
+    Now = erlang:monotonic_time(millisecond),
+    #{bytes_out := B} = port_of(S, Vm),
+    if
+        B > Seen -> last_growth(S, Vm, T0, B, Now);
+        Now - LastAt > 500 -> {(LastAt - T0) / 1000, Seen};
+        true -> last_growth(S, Vm, T0, Seen, LastAt)
+    end.
