@@ -112,8 +112,8 @@ impair() ->
     %% 50 ms (10 ms of jitter) on the frames to B: the echo requests.
     ok = evum_switch:impair(S, B, #{delay => 50, jitter => 10}),
     Median = median_rtt(A, "10.0.9.2", 10),
-    ?assert(Median >= 40.0 andalso Median < 80.0, Median),
-    ?assert(median_rtt(A, "10.0.9.3", 5) < 10.0),
+    ?assert(Median >= 40.0 andalso Median < 120.0, Median),
+    ?assert(median_rtt(A, "10.0.9.3", 5) < 30.0),
     %% 30% loss from A to B on top, then clean again.
     ok = evum_switch:impair(S, {A, B}, #{loss => 0.3}),
     {ok, _, Out} = evum:cmd(A, "ping -c 40 -i 0.05 -W 1 10.0.9.2", 60000),
@@ -124,7 +124,7 @@ impair() ->
     ok = evum_switch:clear(S, {A, B}),
     ok = evum_switch:clear(S, B),
     ?assertEqual({ok, []}, evum_switch:impairments(S)),
-    ?assert(median_rtt(A, "10.0.9.2", 5) < 10.0),
+    ?assert(median_rtt(A, "10.0.9.2", 5) < 30.0),
     ?assertMatch({error, {bad_impairment, {loss, 2}}}, evum_switch:impair(S, B, #{loss => 2})),
     [ok = evm:stop(Vm) || Vm <- Vms],
     evum_switch:stop(S).

