@@ -243,3 +243,26 @@ fn delay_jitter_and_rate_shape_a_link() {
         "{took:?}"
     );
 }
+
+#[test]
+fn a_capture_of_a_port_takes_frames_to_it_over_an_impaired_link() {
+    let dir = TempDir::new("capture-impaired");
+    let switch = switch_with_seed(&dir, 5);
+    let nodes = three(&switch);
+    let [(a, _), (b, pb), _] = &nodes[..] else {
+        unreachable!()
+    };
+    let delayed = Impairment {
+        delay: Duration::from_millis(20),
+        ..Default::default()
+    };
+    switch.impair(Link::To(*pb), Some(delayed)).unwrap();
+    let path = dir.0.join("b.pcap");
+    let id = switch.capture(Some(*pb), &path, 1 << 20).unwrap().unwrap();
+    for n in 0..5u8 {
+        a.send(&frame(mac(2), mac(1), n));
+    }
+    assert_eq!(count(b), 5);
+    let stats = switch.stop_capture(id).unwrap().unwrap();
+    assert_eq!(stats.frames, 5, "{stats:?}");
+}

@@ -1096,9 +1096,8 @@ impl SwitchLoop {
                 port.counters.drops_nemesis += held_back;
             }
         }
-        if impairing {
-            self.impair_staged(src, frame, first_staged, now);
-        }
+        // Captured with the ports it is forwarded to, before an impaired
+        // link takes its copy out of those.
         if !self.captures.is_empty() {
             let to = &self.staged[first_staged..];
             for capture in self.captures.values_mut() {
@@ -1106,6 +1105,9 @@ impl SwitchLoop {
                     capture.take(frame);
                 }
             }
+        }
+        if impairing {
+            self.impair_staged(src, frame, first_staged, now);
         }
     }
 
