@@ -137,9 +137,7 @@ median_rtt(Vm, Address, N) ->
     lists:nth(length(Sorted) div 2 + 1, Sorted).
 
 port_of(Switch, Vm) ->
-    {ok, Ports} = evum_switch:ports(Switch),
-    [Port] = [P || #{peer := Peer} = P <- Ports, Peer =:= Vm],
-    Port.
+    evum_port_security_tests:port_of(Switch, Vm).
 
 pause() ->
     {ok, S} = evum_switch:start([anonymous]),

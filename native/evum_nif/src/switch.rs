@@ -332,6 +332,14 @@ fn switch_faults(env: Env, resource: ResourceArc<SwitchResource>) -> NifResult<T
     })
 }
 
+/// What a capture takes: `all` (None), or a port id.
+fn capture_target(term: Term) -> NifResult<Option<PortId>> {
+    match term.decode::<rustler::Atom>() {
+        Ok(a) if a == atoms::all() => Ok(None),
+        _ => Ok(Some(PortId(term.decode()?))),
+    }
+}
+
 /// Starts a capture of `target` (a port id, or `all`) into a new pcap file
 /// at `path`, of at most `max_bytes`: `{ok, Id}` or `{error, {capture,
 /// Why}}` (the file exists, or cannot be made).
@@ -343,10 +351,7 @@ fn switch_capture<'a>(
     path: Term<'a>,
     max_bytes: u64,
 ) -> NifResult<Term<'a>> {
-    let target = match target.decode::<rustler::Atom>() {
-        Ok(a) if a == atoms::all() => None,
-        _ => Some(PortId(target.decode()?)),
-    };
+    let target = capture_target(target)?;
     let path = crate::path(path)?;
     try_with_switch(env, &resource, |switch| {
         match switch.capture(target, &path, max_bytes) {
@@ -368,10 +373,7 @@ fn switch_capture_to<'a>(
     server: LocalPid,
     max_frames: u64,
 ) -> NifResult<Term<'a>> {
-    let target = match target.decode::<rustler::Atom>() {
-        Ok(a) if a == atoms::all() => None,
-        _ => Some(PortId(target.decode()?)),
-    };
+    let target = capture_target(target)?;
     let sink = PidSink {
         env: OwnedEnv::new(),
         owner: pid,
