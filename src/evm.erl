@@ -201,7 +201,13 @@ create_vm(Options) ->
         end,
         fun(VM) ->
             Progress = Get(progress, fun(_) -> ok end),
-            case evum_kernel:resolve(Get(kernel, DefaultKernel), Progress) of
+            %% {cpus, N} boots evum's SMP flavour.
+            Flavour =
+                case proplists:is_defined(cpus, Boot) of
+                    true -> smp;
+                    false -> up
+                end,
+            case evum_kernel:resolve(Get(kernel, DefaultKernel), Progress, Flavour) of
                 {ok, Kernel, KernelBoot} -> {ok, VM#{kernel => {Kernel, KernelBoot}}};
                 Error -> Error
             end
@@ -477,7 +483,12 @@ fetch(Dist) ->
 %% @doc As fetch/1, calling `Progress' with each step of the way.
 -spec fetch(atom(), evum_image:progress_fun()) -> {ok, binary()} | {error, term()}.
 fetch(busybox, _Progress) ->
-    with_app(fun evum_dist:busybox_image/0);
+    with_app(fun() ->
+        case evum_dist:busybox_image() of
+            {ok, #{initramfs := Initramfs}} -> {ok, Initramfs};
+            {error, _} = Error -> Error
+        end
+    end);
 fetch(Dist, Progress) when is_atom(Dist), is_function(Progress, 1) ->
     with_app(fun() ->
         case evum_config:image(Dist) of

@@ -2,8 +2,9 @@
 %%
 %% <ul>
 %% <li>`busybox' (the default): evum's own initramfs, built on first use from
-%%   the host's static busybox. Needs no download; the guest's root is a tmpfs
-%%   in its own memory, so nothing it writes reaches the host or other VMs.</li>
+%%   the host's static busybox, which the guest reads from a read-only disk
+%%   (disk 15). Needs no download; the guest's root is a tmpfs in its own
+%%   memory, so nothing it writes reaches the host or other VMs.</li>
 %% <li>`host': the host's own root, read-only over hostfs, as the original
 %%   `evum:start()' ran.</li>
 %% <li>every image of the configuration (evum_config): its base image is
@@ -17,6 +18,9 @@
 -module(evum_dist).
 
 -export([boot_options/2, cache_dir/0, busybox_image/0]).
+
+%% The disk index of busybox (evum_core's image::busybox::DISK_INDEX).
+-define(BUSYBOX_DISK, 15).
 
 -type name() :: busybox | host | atom().
 -type context() :: #{
@@ -86,20 +90,28 @@ image_init(_, Context) -> Context.
 kernel_arg(<<"mem=", Mem/binary>>) -> {mem, Mem};
 kernel_arg(Arg) -> {append, Arg}.
 
-initramfs(Image, #{hostname := Hostname} = Context) ->
+%% evum's busybox image: its initramfs, and busybox on a read-only disk
+%% at the index evum's init mounts (ubd15, /dev/ubdp).
+initramfs(#{initramfs := Initramfs, disk := Disk}, #{hostname := Hostname} = Context) ->
     Init =
         case maps:get(init, Context, undefined) of
             undefined -> [];
             %% The kernel command line takes no spaces in a value.
             Command -> [{env, "EVUM_INIT", base64:encode(Command)}]
         end,
-    [{initrd, Image}, {init, "/init"}, {env, "EVUM_HOSTNAME", Hostname}] ++ Init.
+    [
+        {initrd, Initramfs},
+        {disk, ?BUSYBOX_DISK, Disk, read_only},
+        {init, "/init"},
+        {env, "EVUM_HOSTNAME", Hostname}
+    ] ++ Init.
 
-%% @doc The busybox initramfs, built into the cache on first use.
--spec busybox_image() -> {ok, binary()} | {error, term()}.
+%% @doc The busybox image, built into the cache on first use: the
+%% initramfs and the disk that holds busybox.
+-spec busybox_image() -> {ok, #{initramfs := binary(), disk := binary()}} | {error, term()}.
 busybox_image() ->
     {ok, Busybox} = application:get_env(evum, busybox),
-    evum_nif:busybox_initramfs(Busybox, cache_dir()).
+    evum_nif:busybox_image(Busybox, cache_dir()).
 
 %% @doc Where images are kept: the `cache_dir' application setting, or
 %% /var/cache/evum for root (readable by the unprivileged user that `host'

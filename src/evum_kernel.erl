@@ -5,7 +5,10 @@
 %% Debian's packaged UML (6.1) does not start on hosts with AMX and
 %% corrupts guests' vector registers across signals on AVX-512 hosts; the
 %% kernel evum builds sizes the FPU state from the host, has no loadable
-%% modules, and boots in tens of milliseconds. `make deps' builds it; so
+%% modules, and boots in tens of milliseconds. It comes in two flavours
+%% from one build: `linux', which every VM boots, and `linux-smp' beside it
+%% for VMs of `{cpus, N}' (SMP costs every guest host CPU, used or not).
+%% `make deps' builds them; so
 %% does the first `evm:create/1' that needs it, reporting to its `progress'
 %% fun and the logger:
 %%
@@ -19,7 +22,11 @@
 %% apt sources name, or the `kernel_mirror' setting's.
 -module(evum_kernel).
 
--export([path/0, ensure/0, ensure/1, lpj/0, resolve/2]).
+-export([path/0, ensure/0, ensure/1, lpj/0, resolve/2, resolve/3]).
+
+%% The SMP flavour's file, beside evum's kernel (evum_core's
+%% kernel::SMP_BINARY).
+-define(SMP_BINARY, <<"linux-smp">>).
 
 -type progress() ::
     waiting
@@ -74,14 +81,24 @@ lpj() ->
 %% it has been measured: the figure is the host's, whatever the kernel.
 -spec resolve(evum | file:filename_all(), fun((progress()) -> any())) ->
     {ok, binary(), [evum_opts:boot_option()]} | {error, term()}.
-resolve(evum, Progress) ->
+resolve(Kernel, Progress) ->
+    resolve(Kernel, Progress, up).
+
+%% @doc As resolve/2, for a VM of one virtual CPU (`up') or of several
+%% (`smp'): evum's kernel is built in two flavours, since SMP costs every
+%% guest host CPU whether it uses it or not. A path is taken as it is for
+%% either (a kernel without SMP refuses `{cpus, N}' by name).
+-spec resolve(evum | file:filename_all(), fun((progress()) -> any()), up | smp) ->
+    {ok, binary(), [evum_opts:boot_option()]} | {error, term()}.
+resolve(evum, Progress, Flavour) ->
     case ensure(Progress) of
-        {ok, Path} -> {ok, Path, lpj_option()};
+        {ok, Path} when Flavour =:= up -> {ok, Path, lpj_option()};
+        {ok, Path} when Flavour =:= smp -> {ok, filename:join(filename:dirname(Path), ?SMP_BINARY), lpj_option()};
         {error, _} = Error -> Error
     end;
-resolve(Kernel, _Progress) when is_atom(Kernel) ->
+resolve(Kernel, _Progress, _Flavour) when is_atom(Kernel) ->
     {ok, atom_to_binary(Kernel), lpj_option()};
-resolve(Kernel, _Progress) ->
+resolve(Kernel, _Progress, _Flavour) ->
     try unicode:characters_to_binary(Kernel) of
         Path when is_binary(Path) ->
             case evum_opts:path(Path) of

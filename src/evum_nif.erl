@@ -15,7 +15,7 @@
     vm_signal/3,
     vm_info/1,
     mconsole_request/3,
-    busybox_initramfs/2,
+    busybox_image/2,
     fd_headroom/0,
     effective_uid/0,
     lookup_user/1,
@@ -79,7 +79,7 @@ vm_run(_Vm, _Id, _Command, _MaxOutput) -> ?NOT_LOADED.
 vm_signal(_Vm, _Signal, _WholeGroup) -> ?NOT_LOADED.
 vm_info(_Vm) -> ?NOT_LOADED.
 mconsole_request(_Socket, _Command, _TimeoutMs) -> ?NOT_LOADED.
-busybox_initramfs(_Busybox, _CacheDir) -> ?NOT_LOADED.
+busybox_image(_Busybox, _CacheDir) -> ?NOT_LOADED.
 fd_headroom() -> ?NOT_LOADED.
 effective_uid() -> ?NOT_LOADED.
 lookup_user(_Name) -> ?NOT_LOADED.

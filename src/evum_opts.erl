@@ -21,6 +21,7 @@
     | {ssl, non_neg_integer(), text()}
     | {disk, text()}
     | {disk, non_neg_integer(), text()}
+    | {disk, non_neg_integer(), text(), read_only}
     | {ubd, text()}
     | {ubd, non_neg_integer(), text()}
     | {eth, text()}
@@ -69,6 +70,9 @@ option({Name, Index, Value} = O) when
 ->
     (is_integer(Index) andalso Index >= 0) orelse throw({bad_option, O}),
     [{atom_to_binary(Name), Index, device(Name, text(Value, O), O)}];
+option({disk, Index, Path, read_only} = O) ->
+    (is_integer(Index) andalso Index >= 0) orelse throw({bad_option, O}),
+    [{<<"disk_read_only">>, Index, device(disk, text(Path, O), O)}];
 option({Name, Value} = O) when Name =:= disk; Name =:= ubd; Name =:= eth ->
     [{atom_to_binary(Name), 0, device(Name, text(Value, O), O)}];
 option({Name, Value} = O) when Name =:= con; Name =:= ssl ->

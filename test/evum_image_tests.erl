@@ -26,6 +26,8 @@ image_test_() ->
                 {"a directory image is read-only; init_cmd is the main program", dir_image},
                 {"unknown dists and options are errors", errors},
                 {"an extra disk is the guest's second block device", extra_disk},
+                {"guest root cannot change a read-only disk, nor the busybox disk every VM shares",
+                    read_only_disks},
                 {"debian, built with debootstrap from the host's mirror, boots", debian}
             ]
         ]
@@ -320,6 +322,42 @@ extra_disk({Dir, _}) ->
     ),
     ?assertEqual({ok, 0, <<"disks\n">>}, evum:cmd(Vm, "hostname")),
     ok = evm:stop(Vm).
+
+read_only_disks({Dir, _}) ->
+    Disk = filename:join(Dir, "read-only.ext4"),
+    {ok, _} = file:copy(filename:join(Dir, "base.ext4"), Disk),
+    {ok, Before} = file:read_file(Disk),
+    Vm = create([{disk, 1, Disk, read_only}, {hostname, "ro"}]),
+    %% Readable; not writable as a mount, nor as a block device, nor
+    %% remounted read-write. The host's file keeps every byte.
+    ?assertEqual(
+        {ok, 0, <<"from the base image\n">>},
+        evum:cmd(Vm, "mkdir -p /mnt/x && mount -o ro /dev/ubdb /mnt/x && cat /mnt/x/root/base.txt")
+    ),
+    Attacks = [
+        "mount -o remount,rw /mnt/x",
+        "dd if=/dev/zero of=/dev/ubdb bs=4096 count=16 conv=fsync",
+        "mount -o remount,rw /lib/busybox",
+        "dd if=/dev/zero of=/dev/ubdp bs=4096 count=16 conv=fsync",
+        "rm /lib/busybox/busybox"
+    ],
+    [?assertMatch({ok, Status, _} when Status =/= 0, evum:cmd(Vm, A ++ " 2>&1")) || A <- Attacks],
+    %% The guest still runs busybox, read from an unchanged disk.
+    ?assertEqual({ok, 0, <<"ro\n">>}, evum:cmd(Vm, "echo 3 > /proc/sys/vm/drop_caches; hostname")),
+    ok = evm:stop(Vm),
+    ?assertEqual({ok, Before}, file:read_file(Disk)),
+    {ok, #{initramfs := Initramfs, disk := Busybox}} = evum_dist:busybox_image(),
+    ?assert(filelib:is_regular(Initramfs)),
+    {ok, BusyboxDisk} = file:read_file(Busybox),
+    Vm2 = create([{hostname, "ro2"}]),
+    ?assertMatch({ok, Status, _} when Status =/= 0, evum:cmd(Vm2, "dd if=/dev/zero of=/dev/ubdp bs=4096 count=16 conv=fsync 2>&1")),
+    ok = evm:stop(Vm2),
+    ?assertEqual({ok, BusyboxDisk}, file:read_file(Busybox)),
+    %% Disk 15 is the busybox disk's: a user's is refused, by name.
+    ?assertEqual(
+        {error, {bad_option, <<"option ubd15 is given twice">>}},
+        evm:create([{disk, 15, Disk}])
+    ).
 
 debian(_D) ->
     application:unset_env(evum, config),

@@ -40,6 +40,10 @@
 #define CONTROL_LOOP "/sbin/evum-ctl"
 #define ROOTFS_INIT "/sbin/evum-rootfs"
 #define CONTROL_LINE "/dev/ttyS0"
+/* Busybox itself is on a read-only disk (evum_core's image::busybox). */
+#define BUSYBOX_DISK "/dev/ubdp"
+#define BUSYBOX_DIR "/lib/busybox"
+#define BUSYBOX_READ_AHEAD "/sys/block/ubdp/queue/read_ahead_kb"
 
 /* Messages go to the console, where evum reports them with a failed boot. */
 static void complain(const char *what, const char *detail)
@@ -55,6 +59,23 @@ static void power_off(void)
 	/* Not reached: the kernel powers off. Should it return, init must not. */
 	for (;;)
 		pause();
+}
+
+/*
+ * The page cache reads ahead 128 KB by default, which brings nearly all of
+ * busybox into the guest's memory; 64 KB reads what the shell runs for about
+ * a millisecond more at boot, and 1.5 MB less of each guest's memory.
+ */
+static void mount_busybox(void)
+{
+	int fd = open(BUSYBOX_READ_AHEAD, O_WRONLY | O_CLOEXEC);
+
+	if (fd < 0 || write(fd, "64\n", 3) != 3)
+		complain("set", BUSYBOX_READ_AHEAD);
+	if (fd >= 0)
+		close(fd);
+	if (mount(BUSYBOX_DISK, BUSYBOX_DIR, "ext2", MS_RDONLY, NULL) != 0)
+		complain("mount", BUSYBOX_DIR);
 }
 
 static void mount_filesystems(void)
@@ -74,6 +95,7 @@ static void mount_filesystems(void)
 		complain("mkdir", "/dev/shm");
 	if (mount("devpts", "/dev/pts", "devpts", 0, NULL) != 0)
 		complain("mount", "/dev/pts");
+	mount_busybox();
 }
 
 static void set_hostname(void)

@@ -266,3 +266,104 @@ fn a_capture_of_a_port_takes_frames_to_it_over_an_impaired_link() {
     let stats = switch.stop_capture(id).unwrap().unwrap();
     assert_eq!(stats.frames, 5, "{stats:?}");
 }
+
+/// The tag of each of `frames` (what `frame` repeats in its payload).
+fn tags(frames: &[Vec<u8>]) -> Vec<u8> {
+    frames.iter().map(|f| f[14]).collect()
+}
+
+#[test]
+fn a_capture_shows_what_an_impaired_link_did() {
+    let dir = TempDir::new("capture-shows-impairment");
+    let switch = switch_with_seed(&dir, 7);
+    let nodes = three(&switch);
+    let [(a, _), (b, pb), (c, _)] = &nodes[..] else {
+        unreachable!()
+    };
+    let watch = |target| {
+        let (tx, rx) = unbounded();
+        let id = switch.capture_to(target, Box::new(ToChannel(tx)), 10_000).unwrap();
+        (id, rx)
+    };
+
+    // Every frame twice: B gets each twice, and so does a capture of B.
+    switch
+        .impair(
+            Link::To(*pb),
+            Some(Impairment {
+                duplicate: 1.0,
+                ..Default::default()
+            }),
+        )
+        .unwrap();
+    let (id, captured) = watch(Some(*pb));
+    for n in 0..10u8 {
+        a.send(&frame(mac(2), mac(1), n));
+    }
+    let got = tags(&b.drain());
+    switch.stop_capture(id).unwrap();
+    let twice: Vec<u8> = (0..10u8).flat_map(|n| [n, n]).collect();
+    assert_eq!(got, twice);
+    assert_eq!(tags(&captured.try_iter().collect::<Vec<_>>()), twice);
+
+    // Half the frames skip a 30 ms delay: B gets them out of order, and a
+    // capture of everything has them in B's order, once each.
+    switch
+        .impair(
+            Link::To(*pb),
+            Some(Impairment {
+                delay: Duration::from_millis(30),
+                reorder: 0.5,
+                ..Default::default()
+            }),
+        )
+        .unwrap();
+    let (id, captured) = watch(None);
+    for n in 0..20u8 {
+        a.send(&frame(mac(2), mac(1), n));
+    }
+    let got = tags(&b.drain());
+    switch.stop_capture(id).unwrap();
+    let mut sorted = got.clone();
+    sorted.sort();
+    assert_eq!(sorted, (0..20u8).collect::<Vec<_>>());
+    assert_ne!(got, sorted, "no frame was reordered");
+    assert_eq!(tags(&captured.try_iter().collect::<Vec<_>>()), got);
+
+    // A lost frame is in no capture.
+    switch
+        .impair(
+            Link::To(*pb),
+            Some(Impairment {
+                loss: 1.0,
+                ..Default::default()
+            }),
+        )
+        .unwrap();
+    let (of_b, to_b) = watch(Some(*pb));
+    let (all, everything) = watch(None);
+    a.send(&frame(mac(2), mac(1), 100));
+    assert!(b.drain().is_empty());
+    switch.stop_capture(of_b).unwrap();
+    switch.stop_capture(all).unwrap();
+    assert_eq!(to_b.try_iter().count(), 0);
+    assert_eq!(everything.try_iter().count(), 0);
+
+    // A broadcast goes to C at once and to B late: a capture of everything
+    // has it as forwarded, and B's copy once more as the link delivers it.
+    switch
+        .impair(
+            Link::To(*pb),
+            Some(Impairment {
+                delay: Duration::from_millis(10),
+                ..Default::default()
+            }),
+        )
+        .unwrap();
+    let (all, everything) = watch(None);
+    a.send(&frame(BROADCAST, mac(1), 101));
+    assert_eq!(tags(&c.drain()), [101]);
+    assert_eq!(tags(&b.drain()), [101]);
+    switch.stop_capture(all).unwrap();
+    assert_eq!(tags(&everything.try_iter().collect::<Vec<_>>()), [101, 101]);
+}

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{unbounded, Receiver, Sender};
 mod common;
 
-use evum_core::{image, vm::control, vm::io_loop::Signal, BootOption, ControlEvent, Exit, Vm, VmConfig, VmEvents};
+use evum_core::{image, vm::control, vm::io_loop::Signal, ControlEvent, Exit, Vm, VmConfig, VmEvents};
 
 #[derive(Debug)]
 enum Event {
@@ -35,11 +35,11 @@ fn cache_dir() -> PathBuf {
 }
 
 fn boot() -> (Vm, Receiver<Event>) {
-    let initrd = image::busybox_initramfs(Path::new("/bin/busybox"), &cache_dir()).expect("image");
+    let image = image::busybox_image(Path::new("/bin/busybox"), &cache_dir()).expect("image");
     let (tx, rx) = unbounded();
     let config = VmConfig {
         kernel: common::kernel(),
-        options: vec![BootOption::Initrd(initrd), BootOption::Init("/init".into())],
+        options: image.boot_options(),
         umid: None,
         uml_dir: None,
         groups: Vec::new(),

@@ -29,7 +29,7 @@ mod atoms {
         not_running, bad_option, spawn, runtime_dir, bad_umid, image, mconsole,
         timeout, not_found, none, os_pid, umid, runtime_dir_key = "runtime_dir", mconsole_socket, running,
         unsupported_by_kernel, jail, console_dropped, deliver, hold, drop,
-        system_limit, open_files, no_space, busy,
+        system_limit, open_files, no_space, busy, initramfs, disk,
     }
 }
 
@@ -98,6 +98,7 @@ fn boot_option(term: Term) -> Result<BootOption, String> {
         "con" => BootOption::Con(index, value),
         "ssl" => BootOption::Ssl(index, value),
         "ubd" | "disk" => BootOption::Ubd(need_index(index)?, value),
+        "disk_read_only" => BootOption::ReadOnlyUbd(need_index(index)?, value),
         "eth" => BootOption::Eth(need_index(index)?, value),
         "init" => BootOption::Init(value),
         "initrd" => BootOption::Initrd(value.into()),
@@ -349,13 +350,24 @@ fn mconsole_request<'a>(env: Env<'a>, socket: Term<'a>, command: Term<'a>, timeo
     )
 }
 
-/// Builds (once) and returns evum's busybox initramfs.
+/// Builds (once) and returns evum's busybox image:
+/// `{ok, #{initramfs => Path, disk => Path}}`.
 #[rustler::nif(schedule = "DirtyIo")]
-fn busybox_initramfs<'a>(env: Env<'a>, busybox: Term<'a>, cache_dir: Term<'a>) -> NifResult<Term<'a>> {
+fn busybox_image<'a>(env: Env<'a>, busybox: Term<'a>, cache_dir: Term<'a>) -> NifResult<Term<'a>> {
     let busybox = PathBuf::from(text(busybox)?);
     let cache_dir = PathBuf::from(text(cache_dir)?);
-    Ok(match image::busybox_initramfs(&busybox, &cache_dir) {
-        Ok(path) => (atoms::ok(), path.to_string_lossy().into_owned()).encode(env),
+    Ok(match image::busybox_image(&busybox, &cache_dir) {
+        Ok(image) => {
+            let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+            let files = Term::map_from_pairs(
+                env,
+                &[
+                    (atoms::initramfs().encode(env), path(&image.initramfs).encode(env)),
+                    (atoms::disk().encode(env), path(&image.disk).encode(env)),
+                ],
+            )?;
+            (atoms::ok(), files).encode(env)
+        }
         Err(e) => match e.exhausted() {
             Some(exhausted) => exhausted_error(env, &exhausted),
             None => error_tuple(env, atoms::image(), e),

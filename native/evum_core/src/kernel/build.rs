@@ -1,19 +1,22 @@
 //! One build of evum's kernel: the source tree out of Debian's
 //! `linux-source-*` package, `make ARCH=um defconfig` plus evum's
-//! configuration, then `make ARCH=um linux` on every core.
+//! configuration, then `make ARCH=um linux` on every core; then the SMP
+//! flavour, the same tree configured again with SMP on top and compiled
+//! again (most files depend on the configuration: nearly all of them).
 
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use super::{on, PathError, Progress, BINARY, CONFIG};
+use super::{on, PathError, Progress, BINARY, CONFIG, SMP_BINARY, SMP_CONFIG};
 
 /// The build's log, kept beside the kernel.
 pub const LOG: &str = "build.log";
 
 /// About how many files `make ARCH=um linux` compiles with evum's
-/// configuration (911 C files for 7.2): the total a progress report shows.
+/// configuration (911 C files for 7.2), for each of the two flavours: the
+/// total a progress report shows is twice this.
 pub const EXPECTED_FILES: u64 = 911;
 
 /// Between two unpacking reports.
@@ -40,32 +43,38 @@ pub enum BuildError {
     Tool(String, io::Error),
 }
 
-/// Builds the kernel of `deb` in `work` and puts the binary, its `.config`
-/// and the build log into `out`.
+/// Builds both flavours of the kernel of `deb` in `work` and puts the
+/// binaries, their `.config`s and the build log into `out`.
 pub fn build(deb: &Path, work: &Path, out: &Path, progress: &mut dyn FnMut(&Progress)) -> Result<(), BuildError> {
     let log_path = out.join(LOG);
     let mut log = File::create(&log_path).map_err(on("creating", &log_path))?;
     let tree = unpack(deb, &work.join("src"), progress)?;
-    progress(&Progress::Configuring);
-    configure(&tree, &mut log, &log_path)?;
     let mut done = 0;
-    let compile = make(&tree, &[&format!("-j{}", cores()), BINARY]);
-    run_logged(compile, &mut log, &log_path, &mut |line| {
-        if is_compile_line(line) {
-            done += 1;
-            progress(&Progress::Compiling {
-                done,
-                total: EXPECTED_FILES.max(done),
-            });
+    let flavours = [
+        (&[CONFIG][..], BINARY, "config"),
+        (&[CONFIG, SMP_CONFIG][..], SMP_BINARY, "config-smp"),
+    ];
+    for (configs, binary, config_copy) in flavours {
+        progress(&Progress::Configuring);
+        configure(&tree, configs, &mut log, &log_path)?;
+        let compile = make(&tree, &[&format!("-j{}", cores()), BINARY]);
+        run_logged(compile, &mut log, &log_path, &mut |line| {
+            if is_compile_line(line) {
+                done += 1;
+                progress(&Progress::Compiling {
+                    done,
+                    total: (2 * EXPECTED_FILES).max(done),
+                });
+            }
+        })?;
+        for (from, to) in [(BINARY, binary), (".config", config_copy)] {
+            let (from, to) = (tree.join(from), out.join(to));
+            fs::copy(&from, &to).map_err(on("copying", &from))?;
         }
-    })?;
-    for (from, to) in [(BINARY, BINARY), (".config", "config")] {
-        let (from, to) = (tree.join(from), out.join(to));
-        fs::copy(&from, &to).map_err(on("copying", &from))?;
+        File::open(out.join(binary))
+            .and_then(|f| f.sync_all())
+            .map_err(on("syncing", out))?;
     }
-    File::open(out.join(BINARY))
-        .and_then(|f| f.sync_all())
-        .map_err(on("syncing", out))?;
     Ok(())
 }
 
@@ -124,23 +133,24 @@ fn unpack_data(
     Err(BuildError::NoTarball(deb.to_path_buf()))
 }
 
-/// `defconfig`, evum's changes through `scripts/config`, `olddefconfig`;
-/// then a check that each change took (an option may depend on another, or
-/// be gone from a newer kernel).
-fn configure(tree: &Path, log: &mut File, log_path: &Path) -> Result<(), BuildError> {
+/// `defconfig`, each of `configs`' changes in turn through `scripts/config`,
+/// `olddefconfig`; then a check that each change took (an option may depend
+/// on another, or be gone from a newer kernel).
+fn configure(tree: &Path, configs: &[&str], log: &mut File, log_path: &Path) -> Result<(), BuildError> {
     run_logged(make(tree, &["defconfig"]), log, log_path, &mut |_| {})?;
+    let args: Vec<String> = configs.iter().flat_map(|c| config_args(c)).collect();
     let mut change = Command::new(tree.join("scripts/config"));
-    change.current_dir(tree).args(["--file", ".config"]).args(config_args());
+    change.current_dir(tree).args(["--file", ".config"]).args(&args);
     run_logged(change, log, log_path, &mut |_| {})?;
     run_logged(make(tree, &["olddefconfig"]), log, log_path, &mut |_| {})?;
     let config_path = tree.join(".config");
     let config = fs::read_to_string(&config_path).map_err(on("reading", &config_path))?;
-    check_config(&config)
+    check_config(&config, &args)
 }
 
-/// The `scripts/config` arguments of evum's configuration.
-pub fn config_args() -> Vec<String> {
-    CONFIG
+/// The `scripts/config` arguments of one of evum's configuration files.
+pub fn config_args(config: &str) -> Vec<String> {
+    config
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
@@ -149,20 +159,28 @@ pub fn config_args() -> Vec<String> {
 }
 
 /// Every `-e` option is on in the result, every `-d` option off, every
-/// `--set-val` option set.
-fn check_config(config: &str) -> Result<(), BuildError> {
-    let args = config_args();
-    let has = |line: String| config.lines().any(|l| l == line);
+/// `--set-val` option set; where `args` name an option twice (a flavour's
+/// change on top of the base), the later one counts.
+fn check_config(config: &str, args: &[String]) -> Result<(), BuildError> {
+    let mut wanted: Vec<(&str, Option<&str>)> = Vec::new();
     for (i, arg) in args.iter().enumerate() {
         let Some(name) = args.get(i + 1) else { break };
-        match arg.as_str() {
-            "-e" if !has(format!("CONFIG_{name}=y")) => return Err(BuildError::Missing(name.clone())),
-            "-d" if has(format!("CONFIG_{name}=y")) => return Err(BuildError::Unwanted(name.clone())),
-            "--set-val" => {
-                let value = args.get(i + 2).map(String::as_str).unwrap_or_default();
-                if !has(format!("CONFIG_{name}={value}")) {
-                    return Err(BuildError::Missing(format!("{name}={value}")));
-                }
+        let value = match arg.as_str() {
+            "-e" => Some("y"),
+            "-d" => None,
+            "--set-val" => args.get(i + 2).map(String::as_str),
+            _ => continue,
+        };
+        wanted.retain(|(n, _)| n != name);
+        wanted.push((name, value));
+    }
+    let has = |line: String| config.lines().any(|l| l == line);
+    for (name, value) in wanted {
+        match value {
+            None if has(format!("CONFIG_{name}=y")) => return Err(BuildError::Unwanted(name.to_string())),
+            Some("y") if !has(format!("CONFIG_{name}=y")) => return Err(BuildError::Missing(name.to_string())),
+            Some(value) if !has(format!("CONFIG_{name}={value}")) => {
+                return Err(BuildError::Missing(format!("{name}={value}")))
             }
             _ => {}
         }
@@ -240,30 +258,51 @@ mod tests {
 
     #[test]
     fn config_lines_become_script_arguments() {
-        let args = config_args();
+        let args = config_args(CONFIG);
         assert!(args.windows(2).any(|w| w == ["-d", "MODULES"]));
-        assert!(args.windows(3).any(|w| w == ["--set-val", "NR_CPUS", "8"]));
+        assert!(args.windows(2).any(|w| w == ["-d", "SMP"]));
         assert!(!args.iter().any(|a| a.starts_with('#')));
+        let smp = config_args(SMP_CONFIG);
+        assert!(smp.windows(3).any(|w| w == ["--set-val", "NR_CPUS", "8"]));
+    }
+
+    /// A `.config` with exactly what `args` ask for, the later of two
+    /// answers for one option counting.
+    fn config_of(args: &[String]) -> String {
+        let mut lines: Vec<(String, String)> = Vec::new();
+        for (i, arg) in args.iter().enumerate() {
+            let line = match arg.as_str() {
+                "-e" => format!("CONFIG_{}=y", args[i + 1]),
+                "-d" => format!("# CONFIG_{} is not set", args[i + 1]),
+                "--set-val" => format!("CONFIG_{}={}", args[i + 1], args[i + 2]),
+                _ => continue,
+            };
+            lines.retain(|(name, _)| name != &args[i + 1]);
+            lines.push((args[i + 1].clone(), line));
+        }
+        lines.into_iter().map(|(_, line)| line + "\n").collect()
     }
 
     #[test]
     fn a_config_that_did_not_take_is_refused() {
-        let args = config_args();
-        let on = args
-            .windows(2)
-            .filter(|w| w[0] == "-e")
-            .map(|w| format!("CONFIG_{}=y\n", w[1]));
-        let set = args
-            .windows(3)
-            .filter(|w| w[0] == "--set-val")
-            .map(|w| format!("CONFIG_{}={}\n", w[1], w[2]));
-        let good: String = on.chain(set).collect();
-        assert!(check_config(&good).is_ok());
+        let args = config_args(CONFIG);
+        let good = config_of(&args);
+        assert!(check_config(&good, &args).is_ok());
         let with_modules = format!("{good}CONFIG_MODULES=y\n");
-        assert!(matches!(check_config(&with_modules), Err(BuildError::Unwanted(n)) if n == "MODULES"));
+        assert!(matches!(check_config(&with_modules, &args), Err(BuildError::Unwanted(n)) if n == "MODULES"));
         let without_hostfs = good.replace("CONFIG_HOSTFS=y\n", "");
-        assert!(matches!(check_config(&without_hostfs), Err(BuildError::Missing(n)) if n == "HOSTFS"));
-        let eight_cpus = good.replace("CONFIG_NR_CPUS=8\n", "CONFIG_NR_CPUS=1\n");
-        assert!(matches!(check_config(&eight_cpus), Err(BuildError::Missing(n)) if n == "NR_CPUS=8"));
+        assert!(matches!(check_config(&without_hostfs, &args), Err(BuildError::Missing(n)) if n == "HOSTFS"));
+    }
+
+    #[test]
+    fn the_smp_flavour_turns_on_what_the_base_turns_off() {
+        let args: Vec<String> = [CONFIG, SMP_CONFIG].iter().flat_map(|c| config_args(c)).collect();
+        let good = config_of(&args);
+        assert!(good.contains("CONFIG_SMP=y\n"), "{good}");
+        assert!(check_config(&good, &args).is_ok());
+        let one_cpu = good.replace("CONFIG_NR_CPUS=8\n", "CONFIG_NR_CPUS=1\n");
+        assert!(matches!(check_config(&one_cpu, &args), Err(BuildError::Missing(n)) if n == "NR_CPUS=8"));
+        // The base config, checked against the SMP flavour's result, is not met.
+        assert!(matches!(check_config(&good, &config_args(CONFIG)), Err(BuildError::Unwanted(n)) if n == "SMP"));
     }
 }

@@ -215,15 +215,17 @@ mod tests {
     }
 
     #[test]
-    fn evums_7_2_has_seccomp_smp_and_vector_but_no_daemon() {
+    fn evums_7_2_has_seccomp_and_vector_but_no_daemon_and_smp_in_its_flavour() {
         let Some(kernel) = evums_kernel() else { return };
         let want = Features {
             seccomp: true,
-            smp: true,
+            smp: false,
             daemon_net: false,
             vector_net: true,
         };
         assert_eq!(probe(&kernel).unwrap(), want);
+        let smp = Features { smp: true, ..want };
+        assert_eq!(probe(&super::super::smp_flavour(&kernel)).unwrap(), smp);
     }
 
     #[test]

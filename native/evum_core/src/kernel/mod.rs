@@ -7,13 +7,15 @@
 //!
 //! - [`apt`]: the newest `linux-source-7.*` through a private apt
 //!   configuration (the machine's sources and state are left alone).
-//! - [`build`]: unpack, configure with `priv/kernel/evum.config`, compile.
+//! - [`build`]: unpack, configure with `priv/kernel/evum.config`, compile;
+//!   then again with SMP on top (`priv/kernel/evum-smp.config`).
 //! - [`lpj`]: the delay-loop constant, calibrated once per host and cached,
 //!   so that boots skip the calibration.
 //! - [`features`]: what a UML binary supports, read from the binary.
 //!
 //! The result lives in `<cache_dir>/kernel/<package>_<version>-<config
-//! hash>/linux` with the build log beside it. It appears there whole or not
+//! hash>/`: `linux`, the kernel every VM boots unless it asks for more than
+//! one CPU, `linux-smp` for those, and the build log. It appears there whole or not
 //! at all (built elsewhere, then renamed), and builds take a lock, so two
 //! at once build once.
 
@@ -34,8 +36,20 @@ use sha2::{Digest, Sha256};
 /// arguments, one option a line, with comments saying why.
 pub const CONFIG: &str = include_str!("../../../../priv/kernel/evum.config");
 
+/// The SMP flavour's changes on top of [`CONFIG`].
+pub const SMP_CONFIG: &str = include_str!("../../../../priv/kernel/evum-smp.config");
+
 /// The name of the kernel binary in a build's directory.
 pub const BINARY: &str = "linux";
+
+/// The name of the SMP flavour's binary, beside [`BINARY`].
+pub const SMP_BINARY: &str = "linux-smp";
+
+/// The SMP flavour of the kernel at `binary` (evum's, from [`cached`] or
+/// [`ensure`]).
+pub fn smp_flavour(binary: &Path) -> PathBuf {
+    binary.with_file_name(SMP_BINARY)
+}
 
 /// A step of a build, for a progress report.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,7 +119,10 @@ pub fn default_cache_dir() -> PathBuf {
 /// The first characters of the hash of evum's configuration: a build made
 /// with another configuration is another kernel.
 pub fn config_hash() -> String {
-    let digest = Sha256::digest(CONFIG.as_bytes());
+    let digest = Sha256::new()
+        .chain_update(CONFIG.as_bytes())
+        .chain_update(SMP_CONFIG.as_bytes())
+        .finalize();
     digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
 }
 
@@ -134,6 +151,7 @@ pub fn cached(cache_dir: &Path) -> Option<PathBuf> {
         .filter_map(Result::ok)
         .filter(|e| e.file_name().to_string_lossy().ends_with(&suffix))
         .map(|e| e.path().join(BINARY))
+        .filter(|binary| smp_flavour(binary).is_file())
         .filter_map(|binary| Some((fs::metadata(&binary).ok()?.modified().ok()?, binary)))
         .max()
         .map(|(_, binary)| binary)
@@ -314,7 +332,9 @@ mod tests {
             let target = build_dir(cache_dir, "linux-source-7.2", "7.2.13-1");
             let staging = partial(&target);
             fs::create_dir_all(&staging).unwrap();
-            fs::write(staging.join(BINARY), b"").unwrap();
+            for binary in [BINARY, SMP_BINARY] {
+                fs::write(staging.join(binary), b"").unwrap();
+            }
             fs::rename(&staging, &target).unwrap();
             Ok(target.join(BINARY))
         })
@@ -391,12 +411,17 @@ mod tests {
         for dir in [&other, &unfinished] {
             fs::create_dir_all(dir).unwrap();
             fs::write(dir.join(BINARY), b"").unwrap();
+            fs::write(dir.join(SMP_BINARY), b"").unwrap();
         }
         assert_eq!(cached(&cache), None);
+        // A build of the old layout, with no SMP flavour, is not one.
         let done = build_dir(&cache, "linux-source-7.2", "7.2.13-1");
         fs::create_dir_all(&done).unwrap();
         fs::write(done.join(BINARY), b"").unwrap();
+        assert_eq!(cached(&cache), None);
+        fs::write(done.join(SMP_BINARY), b"").unwrap();
         assert_eq!(cached(&cache), Some(done.join(BINARY)));
+        assert_eq!(smp_flavour(&done.join(BINARY)), done.join(SMP_BINARY));
         fs::remove_dir_all(&cache).unwrap();
     }
 }

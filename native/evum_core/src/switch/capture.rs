@@ -1,6 +1,8 @@
 //! Packet capture: the frames a switch forwards, written as they pass to a
 //! pcap file (nanosecond timestamps, Ethernet) that tshark and Wireshark
-//! read. Written on the switch's thread into a buffer (a write per 64 KiB),
+//! read. A frame to an impaired link is taken as the link delivers it, so
+//! the capture shows what the link did: frames late, lost, twice, out of
+//! order or changed. Written on the switch's thread into a buffer (a write per 64 KiB),
 //! so a capture costs forwarding a copy of each frame it takes; a capture
 //! that fails to write, or reaches its size limit, stops taking frames and
 //! counts the ones it missed.
@@ -83,12 +85,22 @@ impl Capture {
         }
     }
 
-    /// Whether it takes a frame from `src` that goes to the ports `to`.
-    pub fn wants(&self, src: PortId, mut to: impl Iterator<Item = PortId>) -> bool {
+    /// Whether it takes, as it is forwarded, a frame from `src` that goes
+    /// to the ports `to` at once and, if `impaired`, to impaired links too
+    /// (whose copies it takes as they are released instead). A capture of
+    /// everything takes a frame here unless only impaired links carry it:
+    /// a frame forwarded to some ports at once and to an impaired link is
+    /// in it once more as that link releases it.
+    pub fn wants(&self, src: PortId, mut to: impl Iterator<Item = PortId>, impaired: bool) -> bool {
         match self.target {
-            None => true,
+            None => !impaired || to.next().is_some(),
             Some(t) => t == src || to.any(|p| p == t),
         }
+    }
+
+    /// Whether it takes a frame an impaired link releases to port `to`.
+    pub fn wants_released(&self, to: PortId) -> bool {
+        self.target.is_none_or(|t| t == to)
     }
 
     /// Takes one frame: written, stamped now, or handed to the sink.
@@ -196,9 +208,27 @@ mod tests {
     fn a_port_capture_takes_its_port_both_ways() {
         let path = temp("port");
         let capture = Capture::create(&path, Some(PortId(3)), MAX_BYTES).unwrap();
-        assert!(capture.wants(PortId(3), [PortId(4)].into_iter()));
-        assert!(capture.wants(PortId(1), [PortId(2), PortId(3)].into_iter()));
-        assert!(!capture.wants(PortId(1), [PortId(2)].into_iter()));
+        assert!(capture.wants(PortId(3), [PortId(4)].into_iter(), false));
+        assert!(capture.wants(PortId(1), [PortId(2), PortId(3)].into_iter(), false));
+        assert!(!capture.wants(PortId(1), [PortId(2)].into_iter(), false));
+        // Frames from it always; frames to it over an impaired link as
+        // the link releases them.
+        assert!(capture.wants(PortId(3), std::iter::empty(), true));
+        assert!(!capture.wants(PortId(1), std::iter::empty(), true));
+        assert!(capture.wants_released(PortId(3)));
+        assert!(!capture.wants_released(PortId(2)));
+        capture.finish();
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_capture_of_everything_takes_impaired_frames_as_released() {
+        let path = temp("all");
+        let capture = Capture::create(&path, None, MAX_BYTES).unwrap();
+        assert!(capture.wants(PortId(1), std::iter::empty(), false));
+        assert!(capture.wants(PortId(1), [PortId(2)].into_iter(), true));
+        assert!(!capture.wants(PortId(1), std::iter::empty(), true));
+        assert!(capture.wants_released(PortId(2)));
         capture.finish();
         std::fs::remove_file(&path).unwrap();
     }

@@ -354,6 +354,12 @@ impl SwitchLoop {
             let Some(port) = self.ports.get_mut(&to.0) else {
                 continue;
             };
+            // As the link delivers it: late, twice, out of order, changed.
+            for capture in self.captures.values_mut() {
+                if capture.wants_released(to) {
+                    capture.take(&frame);
+                }
+            }
             match port.offer_many(&[&frame]) {
                 Offer::Sent | Offer::Dropped => {}
                 Offer::Queued => self.set_writable_interest(to.0, true),
@@ -1096,18 +1102,21 @@ impl SwitchLoop {
                 port.counters.drops_nemesis += held_back;
             }
         }
-        // Captured with the ports it is forwarded to, before an impaired
-        // link takes its copy out of those.
+        // Impaired links take their copies out of the staged ports first:
+        // a capture records what each link delivers, so those are captured
+        // as the link releases them (see release_impaired).
+        let impaired = if impairing {
+            self.impair_staged(src, frame, first_staged, now)
+        } else {
+            0
+        };
         if !self.captures.is_empty() {
             let to = &self.staged[first_staged..];
             for capture in self.captures.values_mut() {
-                if capture.wants(src, to.iter().map(|&(port, _)| PortId(port))) {
+                if capture.wants(src, to.iter().map(|&(port, _)| PortId(port)), impaired > 0) {
                     capture.take(frame);
                 }
             }
-        }
-        if impairing {
-            self.impair_staged(src, frame, first_staged, now);
         }
     }
 
@@ -1136,8 +1145,9 @@ impl SwitchLoop {
 
     /// Takes out of the frames just staged (from `first`) those for impaired
     /// links, which then hold them (promiscuous ports, watching, get theirs
-    /// as they are).
-    fn impair_staged(&mut self, src: PortId, frame: &[u8], first: usize, now: Instant) {
+    /// as they are); returns how many it took.
+    fn impair_staged(&mut self, src: PortId, frame: &[u8], first: usize, now: Instant) -> usize {
+        let mut taken = 0;
         let mut i = first;
         while i < self.staged.len() {
             let to = PortId(self.staged[i].0);
@@ -1146,10 +1156,12 @@ impl SwitchLoop {
                 Some(link) => {
                     self.impairments.take(link, to, frame, now);
                     self.staged.swap_remove(i);
+                    taken += 1;
                 }
                 None => i += 1,
             }
         }
+        taken
     }
 
     /// Whether a frame in from `src` passes the port's limits and checks;

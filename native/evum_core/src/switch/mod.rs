@@ -488,7 +488,11 @@ impl Switch {
     /// frame: None) to a new pcap file at `path`, until stop_capture or
     /// `max_bytes`; returns the capture's id. The frames a partition or a
     /// cut keeps from a port are not in it as forwarded to that port (they
-    /// are counted in the sender's `drops_nemesis`).
+    /// are counted in the sender's `drops_nemesis`). Frames to an impaired
+    /// link are in it as the link releases them: delayed, duplicated,
+    /// reordered or corrupted as they arrive, and lost ones not at all (a
+    /// frame sent on to clean ports too is in it once more as the impaired
+    /// link releases it, in a capture of everything).
     pub fn capture(&self, target: Option<PortId>, path: &Path, max_bytes: u64) -> Result<io::Result<u64>, SwitchError> {
         self.ask(|reply| Command::Capture {
             target,

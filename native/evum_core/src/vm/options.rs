@@ -22,6 +22,9 @@ pub enum BootOption {
     Ssl(Option<u32>, String),
     /// A disk image as `ubdN` (`disk` is the original's name for `ubd`).
     Ubd(u32, String),
+    /// `ubdNr=FILE`: a disk the guest can read and not write (UML opens the
+    /// file read-only).
+    ReadOnlyUbd(u32, String),
     /// `ethN=SPEC`: a network device.
     Eth(u32, String),
     /// The program the kernel runs as PID 1.
@@ -145,6 +148,7 @@ pub fn kernel_args(id: &Identity, options: &[BootOption]) -> Result<Vec<String>,
             BootOption::Con(Some(n), spec) => tail.push(format!("con{n}={spec}")),
             BootOption::Ssl(Some(n), spec) => tail.push(format!("ssl{n}={spec}")),
             BootOption::Ubd(n, spec) => tail.push(format!("ubd{n}={}", spec.replace(RUNTIME_DIR, &runtime_dir))),
+            BootOption::ReadOnlyUbd(n, file) => tail.push(format!("ubd{n}r={file}")),
             BootOption::Eth(n, spec) => tail.push(format!("eth{n}={spec}")),
             BootOption::Init(path) => tail.push(format!("init={path}")),
             BootOption::Initrd(path) => tail.push(format!("initrd={}", path.display())),
@@ -175,7 +179,10 @@ pub fn kernel_args(id: &Identity, options: &[BootOption]) -> Result<Vec<String>,
     // Without a ubd0, UML opens a file named `root_fs` in its working
     // directory as the guest's first disk, read-write: whatever file of that
     // name is lying there would be the guest's to change.
-    if !options.iter().any(|o| matches!(o, BootOption::Ubd(0, _))) {
+    if !options
+        .iter()
+        .any(|o| matches!(o, BootOption::Ubd(0, _) | BootOption::ReadOnlyUbd(0, _)))
+    {
         args.push("ubd0r=/dev/null".to_string());
     }
     args.push(format!("con={con_default}"));
@@ -267,7 +274,7 @@ fn option_key(option: &BootOption) -> Option<String> {
     Some(match option {
         BootOption::Con(n, _) => format!("con{}", n.map(|n| n.to_string()).unwrap_or_default()),
         BootOption::Ssl(n, _) => format!("ssl{}", n.map(|n| n.to_string()).unwrap_or_default()),
-        BootOption::Ubd(n, _) => format!("ubd{n}"),
+        BootOption::Ubd(n, _) | BootOption::ReadOnlyUbd(n, _) => format!("ubd{n}"),
         BootOption::Eth(n, _) => format!("eth{n}"),
         BootOption::Init(_) => "init".into(),
         BootOption::Initrd(_) => "initrd".into(),

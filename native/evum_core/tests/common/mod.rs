@@ -108,11 +108,11 @@ pub fn boot(net: BootOption) -> Guest {
 /// Boots evum's busybox image on `kernel` with `net`.
 pub fn boot_on(kernel: &Path, net: BootOption) -> Guest {
     let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("image-cache");
-    let initrd = image::busybox_initramfs(Path::new("/bin/busybox"), &cache).expect("image");
+    let image = image::busybox_image(Path::new("/bin/busybox"), &cache).expect("image");
     let (tx, rx) = unbounded();
     let config = VmConfig {
         kernel: kernel.to_path_buf(),
-        options: vec![BootOption::Initrd(initrd), BootOption::Init("/init".into()), net],
+        options: image.boot_options().into_iter().chain([net]).collect(),
         umid: None,
         uml_dir: None,
         groups: switch_group().into_iter().collect(),
