@@ -54,6 +54,9 @@ fn main() -> ExitCode {
 #[derive(Default)]
 struct Reporter {
     last_tenth: u64,
+    /// Flavours configured so far: the build configures `linux`, then
+    /// `linux-smp`.
+    configured: u32,
 }
 
 impl Reporter {
@@ -71,7 +74,13 @@ impl Reporter {
                     None => format!("downloading {package} {version}"),
                 },
                 Progress::Unpacking { files } => format!("unpacking: {files} files"),
-                Progress::Configuring => "configuring (priv/kernel/evum.config)".to_string(),
+                Progress::Configuring => {
+                    self.configured += 1;
+                    match self.configured {
+                        1 => "configuring linux (priv/kernel/evum.config)".to_string(),
+                        _ => "configuring linux-smp (priv/kernel/evum.config, then evum-smp.config)".to_string(),
+                    }
+                }
                 Progress::Compiling { done, total } => {
                     let tenth = done * 10 / total.max(&1);
                     if tenth == self.last_tenth {
