@@ -1151,8 +1151,10 @@ impl SwitchLoop {
         let mut i = first;
         while i < self.staged.len() {
             let to = PortId(self.staged[i].0);
-            let watching = self.ports.get(&to.0).is_some_and(Port::is_promiscuous);
-            match self.impairments.link(src, to).filter(|_| !watching) {
+            // The link first: it rules out a clean port without a lookup.
+            let link = self.impairments.link(src, to);
+            let watching = || self.ports.get(&to.0).is_some_and(Port::is_promiscuous);
+            match link.filter(|_| !watching()) {
                 Some(link) => {
                     self.impairments.take(link, to, frame, now);
                     self.staged.swap_remove(i);

@@ -50,6 +50,15 @@ pub enum Link {
     Pair(PortId, PortId),
 }
 
+impl Link {
+    /// The port the link's frames go to.
+    pub fn to(&self) -> PortId {
+        match *self {
+            Link::To(to) | Link::Pair(_, to) => to,
+        }
+    }
+}
+
 /// What an impairment did, since it was set.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LinkCounters {
@@ -100,6 +109,10 @@ impl Ord for Held {
 
 pub struct Impairments {
     links: HashMap<Link, State>,
+    /// The ports some link leads to, each once: checked first for every
+    /// frame, so that a frame to a clean port costs no lookup of the
+    /// links (a handful of ports at most, where a hash costs more).
+    destinations: Vec<PortId>,
     held: BinaryHeap<Reverse<Held>>,
     seq: u64,
     rng: fastrand::Rng,
@@ -109,6 +122,7 @@ impl Impairments {
     pub fn new(seed: Option<u64>) -> Self {
         Impairments {
             links: HashMap::new(),
+            destinations: Vec::new(),
             held: BinaryHeap::new(),
             seq: 0,
             rng: seed.map_or_else(fastrand::Rng::new, fastrand::Rng::with_seed),
@@ -131,12 +145,20 @@ impl Impairments {
                 free_at: None,
             },
         );
+        self.note_destinations();
     }
 
     /// Makes the link clean: no impairment, nothing held.
     pub fn clear(&mut self, link: Link) {
         self.drop_held(link);
         self.links.remove(&link);
+        self.note_destinations();
+    }
+
+    fn note_destinations(&mut self) {
+        self.destinations = self.links.keys().map(Link::to).collect();
+        self.destinations.sort();
+        self.destinations.dedup();
     }
 
     /// A port that has gone: the links to and from it, and their frames.
@@ -169,6 +191,9 @@ impl Impairments {
     /// The impaired link a frame from `from` to `to` takes, if any: the
     /// pair's own first, else the port's.
     pub fn link(&self, from: PortId, to: PortId) -> Option<Link> {
+        if !self.destinations.contains(&to) {
+            return None;
+        }
         [Link::Pair(from, to), Link::To(to)]
             .into_iter()
             .find(|l| self.links.contains_key(l))
@@ -291,6 +316,30 @@ mod tests {
         }
         i.due(t0 + Duration::from_secs(3600), |_, f| out.push(f.to_vec()));
         (i, out.into_iter().map(|f| (Duration::ZERO, f)).collect())
+    }
+
+    #[test]
+    fn a_frame_takes_its_pairs_link_else_its_ports_and_a_clean_port_none() {
+        let (a, b, c) = (PortId(1), PortId(2), PortId(3));
+        let mut i = Impairments::new(Some(1));
+        assert_eq!(i.link(a, b), None);
+        i.set(Link::To(b), Impairment::default());
+        i.set(Link::Pair(a, c), Impairment::default());
+        assert_eq!(i.link(a, b), Some(Link::To(b)));
+        assert_eq!(i.link(c, b), Some(Link::To(b)));
+        assert_eq!(i.link(a, c), Some(Link::Pair(a, c)));
+        assert_eq!(i.link(b, c), None);
+        assert_eq!(i.link(b, a), None);
+        i.set(Link::Pair(a, b), Impairment::default());
+        assert_eq!(i.link(a, b), Some(Link::Pair(a, b)));
+        i.clear(Link::To(b));
+        assert_eq!(i.link(c, b), None);
+        i.forget_port(c);
+        assert_eq!(i.link(a, c), None);
+        assert_eq!(i.link(a, b), Some(Link::Pair(a, b)));
+        i.clear(Link::Pair(a, b));
+        assert!(i.is_idle());
+        assert_eq!(i.link(a, b), None);
     }
 
     #[test]
