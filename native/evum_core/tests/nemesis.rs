@@ -124,6 +124,11 @@ fn switch_with_seed(dir: &TempDir, seed: u64) -> Switch {
     Switch::start(config).unwrap()
 }
 
+/// Impairs `link` on `switch`.
+fn set_impairment(switch: &Switch, link: Link, impairment: Impairment) {
+    switch.impair(link, Some(impairment)).unwrap();
+}
+
 /// Counts the frames `client` receives until none came for 300 ms.
 fn count(client: &BessClient) -> usize {
     client.drain().len()
@@ -137,15 +142,14 @@ fn loss_on_a_link_is_its_rate_and_clear_makes_it_clean() {
     let [(a, _), (b, pb), (c, _)] = &nodes[..] else {
         unreachable!()
     };
-    switch
-        .impair(
-            Link::To(*pb),
-            Some(Impairment {
-                loss: 0.2,
-                ..Default::default()
-            }),
-        )
-        .unwrap();
+    set_impairment(
+        &switch,
+        Link::To(*pb),
+        Impairment {
+            loss: 0.2,
+            ..Default::default()
+        },
+    );
     const N: usize = 5000;
     let receiver = {
         let b = b.clone_fd();
@@ -221,15 +225,14 @@ fn delay_jitter_and_rate_shape_a_link() {
         f.resize(1250, 0);
         f
     };
-    switch
-        .impair(
-            Link::Pair(*pa, *pb),
-            Some(Impairment {
-                rate: Some(1_000_000),
-                ..Default::default()
-            }),
-        )
-        .unwrap();
+    set_impairment(
+        &switch,
+        Link::Pair(*pa, *pb),
+        Impairment {
+            rate: Some(1_000_000),
+            ..Default::default()
+        },
+    );
     let started = Instant::now();
     for _ in 0..50 {
         a.send(&big);
@@ -287,15 +290,14 @@ fn a_capture_shows_what_an_impaired_link_did() {
     };
 
     // Every frame twice: B gets each twice, and so does a capture of B.
-    switch
-        .impair(
-            Link::To(*pb),
-            Some(Impairment {
-                duplicate: 1.0,
-                ..Default::default()
-            }),
-        )
-        .unwrap();
+    set_impairment(
+        &switch,
+        Link::To(*pb),
+        Impairment {
+            duplicate: 1.0,
+            ..Default::default()
+        },
+    );
     let (id, captured) = watch(Some(*pb));
     for n in 0..10u8 {
         a.send(&frame(mac(2), mac(1), n));
@@ -308,16 +310,15 @@ fn a_capture_shows_what_an_impaired_link_did() {
 
     // Half the frames skip a 30 ms delay: B gets them out of order, and a
     // capture of everything has them in B's order, once each.
-    switch
-        .impair(
-            Link::To(*pb),
-            Some(Impairment {
-                delay: Duration::from_millis(30),
-                reorder: 0.5,
-                ..Default::default()
-            }),
-        )
-        .unwrap();
+    set_impairment(
+        &switch,
+        Link::To(*pb),
+        Impairment {
+            delay: Duration::from_millis(30),
+            reorder: 0.5,
+            ..Default::default()
+        },
+    );
     let (id, captured) = watch(None);
     for n in 0..20u8 {
         a.send(&frame(mac(2), mac(1), n));
@@ -331,15 +332,14 @@ fn a_capture_shows_what_an_impaired_link_did() {
     assert_eq!(tags(&captured.try_iter().collect::<Vec<_>>()), got);
 
     // A lost frame is in no capture.
-    switch
-        .impair(
-            Link::To(*pb),
-            Some(Impairment {
-                loss: 1.0,
-                ..Default::default()
-            }),
-        )
-        .unwrap();
+    set_impairment(
+        &switch,
+        Link::To(*pb),
+        Impairment {
+            loss: 1.0,
+            ..Default::default()
+        },
+    );
     let (of_b, to_b) = watch(Some(*pb));
     let (all, everything) = watch(None);
     a.send(&frame(mac(2), mac(1), 100));
@@ -351,15 +351,14 @@ fn a_capture_shows_what_an_impaired_link_did() {
 
     // A broadcast goes to C at once and to B late: a capture of everything
     // has it as forwarded, and B's copy once more as the link delivers it.
-    switch
-        .impair(
-            Link::To(*pb),
-            Some(Impairment {
-                delay: Duration::from_millis(10),
-                ..Default::default()
-            }),
-        )
-        .unwrap();
+    set_impairment(
+        &switch,
+        Link::To(*pb),
+        Impairment {
+            delay: Duration::from_millis(10),
+            ..Default::default()
+        },
+    );
     let (all, everything) = watch(None);
     a.send(&frame(BROADCAST, mac(1), 101));
     assert_eq!(tags(&c.drain()), [101]);
