@@ -165,9 +165,9 @@ fn build(busybox: &Path, applets: &[String], work: &Path, image: &BusyboxImage) 
     };
     let tree = work.join("tree");
     fs::create_dir_all(&tree).map_err(cache_err(work))?;
-    // Read at the start (metadata) and by `applets`: what fails here is
-    // writing into the cache.
-    // Errors name the file being made, not the work directory's.
+    // busybox was read already (its metadata, its applets): what fails here
+    // is writing into the cache, named as the file being made, not as the
+    // work directory's.
     fs::copy(busybox, tree.join("busybox")).map_err(cache_err(&image.disk))?;
     let disk = work.join("disk");
     make_ext2(&tree, &disk).map_err(|e| e.naming(&image.disk))?;
@@ -223,7 +223,10 @@ fn make_ext2(tree: &Path, disk: &Path) -> Result<(), ImageError> {
         return Err(err(String::from_utf8_lossy(&output.stderr).trim().to_string()));
     }
     // Readable by the host users jailed VMs run as.
-    fs::set_permissions(disk, fs::Permissions::from_mode(0o644)).map_err(|e| err(e.to_string()))
+    fs::set_permissions(disk, fs::Permissions::from_mode(0o644)).map_err(|source| ImageError::Cache {
+        path: disk.into(),
+        source,
+    })
 }
 
 /// The applet paths (`bin/ls`, `usr/sbin/chroot`, ...) this busybox provides.
