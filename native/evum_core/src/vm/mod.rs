@@ -172,9 +172,10 @@ pub fn start(config: VmConfig, events: Box<dyn VmEvents>) -> Result<Vm, StartErr
         umid: umid.clone(),
         uml_dir: uml_dir.clone(),
     };
-    // UML's memory file is as large as the guest's memory, and lives in the
-    // private /dev/shm; a little more for what UML and its helpers write.
-    let max_file_bytes = options::memory_bytes(&config.options).unwrap_or(0) + (64 << 20);
+    // UML's memory file is as large as the guest's memory; a little more
+    // for the other files UML and its helpers write.
+    let memory_bytes = options::memory_bytes(&config.options).unwrap_or(0);
+    let max_file_bytes = memory_bytes + (64 << 20);
     let spawned = options::kernel_args(&identity, &config.options)
         .and_then(|args| Ok((args, placement::cpu_set(&config.options)?)))
         .map_err(StartError::from)
@@ -185,13 +186,9 @@ pub fn start(config: VmConfig, events: Box<dyn VmEvents>) -> Result<Vm, StartErr
                 args,
                 cpus,
                 run_as,
-                env: if sandboxed {
-                    vec![("TMPDIR".into(), "/dev/shm".into())]
-                } else {
-                    Vec::new()
-                },
                 read_only_host_but: sandboxed.then(|| uml_dir.clone()),
                 runtime_bytes: runtime_bytes(&config.options),
+                memory_bytes,
                 user_namespace,
                 writable_files,
                 max_file_bytes,

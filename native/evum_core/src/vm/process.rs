@@ -31,19 +31,21 @@ pub struct SpawnSpec {
     /// Run as this user instead of evum's own (every VM's own, when evum
     /// runs as root: see [`crate::vm::jail`]).
     pub run_as: Option<RunAs>,
-    /// Extra environment for the UML process (TMPDIR, for one).
-    pub env: Vec<(OsString, OsString)>,
     /// The CPUs the process (and every process it starts) may run on;
     /// None leaves it evum's own.
     pub cpus: Option<CpuSet>,
     /// Run the VM in a mount namespace of its own in which every host
     /// filesystem is read-only, with a private tmpfs of its own on this
-    /// directory (its runtime directory: see [`SpawnSpec::runtime_bytes`])
-    /// and another on /dev/shm for UML's memory file. Needs root; used with
-    /// `run_as`, whose user owns both.
+    /// directory (its runtime directory: see [`SpawnSpec::runtime_bytes`]),
+    /// another on /dev/shm, and one in no directory at all for UML's memory
+    /// file (see [`SpawnSpec::memory_bytes`]). Needs root or
+    /// `user_namespace`; with `run_as`, that user owns them.
     pub read_only_host_but: Option<PathBuf>,
     /// The size of the private runtime directory.
     pub runtime_bytes: u64,
+    /// The size of the guest's memory: the size of the tmpfs that holds
+    /// UML's memory file in a sandbox.
+    pub memory_bytes: u64,
     /// Enter an unprivileged user namespace of its own first (evum's uid
     /// and gid mapped to themselves), in which the mount namespace above
     /// can be made without root: how a VM is walled off when evum is not
@@ -51,8 +53,8 @@ pub struct SpawnSpec {
     pub user_namespace: bool,
     /// Host files the VM writes (its disks), writable in its namespace.
     pub writable_files: Vec<PathBuf>,
-    /// The most the UML process tree may write to its private /dev/shm
-    /// (where its memory file lives) and to any one file.
+    /// The most the UML process tree may write to any one file (the memory
+    /// file is the largest it writes).
     pub max_file_bytes: u64,
 }
 
@@ -161,7 +163,16 @@ fn spawn_here(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
     let (control_in_child, control_in) = pipe()?;
     let (control_out, control_out_child) = pipe()?;
     // The child reports a failed exec here; end-of-file means exec worked.
-    let (exec_error, exec_error_child) = pipe()?;
+    let (exec_error, exec_error_low) = pipe()?;
+    // Above every descriptor the child sets up, which would overwrite it.
+    let exec_error_child = nix::fcntl::fcntl(
+        exec_error_low.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(MEMORY_DIR_FD + 1),
+    )
+    // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
+    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+    .map_err(|e| SpawnError::Sys("fcntl", e.into()))?;
+    drop(exec_error_low);
     let parent = nix::unistd::getpid().as_raw();
     let child_fds = ChildFds {
         targets: [
@@ -178,7 +189,7 @@ fn spawn_here(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
         Some(dir) => Some(Sandbox::new(
             dir,
             spec.runtime_bytes,
-            spec.max_file_bytes,
+            spec.memory_bytes,
             spec.run_as.as_ref(),
             &spec.writable_files,
         )?),
@@ -298,11 +309,17 @@ impl Exec {
         for arg in &spec.args {
             args.push(c(arg.as_bytes())?);
         }
-        let overridden: Vec<&OsString> = spec.env.iter().map(|(k, _)| k).collect();
+        // In a sandbox, UML makes its memory file in the tmpfs the sandbox
+        // leaves open for it.
+        let tmpdir = spec
+            .read_only_host_but
+            .is_some()
+            .then(|| OsString::from(format!("/proc/self/fd/{MEMORY_DIR_FD}")));
+        let sandboxed = tmpdir.is_some();
         let mut env = Vec::new();
         for (key, value) in std::env::vars_os()
-            .filter(|(k, _)| !overridden.contains(&k))
-            .chain(spec.env.iter().cloned())
+            .filter(|(k, _)| k != "TMPDIR" || !sandboxed)
+            .chain(tmpdir.map(|dir| (OsString::from("TMPDIR"), dir)))
         {
             env.push(c(&[key.as_bytes(), b"=", value.as_bytes()].concat())?);
         }
@@ -330,9 +347,16 @@ impl Exec {
 /// the host as the UML process, so this, not the guest's own mount flags, is
 /// what keeps a guest root that remounts its hostfs root read-write from
 /// writing host files (world-writable ones included, which an unprivileged
-/// user could still write). What it may write are two tmpfs of its own,
-/// each with a size limit: its runtime directory (hidden from the host,
-/// which reaches it as /proc/<pid>/root/<dir>) and /dev/shm.
+/// user could still write). What it may write are tmpfs of its own, each
+/// with a size limit: its runtime directory (hidden from the host, which
+/// reaches it as /proc/<pid>/root/<dir>), /dev/shm, and the one that holds
+/// UML's memory file.
+///
+/// That last one is mounted in no directory: UML reaches it through a
+/// descriptor ([`MEMORY_DIR_FD`], named in TMPDIR) and the guest, whose
+/// hostfs sees only paths, does not. A guest that filled a tmpfs its memory
+/// file shared (its /dev/shm, through hostfs) would have its VM killed
+/// with SIGBUS on the next page of guest memory the host had to find.
 struct Sandbox {
     root: CString,
     writable: CString,
@@ -340,6 +364,8 @@ struct Sandbox {
     tmpfs: CString,
     /// The private /dev/shm's options: its size limit.
     shm_options: CString,
+    /// The memory file's tmpfs's options (key, value): size, owner, mode.
+    memory_options: Vec<(CString, CString)>,
     /// The private runtime directory's: size, owner, mode.
     runtime_options: CString,
     /// Files bound writable over the read-only host.
@@ -355,13 +381,29 @@ struct MountAttr {
 }
 
 const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: libc::c_uint = 0x2;
+const MOUNT_ATTR_NODEV: libc::c_uint = 0x4;
 const AT_RECURSIVE: libc::c_uint = 0x8000;
+const FSOPEN_CLOEXEC: libc::c_uint = 0x1;
+const FSMOUNT_CLOEXEC: libc::c_uint = 0x1;
+const FSCONFIG_SET_STRING: libc::c_uint = 1;
+const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+
+/// The descriptor a sandboxed UML process finds its memory file's tmpfs
+/// on: the first after its console and command channel (0 to 4).
+const MEMORY_DIR_FD: RawFd = 5;
+
+/// A sandbox's memory tmpfs is the guest's memory and this much more.
+const MEMORY_SLACK_BYTES: u64 = 16 << 20;
+
+/// A sandbox's /dev/shm: what a guest may leave there through hostfs.
+const SHM_BYTES: u64 = 64 << 20;
 
 impl Sandbox {
     fn new(
         writable: &Path,
         runtime_bytes: u64,
-        shm_bytes: u64,
+        memory_bytes: u64,
         owner: Option<&RunAs>,
         files: &[PathBuf],
     ) -> Result<Sandbox, SpawnError> {
@@ -375,7 +417,16 @@ impl Sandbox {
             writable: c(writable.as_os_str().as_bytes())?,
             shm: c(b"/dev/shm")?,
             tmpfs: c(b"tmpfs")?,
-            shm_options: c(format!("size={shm_bytes},mode=1777").as_bytes())?,
+            shm_options: c(format!("size={SHM_BYTES},mode=1777").as_bytes())?,
+            memory_options: [
+                ("size", (memory_bytes + MEMORY_SLACK_BYTES).to_string()),
+                ("uid", uid.to_string()),
+                ("gid", gid.to_string()),
+                ("mode", "0700".to_string()),
+            ]
+            .iter()
+            .map(|(key, value)| Ok((c(key.as_bytes())?, c(value.as_bytes())?)))
+            .collect::<Result<_, _>>()?,
             runtime_options: c(format!("size={runtime_bytes},uid={uid},gid={gid},mode=0700").as_bytes())?,
             files: files
                 .iter()
@@ -442,6 +493,7 @@ impl Sandbox {
                 self.runtime_options.as_ptr().cast(),
             ) as libc::c_long)?;
         }
+        self.mount_memory_dir()?;
         for file in &self.files {
             // SAFETY: as above.
             check(unsafe {
@@ -459,6 +511,55 @@ impl Sandbox {
             )?;
         }
         Ok(())
+    }
+
+    /// Makes the memory file's tmpfs, attached to no directory, and leaves
+    /// it open on [`MEMORY_DIR_FD`] (dup2's copy survives exec). Runs in
+    /// the child, in the sandbox's namespaces.
+    fn mount_memory_dir(&self) -> Result<(), ()> {
+        let check = |r: libc::c_long| if r < 0 { Err(()) } else { Ok(r as RawFd) };
+        // SAFETY: the new mount API's calls, with valid C strings and the
+        // descriptors they return; each descriptor is closed on every path.
+        unsafe {
+            let context = check(libc::syscall(libc::SYS_fsopen, self.tmpfs.as_ptr(), FSOPEN_CLOEXEC))?;
+            let configured = self
+                .memory_options
+                .iter()
+                .map(|(key, value)| {
+                    libc::syscall(
+                        libc::SYS_fsconfig,
+                        context,
+                        FSCONFIG_SET_STRING,
+                        key.as_ptr(),
+                        value.as_ptr(),
+                        0,
+                    )
+                })
+                .chain(std::iter::once_with(|| {
+                    libc::syscall(
+                        libc::SYS_fsconfig,
+                        context,
+                        FSCONFIG_CMD_CREATE,
+                        std::ptr::null::<libc::c_char>(),
+                        std::ptr::null::<libc::c_void>(),
+                        0,
+                    )
+                }))
+                .try_for_each(|r| check(r).map(drop));
+            let mount = configured.and_then(|()| {
+                check(libc::syscall(
+                    libc::SYS_fsmount,
+                    context,
+                    FSMOUNT_CLOEXEC,
+                    MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+                ))
+            });
+            libc::close(context);
+            let mount = mount?;
+            let moved = libc::dup2(mount, MEMORY_DIR_FD);
+            libc::close(mount);
+            check(moved as libc::c_long).map(drop)
+        }
     }
 }
 
