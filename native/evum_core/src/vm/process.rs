@@ -124,6 +124,15 @@ fn spawner() -> &'static Sender<(SpawnSpec, Reply)> {
         keep_exit_statuses();
         let (tx, rx) = unbounded::<(SpawnSpec, Reply)>();
         let started = std::thread::Builder::new().name("evum-spawner".into()).spawn(move || {
+            // Children share this thread's memory until they exec, so no
+            // handler of the BEAM's may run in one: they start with every
+            // signal blocked and set the handlers back to the default
+            // before they unblock any.
+            use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
+            if let Err(e) = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), None) {
+                log::error!("evum: the spawner cannot block signals: {e}");
+                return;
+            }
             for (spec, reply) in rx {
                 let _ = reply.send(spawn_here(&spec));
             }
@@ -206,19 +215,44 @@ fn spawn_here(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
         sandbox,
     };
     let mut stack = vec![0u8; CHILD_STACK];
-    // SAFETY: the child gets a copy-on-write copy of this process (no
-    // CLONE_VM) in which only the calling thread exists, so it must not
-    // allocate or take locks: `child_main` makes only async-signal-safe
-    // system calls on data prepared above.
-    let pid = unsafe {
-        nix::sched::clone(
-            Box::new(|| child_main(parent, &child_fds, &walls, cpus.as_ref(), &exec)),
-            &mut stack,
-            nix::sched::CloneFlags::empty(),
-            Some(libc::SIGCHLD),
-        )
+    // The child shares this process's memory (CLONE_VM) until it execs, as
+    // posix_spawn's does: a copy of the BEAM's page tables would cost a
+    // millisecond or more per VM here, and a page fault in the BEAM for
+    // every page it writes next. A VM of a BEAM that is not root enters
+    // its user namespace at the clone (unshare refuses one to a process
+    // that shares its memory).
+    let mut flags = libc::CLONE_VM | libc::SIGCHLD;
+    if walls.user_namespace.is_some() {
+        flags |= libc::CLONE_NEWUSER;
     }
-    .map_err(|e| SpawnError::Sys("clone", e.into()))?;
+    let child = Child {
+        parent,
+        fds: &child_fds,
+        walls: &walls,
+        cpus: cpus.as_ref(),
+        exec: &exec,
+    };
+    // SAFETY: the child runs on `stack` in this process's memory, with this
+    // thread's signals all blocked, until it execs or exits; this thread
+    // keeps `stack` and `child`, with all it points to, alive until then
+    // (exec_settled below, or the kill and wait). `child_main` makes only
+    // async-signal-safe system calls on data prepared above: it allocates
+    // nothing and takes no lock. (nix's clone keeps the child's closure in
+    // its own frame, gone when it returns: no good with CLONE_VM.)
+    let pid = unsafe {
+        let top = stack.as_mut_ptr().add(stack.len());
+        let top = top.sub(top as usize % 16);
+        libc::clone(
+            child_entry,
+            top.cast(),
+            flags,
+            (&child as *const Child).cast_mut().cast(),
+        )
+    };
+    if pid < 0 {
+        return Err(SpawnError::Sys("clone", io::Error::last_os_error()));
+    }
+    let pid = Pid::from_raw(pid);
     drop((
         console_in_child,
         console_out_child,
@@ -258,6 +292,9 @@ fn spawn_here(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
 }
 
 const CHILD_STACK: usize = 64 * 1024;
+
+/// The highest signal number on Linux.
+const SIGRTMAX: libc::c_int = 64;
 
 /// How long a child may take from clone to exec.
 const EXEC_TIMEOUT_MS: u16 = 10_000;
@@ -637,8 +674,9 @@ impl UserNamespace {
         })
     }
 
-    /// Runs in the child: only system calls, no allocation.
-    fn enter(&self) -> Result<(), ()> {
+    /// Runs in the child, cloned into a new user namespace: maps evum's
+    /// ids into it. Only system calls, no allocation.
+    fn map_ids(&self) -> Result<(), ()> {
         let write = |path: &CString, bytes: &[u8]| {
             // SAFETY: open, write and close on a valid path and buffer.
             unsafe {
@@ -655,10 +693,6 @@ impl UserNamespace {
                 }
             }
         };
-        // SAFETY: unshare takes flags only.
-        if unsafe { libc::unshare(libc::CLONE_NEWUSER) } < 0 {
-            return Err(());
-        }
         // An unprivileged process may map only its own ids, and a gid only
         // once setgroups is denied.
         write(&self.setgroups, b"deny")?;
@@ -672,6 +706,22 @@ impl UserNamespace {
 struct ChildFds {
     targets: [RawFd; 5],
     exec_error: RawFd,
+}
+
+/// What the child reads, kept by the spawner until the child has exec'd.
+struct Child<'a> {
+    parent: i32,
+    fds: &'a ChildFds,
+    walls: &'a Walls,
+    cpus: Option<&'a CpuSet>,
+    exec: &'a Exec,
+}
+
+extern "C" fn child_entry(child: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: the pointer clone passes is the spawner's `Child`, alive
+    // until this process execs or exits.
+    let child = unsafe { &*(child as *const Child) };
+    child_main(child.parent, child.fds, child.walls, child.cpus, child.exec) as libc::c_int
 }
 
 /// Runs in the child between clone and exec. Returns only on failure, after
@@ -688,9 +738,15 @@ fn child_main(parent: i32, fds: &ChildFds, walls: &Walls, cpus: Option<&CpuSet>,
         unsafe { libc::write(fds.exec_error, errno.as_ptr().cast(), errno.len()) };
         127
     };
-    // SAFETY: plain system calls on this (single-threaded) child with valid
-    // arguments; the pointers come from `Exec`, alive for the whole call.
+    // SAFETY: plain system calls on this child (which shares the spawner's
+    // memory: it writes only its own stack) with valid arguments; the
+    // pointers come from `Exec`, alive for the whole call.
     unsafe {
+        if let Some(namespace) = &walls.user_namespace {
+            if namespace.map_ids().is_err() {
+                return fail(fds);
+            }
+        }
         if libc::setsid() < 0 || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong, 0, 0, 0) < 0 {
             return fail(fds);
         }
@@ -706,6 +762,17 @@ fn child_main(parent: i32, fds: &ChildFds, walls: &Walls, cpus: Option<&CpuSet>,
         if let Some(cpus) = cpus {
             if nix::sched::sched_setaffinity(Pid::from_raw(0), cpus).is_err() {
                 return fail(fds);
+            }
+        }
+        // The BEAM's handlers would run on its memory: back to the default,
+        // as exec would, before any signal is unblocked.
+        for signal in 1..=SIGRTMAX {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(signal, std::ptr::null(), &mut action) == 0
+                && action.sa_sigaction != libc::SIG_DFL
+                && action.sa_sigaction != libc::SIG_IGN
+            {
+                libc::signal(signal, libc::SIG_DFL);
             }
         }
         // The BEAM ignores or blocks signals (SIGPIPE, SIGHUP, SIGCHLD), and
@@ -735,11 +802,6 @@ fn child_main(parent: i32, fds: &ChildFds, walls: &Walls, cpus: Option<&CpuSet>,
         }
         for (target, fd) in high.into_iter().enumerate() {
             if libc::dup2(fd, target as RawFd) < 0 {
-                return fail(fds);
-            }
-        }
-        if let Some(namespace) = &walls.user_namespace {
-            if namespace.enter().is_err() {
                 return fail(fds);
             }
         }
