@@ -19,7 +19,8 @@ command_test_() ->
                 {"output past a command's own limit is an error, never held in memory", max_output},
                 {"cmd/3 takes a timeout or options; bad ones are errors, not crashes", cmd_options},
                 {"commands of any bytes run; NUL and over-long ones are refused", command_bytes},
-                {"a timed-out command, then others, all answered in turn", after_timeout}
+                {"a timed-out command, then others, all answered in turn", after_timeout},
+                {"a program a command leaves writing its output cannot break the framing", left_writing}
             ]
         ]
     end}.
@@ -145,3 +146,12 @@ after_timeout(Vm) ->
         end
      || N <- lists:seq(1, 20)
     ].
+
+%% The command's output file is still open in a program it started: the
+%% result carries the bytes there when the command ended, exactly as many
+%% as its header says, and the commands after it get their own.
+left_writing(Vm) ->
+    {ok, 0, Started} = evum:cmd(Vm, "(while :; do echo noise; done) & echo $! >/tmp/noisy.pid; echo started"),
+    ?assertNotEqual(nomatch, binary:match(Started, <<"started\n">>)),
+    {ok, 0, _} = evum:cmd(Vm, "sleep 0.2; kill $(cat /tmp/noisy.pid)"),
+    ?assertEqual({ok, 0, <<"quiet\n">>}, evum:cmd(Vm, "echo quiet")).

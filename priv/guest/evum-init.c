@@ -5,7 +5,7 @@
  * few milliseconds of host CPU, so the set-up a shell script would do with
  * mount, mkdir, ifconfig, ip, stty, setsid and cttyhack (one process each) is
  * done here with system calls, and init forks just twice: once for evum's
- * command loop, once for the console.
+ * command loop (evum-ctl.c, in this same program), once for the console.
  *
  * The kernel passes evum's settings from its command line in the
  * environment:
@@ -17,6 +17,10 @@
  *                  the common set-up, init becomes /sbin/evum-rootfs, which
  *                  mounts it and runs the console and the command loop
  *                  chrooted into it
+ *
+ * Run as /sbin/evum-ctl (a link to /init), the program is the command loop
+ * alone, each command chrooted into EVUM_CHROOT if that is set: what
+ * evum-rootfs starts.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -33,20 +37,18 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
-#include <termios.h>
 #include <unistd.h>
 
-#define SHELL "/bin/sh"
-#define CONTROL_LOOP "/sbin/evum-ctl"
+#include "evum-guest.h"
+
 #define ROOTFS_INIT "/sbin/evum-rootfs"
-#define CONTROL_LINE "/dev/ttyS0"
 /* Busybox itself is on a read-only disk (evum_core's image::busybox). */
 #define BUSYBOX_DISK "/dev/ubdp"
 #define BUSYBOX_DIR "/lib/busybox"
 #define BUSYBOX_READ_AHEAD "/sys/block/ubdp/queue/read_ahead_kb"
 
 /* Messages go to the console, where evum reports them with a failed boot. */
-static void complain(const char *what, const char *detail)
+void complain(const char *what, const char *detail)
 {
 	fprintf(stderr, "evum-init: %s%s%s: %s\n", what, detail ? " " : "", detail ? detail : "",
 		strerror(errno));
@@ -166,8 +168,7 @@ static void set_up_network(void)
 	close(sock);
 }
 
-/* Decodes standard base64 in place; returns NULL for malformed input. */
-static char *base64_decode(char *text)
+char *base64_decode(char *text)
 {
 	static const char alphabet[] =
 		"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -228,39 +229,23 @@ static pid_t start_console(const char *main_command)
 	_exit(127);
 }
 
-/* evum's command loop on its serial line, in raw mode so that bytes pass
- * unchanged. */
+/* evum's command loop, in a process of its own. */
 static void start_control_loop(void)
 {
-	struct termios mode;
-	int line, quiet;
-
-	if (fork() != 0)
-		return;
-	line = open(CONTROL_LINE, O_RDWR | O_NOCTTY);
-	if (line < 0) {
-		complain("open", CONTROL_LINE);
-		_exit(1);
-	}
-	if (tcgetattr(line, &mode) == 0) {
-		cfmakeraw(&mode);
-		tcsetattr(line, TCSANOW, &mode);
-	}
-	quiet = open("/dev/null", O_WRONLY);
-	dup2(line, 0);
-	dup2(line, 1);
-	dup2(quiet, 2);
-	execl(SHELL, "sh", CONTROL_LOOP, "-", (char *)NULL);
-	_exit(127);
+	if (fork() == 0)
+		_exit(control_loop(NULL));
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
 	const char *encoded = getenv("EVUM_INIT");
 	char *main_command = NULL;
+	const char *name = argc > 0 ? strrchr(argv[0], '/') : NULL;
 	pid_t console;
 	int status;
 
+	if (name && strcmp(name, "/evum-ctl") == 0)
+		return control_loop(getenv("EVUM_CHROOT"));
 	mount_filesystems();
 	set_hostname();
 	set_up_network();

@@ -26,10 +26,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::vm::options::BootOption;
 
-/// PID 1, built from `priv/guest/evum-init.c` by build.rs.
+/// PID 1, built from `priv/guest/evum-init.c` and `evum-ctl.c` by build.rs;
+/// also the command loop, run as `/sbin/evum-ctl`.
 const INIT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/evum-init"));
 const ROOTFS_INIT: &str = include_str!("../../../../priv/guest/evum-rootfs");
-const CONTROL_LOOP: &str = include_str!("../../../../priv/guest/evum-ctl");
 const UDHCPC_SCRIPT: &str = include_str!("../../../../priv/guest/udhcpc-script");
 const PROFILE: &str = "export PS1='\\u@\\h:\\w\\$ '\n";
 const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\n";
@@ -37,7 +37,7 @@ const GROUP: &str = "root:x:0:\n";
 const FSTAB: &str =
     "proc /proc proc defaults 0 0\nsysfs /sys sysfs defaults 0 0\ndevtmpfs /dev devtmpfs defaults 0 0\n";
 /// Bumped whenever the archive layout changes, so old cached archives are not reused.
-const LAYOUT_VERSION: u32 = 3;
+const LAYOUT_VERSION: u32 = 4;
 
 /// The UBD index of the busybox disk: `ubd15`, the guest's `/dev/ubdp`,
 /// which `evum-init.c` mounts on [`DISK_MOUNT`]. The last of UML's 16 disks,
@@ -126,7 +126,6 @@ pub fn busybox_image(busybox: &Path, cache_dir: &Path) -> Result<BusyboxImage, I
         meta.ino(),
         INIT,
         ROOTFS_INIT,
-        CONTROL_LOOP,
         UDHCPC_SCRIPT,
         PROFILE,
         FSTAB,
@@ -314,13 +313,7 @@ fn write_archive(path: &Path, applets: &[String]) -> io::Result<()> {
         None,
         &mut out,
     )?;
-    entry(
-        "sbin/evum-ctl",
-        S_IFREG | 0o755,
-        CONTROL_LOOP.as_bytes(),
-        None,
-        &mut out,
-    )?;
+    entry("sbin/evum-ctl", S_IFLNK | 0o777, b"/init", None, &mut out)?;
     entry(
         // Where Debian's busybox looks for it.
         "etc/udhcpc/default.script",

@@ -1,6 +1,6 @@
-//! The command channel: a second serial line between evum and a small shell
-//! loop in the guest (`priv/guest/evum-ctl`), kept in raw mode so that bytes
-//! pass unchanged.
+//! The command channel: a second serial line between evum and a small
+//! command loop in the guest (`priv/guest/evum-ctl.c`), kept in raw mode so
+//! that bytes pass unchanged.
 //!
 //! Host to guest, one command:
 //!

@@ -1,6 +1,6 @@
 //! Property tests of the command channel: the guest's side parsed from any
 //! bytes in reads of any size, and the host's requests read back as the
-//! guest's loop (`priv/guest/evum-ctl`) reads them.
+//! guest's loop (`priv/guest/evum-ctl.c`) reads them.
 
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -150,8 +150,8 @@ proptest! {
         prop_assert_eq!(words[1].parse::<u64>().ok(), Some(id));
         let lines: Vec<&[u8]> = lines.collect();
         prop_assert_eq!(words[2].parse::<usize>().ok(), Some(lines.len()));
-        // evum-ctl reads that many lines with `read -r`, each followed by a
-        // newline, and decodes them if they are base64.
+        // evum-ctl reads that many lines, each with its newline, and
+        // decodes them, joined without, if they are base64.
         let read_back = match words[0] {
             "RUN" => {
                 for line in &lines {
