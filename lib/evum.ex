@@ -210,7 +210,10 @@ defmodule Evum do
   defdelegate system(vm, command), to: :evum
 
   @doc """
-  Reboots the guest through the mconsole; see `Evum.Mcons.reboot/1`.
+  Reboots the guest through the mconsole. Commands called after it returns
+  run on the new boot; one the old boot was running is answered if it
+  finished in time, else `{:error, :rebooted}`. `Evum.Mcons.reboot/1` is
+  the bare mconsole request.
   """
   @spec reboot(Evm.vm()) :: {:ok, binary()} | {:error, term()}
   defdelegate reboot(vm), to: :evum

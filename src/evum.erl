@@ -325,10 +325,13 @@ system(Vm, Command) ->
         Error -> Error
     end.
 
-%% @doc Reboots the guest through the mconsole.
+%% @doc Reboots the guest through the mconsole. Commands called after it
+%% returns run on the new boot (they wait for its command loop); one the
+%% old boot was running is answered if it finished in time, else `{error,
+%% rebooted}'. `{error, booting}' while the VM boots.
 -spec reboot(evm:vm()) -> {ok, binary()} | {error, term()}.
 reboot(Vm) ->
-    mcons:reboot(Vm).
+    call(Vm, reboot).
 
 %% @doc The VM's OS pid, umid, runtime directory, mconsole socket, owner,
 %% label, phase, and `console_dropped': the console lines dropped so far

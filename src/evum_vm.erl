@@ -71,6 +71,9 @@
     %% holds little, and what overflows it is lost), and those waiting, each
     %% with the most output it may return.
     running :: undefined | non_neg_integer(),
+    %% A reboot asked through evum:reboot/1 is under way: commands wait for
+    %% the new boot's command loop, not the old one's last moments.
+    rebooting = false :: boolean(),
     queued = queue:new() :: queue:queue({non_neg_integer(), binary(), non_neg_integer()}),
     %% The most messages the owner may have waiting before the console is
     %% paused, what a pause does (hold: the console is no longer read and
@@ -233,6 +236,16 @@ started_call({cmd, Command, #{timeout := Timeout, max_output := MaxOutput}}, Fro
             },
             {noreply, run_next(Waiting)}
     end;
+started_call(reboot, _From, #state{phase = ready, vm = Vm} = S) ->
+    #{mconsole_socket := Socket} = evum_nif:vm_info(Vm),
+    case evum_nif:mconsole_request(Socket, <<"reboot">>, 1000) of
+        {ok, _} = Ok -> {reply, Ok, S#state{rebooting = true}};
+        {error, _} = Error -> {reply, Error, S}
+    end;
+started_call(reboot, _From, #state{phase = booting} = S) ->
+    {reply, {error, booting}, S};
+started_call(reboot, _From, S) ->
+    {reply, {error, not_running}, S};
 started_call({cmd, _, _}, _From, #state{phase = booting} = S) ->
     {reply, {error, booting}, S};
 started_call({cmd, _, _}, _From, S) ->
@@ -268,7 +281,7 @@ handle_info({evum_ctl, ready}, #state{running = Running} = S) ->
             undefined -> S;
             Id -> answer(Id, {error, rebooted}, S)
         end,
-    {noreply, run_next(Answered)};
+    {noreply, run_next(Answered#state{rebooting = false})};
 handle_info(evum_console, S) ->
     {noreply, check_backlog(S)};
 handle_info(check_backlog, #state{console_paused = true} = S) ->
@@ -412,8 +425,8 @@ answer(Id, Reply, #state{commands = Commands, running = Running} = S) ->
     end.
 
 %% Sends the next waiting command whose caller still waits, if the guest's
-%% loop is free.
-run_next(#state{running = undefined, queued = Queued, commands = Commands, vm = Vm} = S) ->
+%% loop is free (and not about to go with a reboot).
+run_next(#state{running = undefined, rebooting = false, queued = Queued, commands = Commands, vm = Vm} = S) ->
     case queue:out(Queued) of
         {empty, _} ->
             S;
