@@ -116,7 +116,9 @@ child_spec(Options) when is_list(Options) ->
 %% Name}': eth0 on a named network of the `networks' setting, with the next
 %% address from it), `{cpu, auto | any | N | [N]}' (the host CPUs the VM's
 %% processes run on: one evum picks in turn, the default; anywhere, the
-%% default with `{cpus, N > 1}'; or these; see README), `verbose' (the kernel's boot
+%% default with `{cpus, N > 1}'; or these; see README), `{nice, 0..19}' (the
+%% priority of the VM's processes on the host, 19 by default: the BEAM
+%% comes first; see README), `verbose' (the kernel's boot
 %% log on the console), `{seccomp, true}' (the guest's processes run under a
 %% seccomp filter instead of ptrace: faster system calls, but the kernel's
 %% own help calls it insecure with an untrusted userspace, so for trusted

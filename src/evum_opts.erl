@@ -42,7 +42,8 @@
     | {append, text() | [text()]}
     | {cpu, any | auto | non_neg_integer() | [non_neg_integer()]}
     | {seccomp, boolean()}
-    | {cpus, pos_integer()}.
+    | {cpus, pos_integer()}
+    | {nice, 0..19}.
 -type nif_option() :: {binary(), integer(), binary()}.
 
 %% @doc Checks and converts boot options. An unknown option or a value of
@@ -91,6 +92,10 @@ option({Name, Value} = O) when
 option({cpus, N}) when is_integer(N), N >= 1, N =< ?MAX_CPUS ->
     [{<<"cpus">>, -1, integer_to_binary(N)}];
 option({cpus, _} = O) ->
+    throw({bad_option, O});
+option({nice, N}) when is_integer(N), N >= 0, N =< 19 ->
+    [{<<"nice">>, -1, integer_to_binary(N)}];
+option({nice, _} = O) ->
     throw({bad_option, O});
 option({cpu, Cpu}) ->
     [{<<"cpu">>, -1, cpu_text(Cpu)}];

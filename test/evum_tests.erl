@@ -31,7 +31,8 @@ evum_test_() ->
             {"no scheduler is held while VMs boot", long_schedule},
             {"a guest root cannot reach host files", containment},
             {"tagged console messages", tagged},
-            {"a VM pinned to a CPU runs all its processes there", cpu}
+            {"a VM pinned to a CPU runs all its processes there", cpu},
+            {"a VM's processes and session run at the lowest priority unless nice says otherwise", nice}
         ]
     ]}.
 
@@ -497,6 +498,36 @@ cpu() ->
     ?assertEqual({error, {bad_option, {cpu, -1}}}, evm:create([{cpu, -1}])),
     ?assertEqual({error, {bad_option, {cpu, [0, x]}}}, evm:create([{cpu, [0, x]}])),
     ?assertEqual({error, {bad_option, {cpu, fast}}}, evm:create([{cpu, fast}])).
+
+nice() ->
+    Default = create([]),
+    #{os_pid := OsPid} = evum:info(Default),
+    %% Guest processes started after boot are host processes too.
+    {ok, 0, _} = evum:cmd(Default, "sleep 2 & true"),
+    Nices = lists:usort([N || P <- group_members(OsPid), N <- [nice_of(P)], N =/= gone]),
+    ?assertEqual([19], Nices),
+    %% Where the host groups by session, the VM's session is at 19 too.
+    case file:read_file("/proc/" ++ integer_to_list(OsPid) ++ "/autogroup") of
+        {ok, Group} -> ?assertMatch({match, _}, re:run(Group, " nice 19\n$"));
+        {error, enoent} -> ok
+    end,
+    ok = evm:stop(Default),
+    Plain = create([{nice, 0}]),
+    #{os_pid := PlainPid} = evum:info(Plain),
+    ?assertEqual(0, nice_of("/proc/" ++ integer_to_list(PlainPid))),
+    ok = evm:stop(Plain),
+    [?assertEqual({error, {bad_option, {nice, N}}}, evm:create([{nice, N}])) || N <- [20, -1, low]].
+
+%% A process's nice value, from /proc/<pid>/stat, or gone.
+nice_of(Proc) ->
+    case file:read_file(Proc ++ "/stat") of
+        {ok, Stat} ->
+            [_, After] = string:split(Stat, ") ", trailing),
+            %% After the command: state is field 3, nice field 19.
+            binary_to_integer(lists:nth(17, string:split(After, " ", all)));
+        {error, enoent} ->
+            gone
+    end.
 
 %% The CPUs this BEAM may run on.
 own_cpus() ->

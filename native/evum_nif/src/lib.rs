@@ -112,6 +112,13 @@ fn boot_option(term: Term) -> Result<BootOption, String> {
         "append" => BootOption::Append(value),
         "cpu" => BootOption::Cpu(CpuChoice::parse(&value).map_err(|e| e.to_string())?),
         "seccomp" => BootOption::Seccomp(flag(&value)),
+        "nice" => BootOption::Nice(
+            value
+                .parse()
+                .ok()
+                .filter(|n| *n <= evum_core::vm::priority::MAX_NICE)
+                .ok_or_else(|| format!("option nice: {value} is not a nice value (0 to 19)"))?,
+        ),
         "cpus" => BootOption::Cpus(
             value
                 .parse()

@@ -17,6 +17,7 @@ pub mod io_loop;
 pub mod jail;
 pub mod options;
 pub mod placement;
+pub mod priority;
 pub mod process;
 pub mod watchdog;
 
@@ -186,6 +187,7 @@ pub fn start(config: VmConfig, events: Box<dyn VmEvents>) -> Result<Vm, StartErr
                 args,
                 cpus,
                 run_as,
+                nice: priority::nice(&config.options),
                 read_only_host_but: sandboxed.then(|| uml_dir.clone()),
                 runtime_bytes: runtime_bytes(&config.options),
                 memory_bytes,

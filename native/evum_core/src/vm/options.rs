@@ -59,6 +59,9 @@ pub enum BootOption {
     /// `ncpus=N`: the guest's virtual CPUs. UML starts SMP only in seccomp
     /// mode, so this implies `Seccomp(true)`.
     Cpus(u32),
+    /// The nice value of the VM's processes (not a kernel parameter: see
+    /// [`crate::vm::priority`]).
+    Nice(u8),
 }
 
 /// Why a set of options cannot be turned into a command line.
@@ -171,7 +174,7 @@ pub fn kernel_args(id: &Identity, options: &[BootOption]) -> Result<Vec<String>,
                 }
             }
             // Applied to the process, not passed to the kernel.
-            BootOption::Cpu(_) => {}
+            BootOption::Cpu(_) | BootOption::Nice(_) => {}
             // Rendered once below: `cpus` implies seccomp too.
             BootOption::Seccomp(_) | BootOption::Cpus(_) => {}
         }
@@ -289,6 +292,7 @@ fn option_key(option: &BootOption) -> Option<String> {
         BootOption::Cpu(_) => "cpu".into(),
         BootOption::Seccomp(_) => "seccomp".into(),
         BootOption::Cpus(_) => "cpus".into(),
+        BootOption::Nice(_) => "nice".into(),
         BootOption::Append(_) => return None,
     })
 }

@@ -34,6 +34,9 @@ pub struct SpawnSpec {
     /// The CPUs the process (and every process it starts) may run on;
     /// None leaves it evum's own.
     pub cpus: Option<CpuSet>,
+    /// The nice value of the process (and every process it starts) and of
+    /// its session's scheduling group (see [`crate::vm::priority`]).
+    pub nice: u8,
     /// Run the VM in a mount namespace of its own in which every host
     /// filesystem is read-only, with a private tmpfs of its own on this
     /// directory (its runtime directory: see [`SpawnSpec::runtime_bytes`]),
@@ -213,6 +216,7 @@ fn spawn_here(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
         },
         limits: Limits::new(spec.max_file_bytes, spec.run_as.is_some()),
         sandbox,
+        nice: Nice::new(spec.nice),
     };
     let mut stack = vec![0u8; CHILD_STACK];
     // The child shares this process's memory (CLONE_VM) until it execs, as
@@ -601,8 +605,9 @@ impl Sandbox {
 }
 
 /// What walls the child in, made before the fork: the user it becomes, the
-/// namespaces it enters, its limits.
+/// namespaces it enters, its limits, its priority.
 struct Walls {
+    nice: Nice,
     run_as: Option<RunAs>,
     user_namespace: Option<UserNamespace>,
     limits: Limits,
@@ -701,6 +706,38 @@ impl UserNamespace {
     }
 }
 
+/// A VM's priority: its processes' nice value, and its session's
+/// scheduling group's where the host groups by session (autogroup).
+struct Nice {
+    value: libc::c_int,
+    /// The value as /proc/self/autogroup takes it.
+    text: Vec<u8>,
+}
+
+impl Nice {
+    fn new(value: u8) -> Nice {
+        Nice {
+            value: value.into(),
+            text: value.to_string().into_bytes(),
+        }
+    }
+
+    /// Runs in the child, after setsid made its session: only system
+    /// calls. Raising one's own nice needs no privilege; a host without
+    /// autogroup has no file to write, and the nice value alone counts.
+    fn apply(&self) {
+        // SAFETY: setpriority, open, write and close with valid arguments.
+        unsafe {
+            libc::setpriority(libc::PRIO_PROCESS, 0, self.value);
+            let group = libc::open(c"/proc/self/autogroup".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if group >= 0 {
+                libc::write(group, self.text.as_ptr().cast(), self.text.len());
+                libc::close(group);
+            }
+        }
+    }
+}
+
 /// The child's fds: `targets[n]` becomes fd n (stdin, stdout, stderr, and
 /// the command channel on 3 and 4).
 struct ChildFds {
@@ -750,6 +787,7 @@ fn child_main(parent: i32, fds: &ChildFds, walls: &Walls, cpus: Option<&CpuSet>,
         if libc::setsid() < 0 || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong, 0, 0, 0) < 0 {
             return fail(fds);
         }
+        walls.nice.apply();
         // The spawner may have died between clone and prctl.
         if libc::getppid() != parent {
             return 127;
