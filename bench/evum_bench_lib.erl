@@ -25,7 +25,8 @@
     wait_gone/2, live_members/1, members/1, cpu_ticks/1, pss/1, monitor_start/1, monitor_stop/1, long_report/2,
     timeout/1,
     %% Peer processes and switches
-    start_peer/4, with_peer_switch/4, stop_peer_switch/1, peer_ctl/1, netns/0, netns_tag/0,
+    start_peer/4, with_peer_switch/4, stop_peer_switch/1, peer_ctl/1, start_old_evum_switch/3,
+    serve_old_switch/1, netns/0, netns_tag/0,
     %% bench/run's bookkeeping
     tmp_base/0, note_beam_pid/1, note_pgid/2, warn_foreign/1
 ]).
@@ -820,6 +821,40 @@ start_peer(Kind, Cmd, Args, Dir) ->
 
 peer_ctl(#{ctl := Ctl}) -> Ctl.
 
+%% The switch of evum as it was at a commit (bench/peer-evum builds it):
+%% a BEAM of its own, started as a peer switch is, that loads that build of
+%% evum, starts a switch and writes its control socket's path into Dir
+%% (serve_old_switch/1), and stops with it when its stdin closes.
+start_old_evum_switch(Ebin, Tmp, Tag) ->
+    Dir = filename:join(Tmp, "sw-" ++ Tag),
+    ok = filelib:ensure_path(Dir),
+    Cmd = "exec erl -noshell -pa \"$1\" -pa \"$2\" -run evum_bench_lib serve_old_switch \"$3\"",
+    Here = filename:dirname(code:which(?MODULE)),
+    P = start_peer(evum_before_lab, Cmd, [Ebin, Here, Dir], Dir),
+    PathFile = filename:join(Dir, "ctl-path"),
+    Written = fun() ->
+        case file:read_file(PathFile) of
+            {ok, Path} when Path =/= <<>> -> {true, binary_to_list(Path)};
+            _ -> false
+        end
+    end,
+    Ctl = wait_peer(Written, P, {no_control_socket, PathFile}, 30000),
+    P1 = P#{ctl => Ctl},
+    wait_socket(P1, 5000),
+    io:format("evum_before_lab: evum from ~s, pid ~b, control socket ~s~n", [Ebin, maps:get(pgid, P), Ctl]),
+    P1.
+
+
+%% The peer BEAM's main: a switch on evum's defaults until stdin closes.
+serve_old_switch([Dir]) ->
+    note_beam_pid(tmp_base()),
+    {ok, _} = application:ensure_all_started(evum),
+    {ok, S} = evum_switch:start(),
+    ok = file:write_file(filename:join(Dir, "ctl-path"), evum_switch:control_socket(S)),
+    _ = io:get_line(""),
+    evum_switch:stop(S),
+    halt().
+
 with_peer_switch(Kind, Tmp, Tag, Fun) ->
     P = start_peer_switch(Kind, Tmp, Tag),
     try
@@ -830,14 +865,20 @@ with_peer_switch(Kind, Tmp, Tag, Fun) ->
 
 %% Waits until the peer listens on Ctl: both peers bind the socket before they
 %% listen, so a connect between the two is refused although the file exists.
-wait_socket(#{ctl := Ctl, port := Port, kind := Kind} = P, Ms) ->
-    case listening(Ctl) of
+wait_socket(#{ctl := Ctl} = P, Ms) ->
+    wait_peer(fun() -> listening(Ctl) end, P, {no_control_socket, Ctl}, Ms).
+
+%% Waits up to Ms for Ready() to be true (or {true, Value}: Value is
+%% returned), as long as the peer runs.
+wait_peer(Ready, #{port := Port, kind := Kind} = P, {Why, What}, Ms) ->
+    case Ready() of
         true -> ok;
-        false when Ms =< 0 -> error({no_control_socket, Kind, Ctl});
-        _ ->
+        {true, Value} -> Value;
+        false when Ms =< 0 -> error({Why, Kind, What});
+        false ->
             receive
                 {Port, {exit_status, St}} -> error({peer_switch_exited, Kind, St})
-            after 20 -> wait_socket(P, Ms - 20)
+            after 20 -> wait_peer(Ready, P, {Why, What}, Ms - 20)
             end
     end.
 

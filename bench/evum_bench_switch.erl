@@ -19,6 +19,7 @@
 -import(evum_bench_lib, [
     env_int/2, header/1, median/1, mean/1, rounds/4, figure/6, ratio/5, no_regression/4, ab_compare/2, flush/0,
     now_us/0, kernel/0, debian_kernel/0, guest/2, guest_if/1, wait_listening/3, with_peer_switch/4, peer_ctl/1,
+    start_old_evum_switch/3, stop_peer_switch/1,
     netns/0, netns_tag/0
 ]).
 
@@ -70,8 +71,8 @@ switch_bench({S, Open}, Load, Secs, Rounds, Tmp) ->
     io:format("evum: evum_switch:start/1 in this node, control socket ~s~n", [Ctl]),
     io:format("~n-- 1. daemon transport, client A -> switch -> client B (same load generator for all) --~n"),
     Daemon = with_peer_switch(uml_switch, Tmp, "uml-1", fun(Uml) ->
-        with_peer_switch(vde_switch, Tmp, "vde-1", fun(Vde) ->
-            Kinds = [{evum, Ctl}, {uml_switch, peer_ctl(Uml)}, {vde_switch, peer_ctl(Vde)}],
+        with_peer_switch(vde_switch, Tmp, "vde-1", fun(Vde) -> with_old_evum(Tmp, fun(Old) ->
+            Kinds = [{evum, Ctl}, {uml_switch, peer_ctl(Uml)}, {vde_switch, peer_ctl(Vde)} | Old],
             %% Each round every switch, in turn, both sizes.
             ByKind = rounds(Kinds, Rounds, fun({Kind, Path}, I) ->
                 maps:from_list([
@@ -85,7 +86,7 @@ switch_bench({S, Open}, Load, Secs, Rounds, Tmp) ->
             end, -1),
             maps:from_list([{{Kind, Size}, [maps:get(Size, R) || R <- L]}
                             || {{Kind, _}, L} <- maps:to_list(ByKind), Size <- Sizes])
-        end)
+        end) end)
     end),
     io:format("~n-- 2. bess transport (SOCK_SEQPACKET) on evum's switch, A -> B --~n"),
     BessR = lists:foldl(
@@ -127,7 +128,7 @@ switch_bench({S, Open}, Load, Secs, Rounds, Tmp) ->
                   [Kind, Size, round(Fps(Kind, Size)), Med(mbps, maps:get({Kind, Size}, Daemon)),
                    round(Med(offered_fps, maps:get({Kind, Size}, Daemon))),
                    100 * Med(drop_share, maps:get({Kind, Size}, Daemon))])
-     || Kind <- [evum, uml_switch, vde_switch], Size <- Sizes
+     || Kind <- [evum, uml_switch, vde_switch, evum_before_lab], maps:is_key({Kind, 64}, Daemon), Size <- Sizes
     ],
     [
         io:format("  ~-10s ~4b-byte: ~8b frames/s  ~7.1f Mbit/s  offered ~8b frames/s  dropped ~4.1f%~n",
@@ -154,6 +155,7 @@ switch_bench({S, Open}, Load, Secs, Rounds, Tmp) ->
     Ratio("switch daemon 1514-byte frames/s evum/uml_switch", E1514 / Fps(uml_switch, 1514), '>=', 1.0),
     Ratio("switch daemon 64-byte frames/s evum/vde_switch", E64 / Fps(vde_switch, 64), '>=', 1.0),
     Ratio("switch daemon 1514-byte frames/s evum/vde_switch", E1514 / Fps(vde_switch, 1514), '>=', 1.0),
+    old_evum_figures(Daemon, Fps, Ratio),
     %% Between two bess endpoints the issue's targets are the daemon
     %% transport's: uml_switch has no bess, so its daemon figures are the peer.
     Figure("switch bess 64-byte frames forwarded/s (2x uml_switch's daemon figure)", round(B64), "", '>=',
@@ -168,6 +170,36 @@ switch_bench({S, Open}, Load, Secs, Rounds, Tmp) ->
     io:format("~n"),
     daemon_guest_figures(Guests, Tag),
     bess_guest_figures(Guests, Tag).
+
+%% evum's switch against itself before the lab came (no impairment is
+%% configured in either): what the lab costs a switch that does not use it.
+old_evum_figures(Daemon, Fps, Ratio) ->
+    case maps:is_key({evum_before_lab, 64}, Daemon) of
+        true ->
+            Commit = os:getenv("EVUM_BENCH_PEER_COMMIT"),
+            [Ratio(lists:flatten(io_lib:format("switch daemon ~b-byte frames/s evum/evum before the lab (~s)", [Size, Commit])),
+                   Fps(evum, Size) / Fps(evum_before_lab, Size), '>=', 0.97)
+             || Size <- [64, 1514]];
+        false ->
+            ok
+    end.
+
+%% Runs Fun with the kinds the peer "evum before the lab" adds to part 1:
+%% none, with the reason printed, where bench/run could not build it.
+with_old_evum(Tmp, Fun) ->
+    case os:getenv("EVUM_BENCH_PEER_EBIN", "") of
+        "" ->
+            io:format("evum_before_lab: left out (EVUM_BENCH_SWITCH_PEER is empty, or bench/peer-evum could not "
+                      "build it: see above)~n"),
+            Fun([]);
+        Ebin ->
+            Old = start_old_evum_switch(Ebin, Tmp, "old"),
+            try
+                Fun([{evum_before_lab, peer_ctl(Old)}])
+            after
+                stop_peer_switch(Old)
+            end
+    end.
 
 %% The guests over the daemon transport, on Debian's 6.1: evum's switch
 %% against uml_switch (left out where 6.1 does not run).
@@ -251,16 +283,16 @@ limits_rounds(S, Open, Load, Secs, Rounds) ->
 %% Rounds of the daemon load (64-byte frames) on evum's switch as it is,
 %% with loss and delay on the frames to a third port (an attached process
 %% that takes no part in the load), and with a capture of every frame into
-%% a file: State => [Result].
+%% a file on a tmpfs (/dev/shm: what the switch's capture costs) and on the
+%% disk the benchmark's directory is on (what writing it back costs too):
+%% State => [Result].
 faults_rounds(S, Load, Secs, Rounds, Tmp) ->
     Ctl = binary_to_list(evum_switch:control_socket(S)),
     {ok, Other} = evum_switch:attach(S, [{mac, <<2, 16#be, 0, 0, 0, 16#0f>>}]),
-    File = filename:join(Tmp, "bench-capture.pcap"),
-    Setups = [
-        {clean, fun() -> ok end, fun() -> ok end},
-        {impaired_other, fun() -> ok = evum_switch:impair(S, Other, #{loss => 0.1, delay => 10}) end,
-            fun() -> ok = evum_switch:clear(S, Other) end},
-        {capture_all,
+    ShmDir = string:trim(os:cmd("mktemp -d /dev/shm/evum-bench-XXXXXX")),
+    Capture = fun(Kind, Dir) ->
+        File = filename:join(Dir, "bench-capture.pcap"),
+        {Kind,
             fun() ->
                 file:delete(File),
                 {ok, C} = evum_switch:capture(S, all, File),
@@ -271,6 +303,13 @@ faults_rounds(S, Load, Secs, Rounds, Tmp) ->
                 io:format("    (captured ~b frames, ~b bytes)~n", [Frames, filelib:file_size(File)]),
                 file:delete(File)
             end}
+    end,
+    Setups = [
+        {clean, fun() -> ok end, fun() -> ok end},
+        {impaired_other, fun() -> ok = evum_switch:impair(S, Other, #{loss => 0.1, delay => 10}) end,
+            fun() -> ok = evum_switch:clear(S, Other) end},
+        Capture(capture_all, ShmDir),
+        Capture(capture_all_disk, Tmp)
     ],
     ByKind = rounds(Setups, Rounds, fun({Kind, Setup, Teardown}, I) ->
         Setup(),
@@ -280,16 +319,20 @@ faults_rounds(S, Load, Secs, Rounds, Tmp) ->
         R
     end, -1),
     evum_switch:detach(S, Other),
+    file:del_dir_r(ShmDir),
     flush(),
     maps:from_list([{Kind, L} || {{Kind, _, _}, L} <- maps:to_list(ByKind)]).
 
 faults_figures(Faults, Ratio) ->
     Fps = fun(Kind) -> median([maps:get(fps, R) || R <- maps:get(Kind, Faults)]) end,
     Clean = Fps(clean),
-    io:format("  daemon 64-byte: ~b frames/s clean, ~b with an impairment on another port, ~b captured~n",
-              [round(Clean), round(Fps(impaired_other)), round(Fps(capture_all))]),
+    io:format("  daemon 64-byte: ~b frames/s clean, ~b with an impairment on another port, ~b captured to a tmpfs, "
+              "~b captured to the disk~n",
+              [round(Clean), round(Fps(impaired_other)), round(Fps(capture_all)), round(Fps(capture_all_disk))]),
     Ratio("switch daemon 64-byte frames/s with another port impaired/clean", Fps(impaired_other) / Clean, '>=', 0.95),
-    Ratio("switch daemon 64-byte frames/s with every frame captured/clean", Fps(capture_all) / Clean, '>=', 0.90).
+    Ratio("switch daemon 64-byte frames/s with every frame captured/clean", Fps(capture_all) / Clean, '>=', 0.90),
+    io:format("  (captured to the disk/clean: ~.3f; the host's writeback shares the two cores too)~n",
+              [Fps(capture_all_disk) / Clean]).
 
 limits_figures(Limits, Ratio) ->
     Fps = fun(Key) -> median([maps:get(fps, R) || R <- maps:get(Key, Limits)]) end,
