@@ -16,22 +16,28 @@ use std::sync::{Mutex, OnceLock};
 
 // add GROUP DIR: a VM (kill the group, remove the dir); del GROUP: it is gone.
 // keep ID DIR: a directory only (a switch's); drop ID: it is gone.
+// Each is a variable of its own (vm_GROUP, kept_ID), so the loop runs no
+// command at all: a watchdog that forked for every line fell behind when
+// 1000 VMs stopped at once, and a full pipe means evum gives it up. The
+// ones left are listed once, when the pipe closes.
 const SCRIPT: &str = r#"
 trap '' INT HUP TERM PIPE
-groups=
-dirs=
 while IFS=' ' read -r verb id dir; do
+    case $id in '' | *[!0-9]*) continue ;; esac
     case $verb in
-    add) eval "dir_$id=\$dir"; groups="$groups $id" ;;
-    del) groups=$(printf '%s ' $groups | sed "s/\(^\| \)$id / /"); unset "dir_$id" ;;
-    keep) eval "dir_d$id=\$dir"; dirs="$dirs d$id" ;;
-    drop) dirs=$(printf '%s ' $dirs | sed "s/\(^\| \)d$id / /"); unset "dir_d$id" ;;
+    add) eval "vm_$id=\$dir" ;;
+    del) unset "vm_$id" ;;
+    keep) eval "kept_$id=\$dir" ;;
+    drop) unset "kept_$id" ;;
     esac
 done
-for group in $groups; do kill -KILL -"$group" 2>/dev/null; done
+left=$(set | sed -n -e 's/^\(vm_[0-9][0-9]*\)=.*/\1/p' -e 's/^\(kept_[0-9][0-9]*\)=.*/\1/p')
+for name in $left; do
+    case $name in vm_*) kill -KILL -"${name#vm_}" 2>/dev/null ;; esac
+done
 sleep 0.2
-for id in $groups $dirs; do
-    eval "dir=\$dir_$id"
+for name in $left; do
+    eval "dir=\$$name"
     rm -rf "$dir"
     rmdir "${dir%/*}" 2>/dev/null
 done
