@@ -237,8 +237,7 @@ started_call({cmd, Command, #{timeout := Timeout, max_output := MaxOutput}}, Fro
             {noreply, run_next(Waiting)}
     end;
 started_call(reboot, _From, #state{phase = ready, vm = Vm} = S) ->
-    #{mconsole_socket := Socket} = evum_nif:vm_info(Vm),
-    case evum_nif:mconsole_request(Socket, <<"reboot">>, 1000) of
+    case mconsole(Vm, <<"reboot">>) of
         {ok, _} = Ok -> {reply, Ok, S#state{rebooting = true}};
         {error, _} = Error -> {reply, Error, S}
     end;
@@ -477,8 +476,7 @@ run_stop_step(sync, Vm) ->
         _ -> self() ! {stop_step, halt}
     end;
 run_stop_step(halt, Vm) ->
-    #{mconsole_socket := Socket} = evum_nif:vm_info(Vm),
-    case evum_nif:mconsole_request(Socket, <<"halt">>, 1000) of
+    case mconsole(Vm, <<"halt">>) of
         {ok, _} -> erlang:send_after(?HALT_GRACE, self(), {stop_step, sigterm});
         _ -> self() ! {stop_step, sigterm}
     end;
@@ -487,6 +485,11 @@ run_stop_step(sigterm, Vm) ->
     erlang:send_after(?TERM_GRACE, self(), {stop_step, sigkill});
 run_stop_step(sigkill, Vm) ->
     evum_nif:vm_signal(Vm, sigkill, true).
+
+%% A request to the VM's own mconsole, answered within a second.
+mconsole(Vm, Request) ->
+    #{mconsole_socket := Socket} = evum_nif:vm_info(Vm),
+    evum_nif:mconsole_request(Socket, Request, 1000).
 
 index(X, List) -> length(lists:takewhile(fun(Y) -> Y =/= X end, List)).
 
@@ -567,9 +570,8 @@ stop_guest(_Reason, #state{vm = undefined}) ->
 stop_guest(_Reason, #state{vm = Vm}) ->
     %% mconsole halt first: SIGTERM alone can catch UML's kernel mid-way and
     %% end it in a panic, printed on the owner's console.
-    #{mconsole_socket := Socket} = evum_nif:vm_info(Vm),
     Halted =
-        case evum_nif:mconsole_request(Socket, <<"halt">>, 1000) of
+        case mconsole(Vm, <<"halt">>) of
             {ok, _} -> wait_exit(?HALT_GRACE);
             _ -> false
         end,

@@ -758,12 +758,19 @@ extern "C" fn child_entry(child: *mut libc::c_void) -> libc::c_int {
     // SAFETY: the pointer clone passes is the spawner's `Child`, alive
     // until this process execs or exits.
     let child = unsafe { &*(child as *const Child) };
-    child_main(child.parent, child.fds, child.walls, child.cpus, child.exec) as libc::c_int
+    child_main(child) as libc::c_int
 }
 
 /// Runs in the child between clone and exec. Returns only on failure, after
 /// writing the errno to the exec error pipe.
-fn child_main(parent: i32, fds: &ChildFds, walls: &Walls, cpus: Option<&CpuSet>, exec: &Exec) -> isize {
+fn child_main(child: &Child) -> isize {
+    let Child {
+        parent,
+        fds,
+        walls,
+        cpus,
+        exec,
+    } = *child;
     let sandbox = walls.sandbox.as_ref();
     const ADDR_NO_RANDOMIZE: libc::c_ulong = 0x0040000;
     let fail = |fds: &ChildFds| -> isize {
