@@ -43,22 +43,28 @@ sample_ok(S) -> error({sample_failed, maps:with([failed, not_ok, left, left_dirs
 
 measure(N, Idle) ->
     io:format("~n-- ~b VMs --~n", [N]),
-    Tickers = [spawn_link(fun() -> tick(now_us(), 0, 0, 0) end)
+    Tickers = [spawn_link(fun() -> tick(now_us(), {0, 0}, 0, 0) end)
                || _ <- lists:seq(1, erlang:system_info(schedulers_online))],
+    Peer = start_peer_ticker(),
     T0 = now_us(),
     %% (The tickers are linked: they end with this node if the fleet fails.)
     R = evum_bench_density:fleet(N, #{idle => Idle, timeout => 900000}),
     Ticks = [stop_ticker(T) || T <- Tickers],
+    PeerTicks = stop_peer_ticker(Peer),
     Total = (now_us() - T0) / 1.0e6,
     #{vms := Vms, wall := Wall, pss_per_vm := PerVm, procs_per_vm := Procs, left := Left, left_dirs := Dirs,
       failed := Failed, not_ok := NotOk} = R,
-    Worst = lists:max([W || {W, _, _} <- Ticks]),
+    {Worst, WorstAt} = lists:max([W || {W, _, _} <- Ticks]),
     Over5 = lists:sum([O || {_, O, _} <- Ticks]),
     NTicks = lists:sum([C || {_, _, C} <- Ticks]),
     Long = lists:append([maps:get(K, R) || K <- [long_create, long_run, long_stop]]),
     LongMax = lists:max([0 | [timeout(L) || L <- Long]]),
     io:format("~nticker (~b processes, 1 ms timers, for the whole ~.1f s): ~b ticks, ~b late by more than 5 ms, "
-              "worst ~.1f ms late~n", [length(Tickers), Total, NTicks, Over5, Worst / 1000]),
+              "worst ~.1f ms late (at ~s)~n", [length(Tickers), Total, NTicks, Over5, Worst / 1000, clock(WorstAt)]),
+    #{ticks := PeerN, over_5ms := PeerOver5, worst_us := PeerWorst, worst_at := PeerAt} = PeerTicks,
+    io:format("a plain program outside the BEAM (bench/wake_ticker.rs: a session of its own at nice 0, as the "
+              "BEAM; 1 ms sleeps), the same run: ~b ticks, ~b late by more than 5 ms, worst ~.1f ms late (at ~s)~n",
+              [PeerN, PeerOver5, PeerWorst / 1000, clock(PeerAt)]),
     io:format("created ~b of ~b (failures ~b, not answering ~b); ~.1f host processes per VM~n",
               [Vms, N, length(Failed), length(NotOk), Procs]),
     io:format("~n"),
@@ -67,6 +73,9 @@ measure(N, Idle) ->
     figure("density1000 VMs created and answering", Vms - length(NotOk), "", '>=', N),
     figure("density1000 worst scheduler delay (ticker, whole run)", Worst / 1000, "ms", '=<', 5.0),
     figure("density1000 longest long_schedule report (whole run)", LongMax, "ms", '=<', 5),
+    figure("density1000 worst delay of a plain program's 1 ms sleep (peer, same run)", PeerWorst / 1000, "ms", '=<',
+           5.0),
+    figure("density1000 worst scheduler delay, BEAM / plain program", Worst / max(1, PeerWorst), "", '=<', 1.0),
     figure("density1000 UML processes left after the stops", length(Left), "", '=<', 0),
     figure("density1000 runtime dirs left after the stops", length(Dirs), "", '=<', 0),
     case {Failed, NotOk, Left, Dirs} of
@@ -76,15 +85,37 @@ measure(N, Idle) ->
 
 %% A process that asks for a 1 ms timeout again and again and keeps how late
 %% the wake-ups come: what any ordinary process of the node waits for a
-%% scheduler. {Worst us, ticks over 5 ms late, ticks}.
+%% scheduler. {{Worst us, when (ms since the epoch)}, ticks over 5 ms late,
+%% ticks}.
 tick(Last, Worst, Over, Count) ->
     receive
         {stop, From} -> From ! {ticks, self(), {Worst, Over, Count}}
     after 1 ->
         Now = now_us(),
         Late = Now - Last - 1000,
-        tick(Now, max(Worst, Late), Over + (if Late > 5000 -> 1; true -> 0 end), Count + 1)
+        tick(Now, max(Worst, {Late, os:system_time(millisecond)}), Over + (if Late > 5000 -> 1; true -> 0 end),
+             Count + 1)
     end.
+
+%% The same outside the BEAM: bench/wake_ticker.rs, which bench/run built.
+%% What it sees, every program on the host sees (see its comment).
+start_peer_ticker() ->
+    Path = filename:join([os:getenv("EVUM_BENCH_TMP"), "bench", "wake_ticker"]),
+    open_port({spawn_executable, Path}, [{line, 256}, exit_status, use_stdio]).
+
+stop_peer_ticker(Port) ->
+    port_command(Port, "\n"),
+    receive
+        {Port, {data, {eol, Line}}} ->
+            ["ticks", N, "late_over_5ms", Over, "worst_us", Worst, "worst_at", At] = string:lexemes(Line, " "),
+            #{ticks => list_to_integer(N), over_5ms => list_to_integer(Over), worst_us => list_to_integer(Worst),
+              worst_at => round(list_to_float(At) * 1000)}
+    after 5000 -> error(wake_ticker_silent)
+    end.
+
+%% A time of day, to the millisecond, from ms since the epoch.
+clock(Ms) ->
+    calendar:system_time_to_rfc3339(Ms, [{unit, millisecond}, {offset, "Z"}]).
 
 stop_ticker(T) ->
     T ! {stop, self()},
