@@ -26,6 +26,7 @@ evum_test_() ->
             {"an owner exit stops its VM", owner_exit},
             {"exit(Vm, kill) leaves nothing", brutal_kill},
             {"a killed BEAM leaves nothing", beam_killed},
+            {"the cgroups of a BEAM killed with its watchdog go with the next BEAM's first VM", stale_groups},
             {"errors, never crashes", errors},
             {"a flooding guest loses nothing", flood},
             {"no scheduler is held while VMs boot", long_schedule},
@@ -327,7 +328,30 @@ beam_killed() ->
     os:cmd("kill -9 " ++ Beam),
     assert_gone(#{os_pid => OsPid, runtime_dir => Dir}),
     %% The switch's sockets too.
-    ?assert(wait_until(fun() -> not filelib:is_dir(SwitchDir) end, 5000)).
+    ?assert(wait_until(fun() -> not filelib:is_dir(SwitchDir) end, 5000)),
+    %% And its group of VMs, where evum made one.
+    case cpu_groups() of
+        {Mount, _} ->
+            ?assert(wait_until(fun() -> not filelib:is_dir(filename:join(Mount, "evum-" ++ Beam)) end, 5000));
+        none ->
+            ok
+    end.
+
+stale_groups() ->
+    case cpu_groups() of
+        {Mount, _} ->
+            %% No process has a pid above pid_max: this BEAM is gone.
+            {ok, Max} = file:read_file("/proc/sys/kernel/pid_max"),
+            Dead = filename:join(Mount, "evum-" ++ integer_to_list(binary_to_integer(string:trim(Max)) + 1)),
+            ok = file:make_dir(Dead),
+            ok = file:make_dir(filename:join(Dead, "evum-1-1")),
+            Ebin = filename:dirname(code:which(evm)),
+            Output = erl_session(Ebin, ["{ok, Vm} = evm:create([]), evm:stop(Vm).\n", "halt().\n"]),
+            ?assertMatch({_, _}, binary:match(Output, <<"ok">>), Output),
+            ?assertNot(filelib:is_dir(Dead));
+        none ->
+            ok
+    end.
 
 errors() ->
     ?assertMatch({error, {spawn, _}}, evm:create([{kernel, "/nonexistent/linux"}])),
@@ -508,15 +532,97 @@ nice() ->
     ?assertEqual([19], Nices),
     %% Where the host groups by session, the VM's session is at 19 too.
     case file:read_file("/proc/" ++ integer_to_list(OsPid) ++ "/autogroup") of
-        {ok, Group} -> ?assertMatch({match, _}, re:run(Group, " nice 19\n$"));
+        {ok, Autogroup} -> ?assertMatch({match, _}, re:run(Autogroup, " nice 19\n$"));
         {error, enoent} -> ok
+    end,
+    %% As root, on a host with a cpu cgroup hierarchy, every process of the
+    %% VM is in a cgroup of its own, weighted by its nice value, in this
+    %% BEAM's group of VMs (which weighs as nice 19), until the VM is gone.
+    Groups = cpu_groups(),
+    Own = fun(Info) -> "/evum-" ++ os:getpid() ++ "/" ++ binary_to_list(maps:get(umid, Info)) end,
+    DefaultInfo = evum:info(Default),
+    case Groups of
+        {Mount, Weight} ->
+            Group = Own(DefaultInfo),
+            ?assertEqual([Group], lists:usort([G || P <- group_members(OsPid), G <- [cpu_group_of(P)], G =/= gone])),
+            ?assertEqual(Weight(19), read_weight(Mount ++ Group)),
+            ?assertEqual(Weight(19), read_weight(filename:dirname(Mount ++ Group)));
+        none ->
+            ok
     end,
     ok = evm:stop(Default),
     Plain = create([{nice, 0}]),
-    #{os_pid := PlainPid} = evum:info(Plain),
+    #{os_pid := PlainPid} = PlainInfo = evum:info(Plain),
     ?assertEqual(0, nice_of("/proc/" ++ integer_to_list(PlainPid))),
-    ok = evm:stop(Plain),
+    case Groups of
+        {Mount1, Weight1} ->
+            PlainGroup = Mount1 ++ Own(PlainInfo),
+            ?assertEqual(Weight1(0), read_weight(PlainGroup)),
+            ok = evm:stop(Plain),
+            ?assert(wait_until(fun() -> not filelib:is_dir(PlainGroup) end, 2000)),
+            ?assertNot(filelib:is_dir(Mount1 ++ Own(DefaultInfo)));
+        none ->
+            ok = evm:stop(Plain)
+    end,
     [?assertEqual({error, {bad_option, {nice, N}}}, evm:create([{nice, N}])) || N <- [20, -1, low]].
+
+%% Where evum puts VMs in cgroups (root, and a hierarchy with the cpu
+%% controller): {the hierarchy's mount point, Nice -> the weight file's text},
+%% else none, with the reason printed.
+cpu_groups() ->
+    {ok, Info} = file:read_file("/proc/self/mountinfo"),
+    Mounts = [
+        {binary_to_list(Point), Type, binary:split(Options, <<",">>, [global])}
+     || Line <- binary:split(Info, <<"\n">>, [global, trim]),
+        [Mount, Fs] <- [binary:split(Line, <<" - ">>)],
+        Point <- [lists:nth(5, binary:split(Mount, <<" ">>, [global]))],
+        [Type, _, Options | _] <- [binary:split(Fs, <<" ">>, [global])]
+    ],
+    V2 = [P || {P, <<"cgroup2">>, _} <- Mounts, has_cpu_controller(P)],
+    V1 = [P || {P, <<"cgroup">>, Options} <- Mounts, lists:member(<<"cpu">>, Options)],
+    Root = os:cmd("id -u") =:= "0\n",
+    case {Root, V2, V1} of
+        {false, _, _} ->
+            io:format(user, "~nnice: not root, so no cgroups of evum's to check~n", []),
+            none;
+        {true, [Mount | _], _} ->
+            {Mount, fun(Nice) -> integer_to_list(Nice) end};
+        {true, [], [Mount | _]} ->
+            Shares = #{0 => "1024", 19 => "15"},
+            {Mount, fun(Nice) -> maps:get(Nice, Shares) end};
+        {true, [], []} ->
+            io:format(user, "~nnice: the host has no cpu cgroup hierarchy to check~n", []),
+            none
+    end.
+
+has_cpu_controller(Mount) ->
+    case file:read_file(filename:join(Mount, "cgroup.controllers")) of
+        {ok, C} -> lists:member(<<"cpu">>, string:lexemes(C, " \n"));
+        {error, _} -> false
+    end.
+
+%% A group's weight: cpu.weight.nice (v2) or cpu.shares (v1), as text.
+read_weight(Dir) ->
+    File =
+        case filelib:is_regular(filename:join(Dir, "cpu.weight.nice")) of
+            true -> "cpu.weight.nice";
+            false -> "cpu.shares"
+        end,
+    {ok, W} = file:read_file(filename:join(Dir, File)),
+    string:trim(binary_to_list(W)).
+
+%% A process's cgroup in the cpu hierarchy (as /proc/<pid>/cgroup names
+%% it: from the hierarchy's root), or gone.
+cpu_group_of(Proc) ->
+    case file:read_file(Proc ++ "/cgroup") of
+        {ok, Lines} ->
+            hd([binary_to_list(Path)
+                || Line <- binary:split(Lines, <<"\n">>, [global, trim]),
+                   [_, Controllers, Path] <- [binary:split(Line, <<":">>, [global])],
+                   Controllers =:= <<>> orelse lists:member(<<"cpu">>, binary:split(Controllers, <<",">>, [global]))]);
+        {error, enoent} ->
+            gone
+    end.
 
 %% A process's nice value, from /proc/<pid>/stat, or gone.
 nice_of(Proc) ->

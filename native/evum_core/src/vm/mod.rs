@@ -3,6 +3,7 @@
 //!
 //! - [`options`]: boot options to the kernel command line.
 //! - [`placement`]: which host CPUs its processes run on.
+//! - [`cpu_group`]: the cgroups that share the CPUs between VMs and the BEAM.
 //! - [`process`]: the UML host process, spawned and contained.
 //! - [`jail`]: the host user and groups it runs as.
 //! - [`io_loop`]: the native thread that owns a running VM's descriptors.
@@ -12,6 +13,7 @@
 
 pub mod console;
 pub mod control;
+pub mod cpu_group;
 pub mod echo;
 pub mod io_loop;
 pub mod jail;
@@ -162,7 +164,12 @@ pub fn start(config: VmConfig, events: Box<dyn VmEvents>) -> Result<Vm, StartErr
         Some(user) => lend(&writable_files, user),
         None => Vec::new(),
     };
+    // Where evum makes cgroups: the VM's own, in the BEAM's group of VMs.
+    let nice = priority::nice(&config.options);
+    let cpu_group = cpu_group::for_vm(&umid, nice);
+    let cpu_group_procs = cpu_group.as_ref().map(|group| group.procs().clone());
     let release = move || {
+        drop(cpu_group);
         if let Some(base) = &shared_base {
             release_base(base);
         }
@@ -187,7 +194,8 @@ pub fn start(config: VmConfig, events: Box<dyn VmEvents>) -> Result<Vm, StartErr
                 args,
                 cpus,
                 run_as,
-                nice: priority::nice(&config.options),
+                nice,
+                cpu_group: cpu_group_procs,
                 read_only_host_but: sandboxed.then(|| uml_dir.clone()),
                 runtime_bytes: runtime_bytes(&config.options),
                 memory_bytes,

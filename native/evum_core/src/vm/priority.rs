@@ -15,6 +15,8 @@
 //! unanswered for 120 s. `{nice, 0}` runs a VM as any program.
 //!
 //! Applied in the child before exec; every process UML starts inherits it.
+//! As root, with a `cpu` cgroup hierarchy, the nice value also weighs the
+//! VM's cgroup (see [`super::cpu_group`]), which then is what counts.
 
 use crate::vm::options::BootOption;
 

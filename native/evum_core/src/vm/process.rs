@@ -37,6 +37,9 @@ pub struct SpawnSpec {
     /// The nice value of the process (and every process it starts) and of
     /// its session's scheduling group (see [`crate::vm::priority`]).
     pub nice: u8,
+    /// The `cgroup.procs` of the VM's cgroup, which the process joins
+    /// before exec (see [`super::cpu_group`]); None: no cgroup of evum's.
+    pub cpu_group: Option<CString>,
     /// Run the VM in a mount namespace of its own in which every host
     /// filesystem is read-only, with a private tmpfs of its own on this
     /// directory (its runtime directory: see [`SpawnSpec::runtime_bytes`]),
@@ -217,6 +220,7 @@ fn spawn_here(spec: &SpawnSpec) -> Result<Spawned, SpawnError> {
         limits: Limits::new(spec.max_file_bytes, spec.run_as.is_some()),
         sandbox,
         nice: Nice::new(spec.nice),
+        cpu_group: spec.cpu_group.clone(),
     };
     let mut stack = vec![0u8; CHILD_STACK];
     // The child shares this process's memory (CLONE_VM) until it execs, as
@@ -608,6 +612,8 @@ impl Sandbox {
 /// namespaces it enters, its limits, its priority.
 struct Walls {
     nice: Nice,
+    /// The `cgroup.procs` file to write the child into.
+    cpu_group: Option<CString>,
     run_as: Option<RunAs>,
     user_namespace: Option<UserNamespace>,
     limits: Limits,
@@ -795,6 +801,15 @@ fn child_main(child: &Child) -> isize {
             return fail(fds);
         }
         walls.nice.apply();
+        // Before the sandbox, which makes the host's files (cgroupfs too)
+        // read-only. Best effort: a VM outside its group still runs.
+        if let Some(procs) = &walls.cpu_group {
+            let group = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if group >= 0 {
+                libc::write(group, b"0".as_ptr().cast(), 1);
+                libc::close(group);
+            }
+        }
         // The spawner may have died between clone and prctl.
         if libc::getppid() != parent {
             return 127;

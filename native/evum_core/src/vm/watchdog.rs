@@ -6,7 +6,8 @@
 //! watchdog per program, in a session of its own, and tells it on a pipe
 //! which process groups and runtime directories are live. When the pipe
 //! closes (the program exited or was killed, however brutally), the watchdog
-//! kills every group still listed, removes the directories, and exits.
+//! kills every group still listed, removes the directories and the BEAM's
+//! cgroup of VMs (see [`super::cpu_group`]), and exits.
 
 use std::io::Write;
 use std::os::unix::process::CommandExt;
@@ -16,6 +17,8 @@ use std::sync::{Mutex, OnceLock};
 
 // add GROUP DIR: a VM (kill the group, remove the dir); del GROUP: it is gone.
 // keep ID DIR: a directory only (a switch's); drop ID: it is gone.
+// cgroup ID DIR: the BEAM's cgroup of VMs, removed (with the VMs' groups
+// in it) once their processes are gone.
 // Each is a variable of its own (vm_GROUP, kept_ID), so the loop runs no
 // command at all: a watchdog that forked for every line fell behind when
 // 1000 VMs stopped at once, and a full pipe means evum gives it up. The
@@ -28,10 +31,12 @@ while IFS=' ' read -r verb id dir; do
     add) eval "vm_$id=\$dir" ;;
     del) unset "vm_$id" ;;
     keep) eval "kept_$id=\$dir" ;;
+    cgroup) eval "cg_$id=\$dir" ;;
     drop) unset "kept_$id" ;;
     esac
 done
 left=$(set | sed -n -e 's/^\(vm_[0-9][0-9]*\)=.*/\1/p' -e 's/^\(kept_[0-9][0-9]*\)=.*/\1/p')
+groups=$(set | sed -n -e 's/^\(cg_[0-9][0-9]*\)=.*/\1/p')
 for name in $left; do
     case $name in vm_*) kill -KILL -"${name#vm_}" 2>/dev/null ;; esac
 done
@@ -40,6 +45,17 @@ for name in $left; do
     eval "dir=\$$name"
     rm -rf "$dir"
     rmdir "${dir%/*}" 2>/dev/null
+done
+# A cgroup goes once its last process has exited: try for two seconds.
+for name in $groups; do
+    eval "dir=\$$name"
+    tries=20
+    while [ $tries -gt 0 ]; do
+        for vm in "$dir"/*/; do [ -d "$vm" ] && rmdir "$vm" 2>/dev/null; done
+        rmdir "$dir" 2>/dev/null && break
+        tries=$((tries - 1))
+        sleep 0.1
+    done
 done
 "#;
 
@@ -116,6 +132,14 @@ pub fn keep(dir: &Path) -> u64 {
     let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     tell(format!("keep {id} {}\n", dir.to_string_lossy().replace('\n', "")));
     id
+}
+
+/// The BEAM's cgroup of VMs: removed, with what is in it, when the
+/// program dies.
+pub fn keep_cgroup(dir: &Path) {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tell(format!("cgroup {id} {}\n", dir.to_string_lossy().replace('\n', "")));
 }
 
 /// The directory `keep` returned `id` for is gone.
