@@ -3,11 +3,11 @@
 
 # Debian's user-mode-linux stays as a second kernel (and uml_switch's peer in
 # the benchmarks); evum's own is built from Debian's kernel source with
-# gcc, make, flex, bison, bc and libelf-dev.
+# gcc, make, patch, flex, bison, bc and libelf-dev.
 APT_PACKAGES = user-mode-linux busybox-static uml-utilities vde2 libvdeplug-slirp \
 	debootstrap debian-archive-keyring wget e2fsprogs gzip \
 	erlang erlang-dev elixir rebar3 cargo libslirp-dev libglib2.0-dev pkg-config procps ca-certificates \
-	gcc make libc6-dev musl-tools flex bison bc libelf-dev tshark
+	gcc make patch libc6-dev musl-tools flex bison bc libelf-dev tshark
 SUDO = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: all deps packages kernel compile demo test test-rust test-erlang test-elixir test-consumers fuzz bench lint fmt clean

@@ -13,6 +13,7 @@ switch_test_() ->
         {timeout, 120, {T, fun() -> ?MODULE:F() end}}
      || {T, F} <- [
             {"three VMs on one switch ping each other", three_vms},
+            {"a guest that takes its interface down and up is back on the switch", down_and_up},
             {"an Erlang process answers a guest's ARP and ping", erlang_port},
             {"a bess VM and a daemon VM (Debian's 6.1 kernel) on one switch", bess},
             {"named networks hand out the original config's addresses", named_networks},
@@ -51,6 +52,25 @@ three_vms() ->
     Again = vm(S, sw1, "10.0.0.1"),
     ?assertEqual({ok, 0, Mac1}, evum:cmd(Again, "cat /sys/class/net/eth0/address")),
     ok = evm:stop(Again),
+    evum_switch:stop(S).
+
+down_and_up() ->
+    {ok, S} = evum_switch:start([{name, sw_down_up}]),
+    [A, B] = [vm(S, L, Addr) || {L, Addr} <- [{swdu1, "10.0.0.1"}, {swdu2, "10.0.0.2"}]],
+    ?assertMatch({ok, 0, _}, evum:cmd(A, "ping -c 1 -W 3 10.0.0.2")),
+    %% Each open of the interface binds its end's name again.
+    [
+        begin
+            ?assertMatch({ok, 0, _}, evum:cmd(A, "ifconfig eth0 down && ifconfig eth0 up")),
+            ?assertMatch({ok, 0, _}, evum:cmd(A, "ping -c 1 -W 3 10.0.0.2")),
+            ?assertMatch({ok, 0, _}, evum:cmd(B, "ping -c 1 -W 3 10.0.0.1"))
+        end
+     || _ <- [1, 2]
+    ],
+    %% The closed connections' ports are gone: one port per VM.
+    {ok, Ports} = evum_switch:ports(S),
+    ?assertEqual(lists:sort([A, B]), lists:sort([Peer || #{peer := Peer} <- Ports])),
+    [ok = evm:stop(Vm) || Vm <- [A, B]],
     evum_switch:stop(S).
 
 %% As bytes, to stand in binaries and in binary patterns alike.

@@ -1,5 +1,5 @@
 //! One build of evum's kernel: the source tree out of Debian's
-//! `linux-source-*` package, `make ARCH=um defconfig` plus evum's
+//! `linux-source-*` package with evum's patches, `make ARCH=um defconfig` plus evum's
 //! configuration, then `make ARCH=um linux` on every core; then the SMP
 //! flavour, the same tree configured again with SMP on top and compiled
 //! again (most files depend on the configuration: nearly all of them).
@@ -9,7 +9,7 @@ use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use super::{on, PathError, Progress, BINARY, CONFIG, SMP_BINARY, SMP_CONFIG};
+use super::{on, PathError, Progress, BINARY, CONFIG, PATCHES, SMP_BINARY, SMP_CONFIG};
 
 /// The build's log, kept beside the kernel.
 pub const LOG: &str = "build.log";
@@ -39,7 +39,7 @@ pub enum BuildError {
     Missing(String),
     #[error("the configured kernel has {0}, which evum's configuration turns off")]
     Unwanted(String),
-    #[error("running {0}: {1} (install build-essential, flex, bison, bc, libelf-dev)")]
+    #[error("running {0}: {1} (install build-essential, patch, flex, bison, bc, libelf-dev)")]
     Tool(String, io::Error),
 }
 
@@ -49,6 +49,7 @@ pub fn build(deb: &Path, work: &Path, out: &Path, progress: &mut dyn FnMut(&Prog
     let log_path = out.join(LOG);
     let mut log = File::create(&log_path).map_err(on("creating", &log_path))?;
     let tree = unpack(deb, &work.join("src"), progress)?;
+    apply_patches(&tree, &work.join("patches"), &mut log, &log_path)?;
     let mut done = 0;
     let flavours = [
         (&[CONFIG][..], BINARY, "config"),
@@ -131,6 +132,23 @@ fn unpack_data(
         }
     }
     Err(BuildError::NoTarball(deb.to_path_buf()))
+}
+
+/// evum's patches, in order; one that does not apply (a newer kernel
+/// changed the lines it changes) fails the build, naming it.
+fn apply_patches(tree: &Path, dir: &Path, log: &mut File, log_path: &Path) -> Result<(), BuildError> {
+    fs::create_dir_all(dir).map_err(on("creating", dir))?;
+    for (name, text) in PATCHES {
+        let file = dir.join(name);
+        fs::write(&file, text).map_err(on("writing", &file))?;
+        let mut patch = Command::new("patch");
+        patch
+            .current_dir(tree)
+            .args(["-p1", "--forward", "--batch", "-i"])
+            .arg(&file);
+        run_logged(patch, log, log_path, &mut |_| {})?;
+    }
+    Ok(())
 }
 
 /// `defconfig`, each of `configs`' changes in turn through `scripts/config`,

@@ -7,8 +7,9 @@
 //!
 //! - [`apt`]: the newest `linux-source-7.*` through a private apt
 //!   configuration (the machine's sources and state are left alone).
-//! - [`build`]: unpack, configure with `priv/kernel/evum.config`, compile;
-//!   then again with SMP on top (`priv/kernel/evum-smp.config`).
+//! - [`build`]: unpack, patch with `priv/kernel/patches/` (each file says
+//!   why), configure with `priv/kernel/evum.config`, compile; then again
+//!   with SMP on top (`priv/kernel/evum-smp.config`).
 //! - [`lpj`]: the delay-loop constant, calibrated once per host and cached,
 //!   so that boots skip the calibration.
 //! - [`features`]: what a UML binary supports, read from the binary.
@@ -38,6 +39,14 @@ pub const CONFIG: &str = include_str!("../../../../priv/kernel/evum.config");
 
 /// The SMP flavour's changes on top of [`CONFIG`].
 pub const SMP_CONFIG: &str = include_str!("../../../../priv/kernel/evum-smp.config");
+
+/// evum's changes to the kernel's source, applied in order with `patch
+/// -p1` before it is configured: (file name, text). Each file begins with
+/// why.
+pub const PATCHES: &[(&str, &str)] = &[(
+    "vector-bess-rebind.patch",
+    include_str!("../../../../priv/kernel/patches/vector-bess-rebind.patch"),
+)];
 
 /// The name of the kernel binary in a build's directory.
 pub const BINARY: &str = "linux";
@@ -116,13 +125,18 @@ pub fn default_cache_dir() -> PathBuf {
     }
 }
 
-/// The first characters of the hash of evum's configuration: a build made
-/// with another configuration is another kernel.
+/// The first characters of the hash of evum's configuration and patches: a
+/// build made with another configuration or other patches is another
+/// kernel.
 pub fn config_hash() -> String {
-    let digest = Sha256::new()
+    let mut hash = Sha256::new()
         .chain_update(CONFIG.as_bytes())
-        .chain_update(SMP_CONFIG.as_bytes())
-        .finalize();
+        .chain_update(SMP_CONFIG.as_bytes());
+    for (name, text) in PATCHES {
+        hash.update(name.as_bytes());
+        hash.update(text.as_bytes());
+    }
+    let digest = hash.finalize();
     digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
 }
 
@@ -320,6 +334,17 @@ mod tests {
         assert!(lines.contains(&"-d MODULES"));
         assert!(lines.contains(&"-e UML_NET_VECTOR"));
         assert_eq!(config_hash().len(), 12);
+    }
+
+    #[test]
+    fn every_patch_says_why_before_its_first_file() {
+        for (name, text) in PATCHES {
+            let (why, diff) = text
+                .split_once("\n--- a/")
+                .unwrap_or_else(|| panic!("{name} changes no file"));
+            assert!(why.split_whitespace().count() >= 10, "{name} does not say why");
+            assert!(diff.contains("\n+++ b/"), "{name} is not a unified diff");
+        }
     }
 
     /// A build that takes a while and counts itself, as a real one would
