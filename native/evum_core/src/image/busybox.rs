@@ -153,7 +153,34 @@ pub fn busybox_image(busybox: &Path, cache_dir: &Path) -> Result<BusyboxImage, I
     ));
     let built = build(busybox, &applets, &work, &image);
     let _ = fs::remove_dir_all(&work);
-    built.map(|()| image)
+    built?;
+    remove_other_images(cache_dir, &image);
+    Ok(image)
+}
+
+/// Removes the images of other busybox binaries and other versions of
+/// evum's guest files from the cache. A new image is made whenever either
+/// changes (a busybox upgrade, a new evum), and the old ones would pile up
+/// there, 2-3 MB each. A running VM keeps its disk open, so it does not
+/// mind; a BEAM of another evum that needs its own image again makes it
+/// again.
+fn remove_other_images(cache_dir: &Path, keep: &BusyboxImage) {
+    let Ok(entries) = fs::read_dir(cache_dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        if path != keep.initramfs && path != keep.disk && name.to_str().is_some_and(is_image_name) {
+            let _ = fs::remove_file(&path);
+        }
+    }
+}
+
+/// `busybox-<16 hex digits>.cpio` or `.ext2`: a file [`busybox_image`] made.
+fn is_image_name(name: &str) -> bool {
+    let Some((stem, extension)) = name.strip_prefix("busybox-").and_then(|n| n.split_once('.')) else {
+        return false;
+    };
+    stem.len() == 16 && stem.bytes().all(|b| b.is_ascii_hexdigit()) && matches!(extension, "cpio" | "ext2")
 }
 
 /// Builds both files in `work`, then moves each to its place.
@@ -385,6 +412,34 @@ mod tests {
             .unwrap();
         assert!(debugfs.status.success(), "{debugfs:?}");
         assert_eq!(fs::read(&dumped).unwrap(), fs::read("/bin/busybox").unwrap());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_new_image_removes_the_old_ones_and_nothing_else() {
+        let dir = std::env::temp_dir().join(format!("evum-image-prune-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let old = ["busybox-0123456789abcdef.cpio", "busybox-0123456789abcdef.ext2"];
+        let others = [
+            "busybox-notes.txt",
+            "busybox-0123456789abcdef.cpio.bak",
+            "debian-bookworm.ext4",
+        ];
+        for name in old.iter().chain(&others) {
+            fs::write(dir.join(name), b"x").unwrap();
+        }
+        let image = busybox_image(Path::new("/bin/busybox"), &dir).unwrap();
+        let mut names: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        let mut want: Vec<String> = others.iter().map(|n| n.to_string()).collect();
+        for kept in [&image.initramfs, &image.disk] {
+            want.push(kept.file_name().unwrap().to_string_lossy().into_owned());
+        }
+        want.sort();
+        assert_eq!(names, want);
         fs::remove_dir_all(&dir).unwrap();
     }
 
