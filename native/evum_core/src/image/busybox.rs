@@ -137,6 +137,9 @@ pub fn busybox_image(busybox: &Path, cache_dir: &Path) -> Result<BusyboxImage, I
         disk: cache_dir.join(format!("{stem}.ext2")),
     };
     if image.initramfs.exists() && image.disk.exists() {
+        // Once per program: the ones this image replaced.
+        static PRUNED: std::sync::Once = std::sync::Once::new();
+        PRUNED.call_once(|| remove_other_images(cache_dir, &image));
         return Ok(image);
     }
     fs::create_dir_all(cache_dir).map_err(|source| ImageError::Cache {
