@@ -26,7 +26,7 @@
     timeout/1,
     %% Peer processes and switches
     start_peer/4, with_peer_switch/4, stop_peer_switch/1, peer_ctl/1, start_old_evum_switch/3,
-    serve_old_switch/1, netns/0, netns_tag/0,
+    start_old_evum_switch/4, serve_old_switch/1, netns/0, netns_tag/0,
     %% bench/run's bookkeeping
     tmp_base/0, note_beam_pid/1, note_pgid/2, warn_foreign/1
 ]).
@@ -826,11 +826,15 @@ peer_ctl(#{ctl := Ctl}) -> Ctl.
 %% evum, starts a switch and writes its control socket's path into Dir
 %% (serve_old_switch/1), and stops with it when its stdin closes.
 start_old_evum_switch(Ebin, Tmp, Tag) ->
+    start_old_evum_switch(Ebin, Tmp, Tag, any).
+
+%% The same, its switch's thread on Cpu (evum_switch's `cpu' option).
+start_old_evum_switch(Ebin, Tmp, Tag, Cpu) ->
     Dir = filename:join(Tmp, "sw-" ++ Tag),
     ok = filelib:ensure_path(Dir),
-    Cmd = "exec erl -noshell -pa \"$1\" -pa \"$2\" -run evum_bench_lib serve_old_switch \"$3\"",
+    Cmd = "exec erl -noshell -pa \"$1\" -pa \"$2\" -run evum_bench_lib serve_old_switch \"$3\" \"$4\"",
     Here = filename:dirname(code:which(?MODULE)),
-    P = start_peer(evum_before_lab, Cmd, [Ebin, Here, Dir], Dir),
+    P = start_peer(evum_before_lab, Cmd, [Ebin, Here, Dir, cpu_arg(Cpu)], Dir),
     PathFile = filename:join(Dir, "ctl-path"),
     Written = fun() ->
         case file:read_file(PathFile) of
@@ -846,10 +850,13 @@ start_old_evum_switch(Ebin, Tmp, Tag) ->
 
 
 %% The peer BEAM's main: a switch on evum's defaults until stdin closes.
-serve_old_switch([Dir]) ->
+cpu_arg(any) -> "any";
+cpu_arg(N) when is_integer(N) -> integer_to_list(N).
+
+serve_old_switch([Dir, Cpu]) ->
     note_beam_pid(tmp_base()),
     {ok, _} = application:ensure_all_started(evum),
-    {ok, S} = evum_switch:start(),
+    {ok, S} = evum_switch:start([{cpu, case Cpu of "any" -> any; N -> list_to_integer(N) end}]),
     ok = file:write_file(filename:join(Dir, "ctl-path"), evum_switch:control_socket(S)),
     _ = io:get_line(""),
     evum_switch:stop(S),

@@ -19,7 +19,7 @@
 -import(evum_bench_lib, [
     env_int/2, header/1, median/1, mean/1, rounds/4, figure/6, ratio/5, no_regression/4, ab_compare/2, flush/0,
     now_us/0, kernel/0, debian_kernel/0, guest/2, guest_if/1, wait_listening/3, with_peer_switch/4, peer_ctl/1,
-    start_old_evum_switch/3, stop_peer_switch/1,
+    start_old_evum_switch/3, start_old_evum_switch/4, stop_peer_switch/1,
     netns/0, netns_tag/0
 ]).
 
@@ -88,6 +88,7 @@ switch_bench({S, Open}, Load, Secs, Rounds, Tmp) ->
                             || {{Kind, _}, L} <- maps:to_list(ByKind), Size <- Sizes])
         end) end)
     end),
+    Pinned = pinned_against_old(Load, Secs, Rounds, Tmp, Sizes),
     io:format("~n-- 2. bess transport (SOCK_SEQPACKET) on evum's switch, A -> B --~n"),
     BessR = lists:foldl(
         fun(I, Acc) ->
@@ -156,6 +157,7 @@ switch_bench({S, Open}, Load, Secs, Rounds, Tmp) ->
     Ratio("switch daemon 64-byte frames/s evum/vde_switch", E64 / Fps(vde_switch, 64), '>=', 1.0),
     Ratio("switch daemon 1514-byte frames/s evum/vde_switch", E1514 / Fps(vde_switch, 1514), '>=', 1.0),
     old_evum_figures(Daemon, Fps, Ratio),
+    pinned_figures(Pinned, Ratio),
     %% Between two bess endpoints the issue's targets are the daemon
     %% transport's: uml_switch has no bess, so its daemon figures are the peer.
     Figure("switch bess 64-byte frames forwarded/s (2x uml_switch's daemon figure)", round(B64), "", '>=',
@@ -183,6 +185,64 @@ old_evum_figures(Daemon, Fps, Ratio) ->
         false ->
             ok
     end.
+
+%% Part 1b: evum's switch and the one before the lab again, each alone on
+%% CPU 0 (their `cpu' option) with the load generator on CPU 1 (taskset),
+%% in pairs of rounds, the order alternating. Unpinned, where the host runs
+%% A, B and the switch changes from round to round, and single rounds'
+%% ratios ranged from 0.66 to 1.52; pinned, each pair is measured alike.
+%% #{Size => [evum/before the lab, one a pair]}, or none without the peer.
+pinned_against_old(Load, Secs, Rounds, Tmp, Sizes) ->
+    case {os:getenv("EVUM_BENCH_PEER_EBIN", ""), os:find_executable("taskset")} of
+        {"", _} ->
+            none;
+        {_, false} ->
+            io:format("~n-- 1b. left out: no taskset (util-linux) to pin the load generator --~n"),
+            none;
+        {Ebin, Taskset} ->
+            io:format("~n-- 1b. evum against evum before the lab, each switch alone on CPU 0, the load generator "
+                      "on CPU 1: ~b pairs of rounds, order alternating --~n", [2 * Rounds]),
+            Old = start_old_evum_switch(Ebin, Tmp, "old-pinned", 0),
+            {ok, New} = evum_switch:start([{name, evum_bench_pinned_switch}, {cpu, 0}]),
+            Paths = #{evum => binary_to_list(evum_switch:control_socket(New)), evum_before_lab => peer_ctl(Old)},
+            Run = fun(Kind, Size, I) ->
+                R = load(Load, ["daemon", maps:get(Kind, Paths), Size, Secs], [Taskset, "-c", "1"]),
+                print_load(Kind, I, R),
+                maps:get(fps, R)
+            end,
+            try
+                maps:from_list([
+                    {Size, [
+                        begin
+                            Order = case I rem 2 of 0 -> [evum, evum_before_lab]; 1 -> [evum_before_lab, evum] end,
+                            #{evum := E, evum_before_lab := B} = maps:from_list([{K, Run(K, Size, I)} || K <- Order]),
+                            E / B
+                        end
+                     || I <- lists:seq(1, 2 * Rounds)
+                    ]}
+                 || Size <- Sizes
+                ])
+            after
+                evum_switch:stop(New),
+                stop_peer_switch(Old)
+            end
+    end.
+
+pinned_figures(none, _Ratio) ->
+    ok;
+pinned_figures(Pinned, Ratio) ->
+    Commit = os:getenv("EVUM_BENCH_PEER_COMMIT"),
+    [
+        begin
+            Pairs = maps:get(Size, Pinned),
+            io:format("  pinned ~4b-byte evum/evum before the lab, a pair each: ~s~n",
+                      [Size, lists:join(" ", [io_lib:format("~.3f", [P]) || P <- Pairs])]),
+            Ratio(lists:flatten(io_lib:format("switch daemon ~b-byte frames/s pinned, evum/evum before the lab (~s), "
+                                              "median of pairs", [Size, Commit])),
+                  median(Pairs), '>=', 0.97)
+        end
+     || Size <- lists:sort(maps:keys(Pinned))
+    ].
 
 %% Runs Fun with the kinds the peer "evum before the lab" adds to part 1:
 %% none, with the reason printed, where bench/run could not build it.
@@ -346,9 +406,20 @@ limits_figures(Limits, Ratio) ->
 
 %% Runs the load generator and returns its RESULT line as a map of numbers.
 load(Load, Args) ->
+    load(Load, Args, []).
+
+%% The same, started through Wrapper (a program and its arguments, as
+%% taskset -c 1), if not [].
+load(Load, Args, Wrapper) ->
     Argv = [if is_integer(A) -> integer_to_list(A); is_float(A) -> float_to_list(A, [{decimals, 3}]); true -> A end
             || A <- Args],
-    Port = open_port({spawn_executable, Load}, [{args, Argv}, {line, 4096}, binary, exit_status, stderr_to_stdout]),
+    {Program, Argv1} =
+        case Wrapper of
+            [] -> {Load, Argv};
+            [W | WArgs] -> {W, WArgs ++ [Load | Argv]}
+        end,
+    Port = open_port({spawn_executable, Program}, [{args, Argv1}, {line, 4096}, binary, exit_status,
+                                                   stderr_to_stdout]),
     Lines = collect_lines(Port, [], 60000),
     case [L || <<"RESULT ", L/binary>> <- Lines] of
         [Result] ->
