@@ -84,10 +84,6 @@ impl VmGroup {
     pub fn procs(&self) -> &CString {
         &self.procs
     }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
 }
 
 impl Drop for VmGroup {

@@ -128,18 +128,22 @@ pub fn forget(group: i32) {
 /// A directory to remove if the program dies before it does; returns the
 /// id to [`release`] it with.
 pub fn keep(dir: &Path) -> u64 {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-    let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    tell(format!("keep {id} {}\n", dir.to_string_lossy().replace('\n', "")));
-    id
+    tell_path("keep", dir)
 }
 
 /// The BEAM's cgroup of VMs: removed, with what is in it, when the
 /// program dies.
 pub fn keep_cgroup(dir: &Path) {
+    tell_path("cgroup", dir);
+}
+
+/// Tells `verb ID DIR` with a new id, which it returns. (A newline in the
+/// path would split the line: it is left out.)
+fn tell_path(verb: &str, dir: &Path) -> u64 {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    tell(format!("cgroup {id} {}\n", dir.to_string_lossy().replace('\n', "")));
+    tell(format!("{verb} {id} {}\n", dir.to_string_lossy().replace('\n', "")));
+    id
 }
 
 /// The directory `keep` returned `id` for is gone.
