@@ -212,14 +212,12 @@ pinned_against_old(Load, Secs, Rounds, Tmp, Sizes) ->
             end,
             try
                 maps:from_list([
-                    {Size, [
-                        begin
-                            Order = case I rem 2 of 0 -> [evum, evum_before_lab]; 1 -> [evum_before_lab, evum] end,
-                            #{evum := E, evum_before_lab := B} = maps:from_list([{K, Run(K, Size, I)} || K <- Order]),
-                            E / B
-                        end
-                     || I <- lists:seq(1, 2 * Rounds)
-                    ]}
+                    begin
+                        %% Two kinds: rounds/4's rotation alternates them.
+                        #{evum := E, evum_before_lab := B} =
+                            rounds([evum, evum_before_lab], 2 * Rounds, fun(K, I) -> Run(K, Size, I) end, 0),
+                        {Size, lists:reverse([X / Y || {X, Y} <- lists:zip(E, B)])}
+                    end
                  || Size <- Sizes
                 ])
             after

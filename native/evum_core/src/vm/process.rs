@@ -9,7 +9,7 @@
 //! signalled at once), a fixed address-space layout (UML's guest memory is
 //! then predictable, see UML-NOTES) and a private umask.
 
-use std::ffi::{CString, OsString};
+use std::ffi::{CStr, CString, OsString};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
@@ -688,27 +688,30 @@ impl UserNamespace {
     /// Runs in the child, cloned into a new user namespace: maps evum's
     /// ids into it. Only system calls, no allocation.
     fn map_ids(&self) -> Result<(), ()> {
-        let write = |path: &CString, bytes: &[u8]| {
-            // SAFETY: open, write and close on a valid path and buffer.
-            unsafe {
-                let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                if fd < 0 {
-                    return Err(());
-                }
-                let written = libc::write(fd, bytes.as_ptr().cast(), bytes.len());
-                libc::close(fd);
-                if written == bytes.len() as isize {
-                    Ok(())
-                } else {
-                    Err(())
-                }
-            }
-        };
         // An unprivileged process may map only its own ids, and a gid only
         // once setgroups is denied.
-        write(&self.setgroups, b"deny")?;
-        write(&self.uid_map_file, &self.uid_map)?;
-        write(&self.gid_map_file, &self.gid_map)
+        write_file(&self.setgroups, b"deny")?;
+        write_file(&self.uid_map_file, &self.uid_map)?;
+        write_file(&self.gid_map_file, &self.gid_map)
+    }
+}
+
+/// Writes `bytes` to the existing file `path` in one write: for the
+/// child's /proc and cgroup files, so only system calls, no allocation.
+fn write_file(path: &CStr, bytes: &[u8]) -> Result<(), ()> {
+    // SAFETY: open, write and close on a valid path and buffer.
+    unsafe {
+        let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return Err(());
+        }
+        let written = libc::write(fd, bytes.as_ptr().cast(), bytes.len());
+        libc::close(fd);
+        if written == bytes.len() as isize {
+            Ok(())
+        } else {
+            Err(())
+        }
     }
 }
 
@@ -732,15 +735,9 @@ impl Nice {
     /// calls. Raising one's own nice needs no privilege; a host without
     /// autogroup has no file to write, and the nice value alone counts.
     fn apply(&self) {
-        // SAFETY: setpriority, open, write and close with valid arguments.
-        unsafe {
-            libc::setpriority(libc::PRIO_PROCESS, 0, self.value);
-            let group = libc::open(c"/proc/self/autogroup".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if group >= 0 {
-                libc::write(group, self.text.as_ptr().cast(), self.text.len());
-                libc::close(group);
-            }
-        }
+        // SAFETY: setpriority with valid arguments.
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, self.value) };
+        let _ = write_file(c"/proc/self/autogroup", &self.text);
     }
 }
 
@@ -804,11 +801,7 @@ fn child_main(child: &Child) -> isize {
         // Before the sandbox, which makes the host's files (cgroupfs too)
         // read-only. Best effort: a VM outside its group still runs.
         if let Some(procs) = &walls.cpu_group {
-            let group = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if group >= 0 {
-                libc::write(group, b"0".as_ptr().cast(), 1);
-                libc::close(group);
-            }
+            let _ = write_file(procs, b"0");
         }
         // The spawner may have died between clone and prctl.
         if libc::getppid() != parent {
