@@ -6,7 +6,7 @@
  *   RUN <id> <line count>\n<that many lines of command>
  *   RUNB <id> <line count>\n<that many lines of the command in base64>
  *
- * runs each command in a fresh `sh -c` with its output in a file, and
+ * runs each command in a fresh `sh -c` with its output in a memory file, and
  * answers "\001EVUM RESULT <id> <exit status> <length>\n" and exactly that
  * many bytes of output.
  *
@@ -21,16 +21,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <termios.h>
 #include <unistd.h>
 
 #include "evum-guest.h"
-
-/* The command's output, in the guest's own /tmp (a tmpfs, outside the
- * chroot of a guest whose root is elsewhere). */
-#define OUTPUT_FILE "/tmp/.evum-out"
 
 static int write_all(int fd, const char *bytes, size_t length)
 {
@@ -79,9 +76,15 @@ static int open_line(void)
 	return 0;
 }
 
-/* Runs the command as the shell's `sh -c` would, with its output in
- * OUTPUT_FILE; its exit status as the shell's $? gives it. */
-static int run(const char *command, const char *root)
+/* Runs the command as the shell's `sh -c` would, with its output in out;
+ * its exit status as the shell's $? gives it.
+ *
+ * The output is a memory file of its own (memfd), in no file system the
+ * command can see: a command that fills the guest's / or /tmp still gets
+ * its error message back, a chrooted command needs nothing of its root,
+ * and a program it leaves running writes on into its own file, never into
+ * a later command's. */
+static int run(const char *command, const char *root, int out)
 {
 	int status;
 	pid_t pid = fork();
@@ -89,7 +92,6 @@ static int run(const char *command, const char *root)
 	if (pid < 0)
 		return 127;
 	if (pid == 0) {
-		int out = open(OUTPUT_FILE, O_WRONLY | O_CREAT | O_TRUNC, 0600);
 		int input = open("/dev/null", O_RDONLY);
 
 		if (out < 0 || input < 0)
@@ -112,13 +114,12 @@ static int run(const char *command, const char *root)
 /* Sends the result header and exactly the length it names: a program the
  * command left behind may still be writing the file, and the framing must
  * hold all the same. */
-static int answer(unsigned long long id, int status)
+static int answer(unsigned long long id, int status, int out)
 {
 	char buffer[16384];
 	struct stat info;
-	off_t left;
+	off_t left, at = 0;
 	int length;
-	int out = open(OUTPUT_FILE, O_RDONLY);
 
 	if (out < 0 || fstat(out, &info) != 0)
 		info.st_size = 0;
@@ -129,7 +130,7 @@ static int answer(unsigned long long id, int status)
 		return -1;
 	while (left > 0) {
 		size_t want = left < (off_t)sizeof(buffer) ? (size_t)left : sizeof(buffer);
-		ssize_t got = out >= 0 ? read(out, buffer, want) : 0;
+		ssize_t got = out >= 0 ? pread(out, buffer, want, at) : 0;
 
 		if (got < 0 && errno == EINTR)
 			continue;
@@ -141,9 +142,8 @@ static int answer(unsigned long long id, int status)
 		if (write_all(1, buffer, (size_t)got) != 0)
 			return -1;
 		left -= got;
+		at += got;
 	}
-	if (out >= 0)
-		close(out);
 	return 0;
 }
 
@@ -164,7 +164,7 @@ int control_loop(const char *root)
 		char kind[8];
 		unsigned long long id;
 		long left;
-		int base64, status;
+		int base64, status, out;
 
 		/* Anything but a request is noise. */
 		if (sscanf(line, "%7s %llu %ld", kind, &id, &left) != 3 || left < 0)
@@ -193,15 +193,17 @@ int control_loop(const char *root)
 			command_length += length;
 			command[command_length] = '\0';
 		}
-		if (command && (!base64 || base64_decode(command))) {
-			status = run(command, root);
-		} else {
-			/* No command to run: no output either. */
-			close(open(OUTPUT_FILE, O_WRONLY | O_CREAT | O_TRUNC, 0600));
+		/* No command to run, or no memory for its output: status 127
+		 * and no output, as the shell for a command it cannot run. */
+		out = memfd_create("evum-output", MFD_CLOEXEC);
+		if (out >= 0 && command && (!base64 || base64_decode(command)))
+			status = run(command, root, out);
+		else
 			status = 127;
-		}
-		if (answer(id, status) != 0)
+		if (answer(id, status, out) != 0)
 			return 1;
+		if (out >= 0)
+			close(out);
 	}
 	return 0;
 }
