@@ -464,10 +464,11 @@ label(Label) when is_binary(Label) ->
 label(Label) ->
     {error, {bad_option, {label, Label}}}.
 
-%% A dist's boot options but those the user gave (an image's mem).
+%% A dist's boot options but those the user gave (an image's mem, the
+%% busybox root's file system type).
 overridden(DistBoot, Boot) ->
     Given = [element(1, O) || O <- Boot, is_tuple(O)],
-    [O || O <- DistBoot, not (element(1, O) =:= mem andalso lists:member(mem, Given))].
+    [O || O <- DistBoot, not (lists:member(element(1, O), [mem, rootfstype]) andalso lists:member(element(1, O), Given))].
 
 maybe_bin(undefined) -> undefined;
 maybe_bin(Value) -> bin(Value).

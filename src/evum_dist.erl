@@ -91,7 +91,11 @@ kernel_arg(<<"mem=", Mem/binary>>) -> {mem, Mem};
 kernel_arg(Arg) -> {append, Arg}.
 
 %% evum's busybox image: its initramfs, and busybox on a read-only disk
-%% at the index evum's init mounts (ubd15, /dev/ubdp).
+%% at the index evum's init mounts (ubd15, /dev/ubdp). The initramfs is
+%% unpacked into tmpfs, not ramfs: UML names a root (`root=98:0') when
+%% none is given, and with a root named the kernel picks ramfs, which
+%% spends a page of the guest's memory on each of busybox's 270 applet
+%% links (tmpfs keeps a short link in its inode).
 initramfs(#{initramfs := Initramfs, disk := Disk}, #{hostname := Hostname} = Context) ->
     Init =
         case maps:get(init, Context, undefined) of
@@ -101,6 +105,7 @@ initramfs(#{initramfs := Initramfs, disk := Disk}, #{hostname := Hostname} = Con
         end,
     [
         {initrd, Initramfs},
+        {rootfstype, "tmpfs"},
         {disk, ?BUSYBOX_DISK, Disk, read_only},
         {init, "/init"},
         {env, "EVUM_HOSTNAME", Hostname}
