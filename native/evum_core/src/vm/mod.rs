@@ -167,7 +167,7 @@ pub fn start(config: VmConfig, events: Box<dyn VmEvents>) -> Result<Vm, StartErr
     // Where evum makes cgroups: the VM's own, in the BEAM's group of VMs.
     let nice = priority::nice(&config.options);
     let cpu_group = cpu_group::for_vm(&umid, nice);
-    let cpu_group_procs = cpu_group.as_ref().map(|group| group.procs().clone());
+    let cpu_group_join = cpu_group.as_ref().map(|group| group.join_file().clone());
     let release = move || {
         drop(cpu_group);
         if let Some(base) = &shared_base {
@@ -195,7 +195,7 @@ pub fn start(config: VmConfig, events: Box<dyn VmEvents>) -> Result<Vm, StartErr
                 cpus,
                 run_as,
                 nice,
-                cpu_group: cpu_group_procs,
+                cpu_group: cpu_group_join,
                 read_only_host_but: sandboxed.then(|| uml_dir.clone()),
                 runtime_bytes: runtime_bytes(&config.options),
                 memory_bytes,

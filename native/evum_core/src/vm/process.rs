@@ -37,8 +37,8 @@ pub struct SpawnSpec {
     /// The nice value of the process (and every process it starts) and of
     /// its session's scheduling group (see [`crate::vm::priority`]).
     pub nice: u8,
-    /// The `cgroup.procs` of the VM's cgroup, which the process joins
-    /// before exec (see [`super::cpu_group`]); None: no cgroup of evum's.
+    /// The file of the VM's cgroup the process writes itself into before
+    /// exec (see [`super::cpu_group`]); None: no cgroup of evum's.
     pub cpu_group: Option<CString>,
     /// Run the VM in a mount namespace of its own in which every host
     /// filesystem is read-only, with a private tmpfs of its own on this
@@ -612,7 +612,7 @@ impl Sandbox {
 /// namespaces it enters, its limits, its priority.
 struct Walls {
     nice: Nice,
-    /// The `cgroup.procs` file to write the child into.
+    /// The cgroup file the child writes itself into.
     cpu_group: Option<CString>,
     run_as: Option<RunAs>,
     user_namespace: Option<UserNamespace>,
@@ -800,8 +800,8 @@ fn child_main(child: &Child) -> isize {
         walls.nice.apply();
         // Before the sandbox, which makes the host's files (cgroupfs too)
         // read-only. Best effort: a VM outside its group still runs.
-        if let Some(procs) = &walls.cpu_group {
-            let _ = write_file(procs, b"0");
+        if let Some(join) = &walls.cpu_group {
+            let _ = write_file(join, b"0");
         }
         // The spawner may have died between clone and prctl.
         if libc::getppid() != parent {
