@@ -145,11 +145,12 @@ defmodule EvumTest.ErrorsTest do
   end
 
   test "a boot that fails says why" do
-    # No init in the initramfs and no root disk: the kernel panics.
+    # No init in the initramfs, none in the (empty tmpfs) root either:
+    # the kernel panics.
     assert {:error, {:boot_failed, {:signal, :sigabrt}, lines}} =
              Evm.create(label: :ex_panic, kernel: kernel(), append: "rdinit=/nonexistent")
 
-    assert Enum.any?(lines, &(&1 =~ "Kernel panic - not syncing: VFS: Unable to mount root fs"))
+    assert Enum.any?(lines, &(&1 =~ "Kernel panic - not syncing: Requested init /init failed"))
     assert length(lines) <= 20
     # The owner hears of the exit as ever.
     assert_receive {:evum, _vm, {:exit, {:signal, :sigabrt}}}, 15_000
