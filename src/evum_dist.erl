@@ -19,9 +19,6 @@
 
 -export([boot_options/2, cache_dir/0, busybox_image/0]).
 
-%% The disk index of busybox (evum_core's image::busybox::DISK_INDEX).
--define(BUSYBOX_DISK, 15).
-
 -type name() :: busybox | host | atom().
 -type context() :: #{
     hostname := binary(),
@@ -96,7 +93,7 @@ kernel_arg(Arg) -> {append, Arg}.
 %% none is given, and with a root named the kernel picks ramfs, which
 %% spends a page of the guest's memory on each of busybox's 270 applet
 %% links (tmpfs keeps a short link in its inode).
-initramfs(#{initramfs := Initramfs, disk := Disk}, #{hostname := Hostname} = Context) ->
+initramfs(#{initramfs := Initramfs, disk := Disk, disk_index := Index}, #{hostname := Hostname} = Context) ->
     Init =
         case maps:get(init, Context, undefined) of
             undefined -> [];
@@ -106,14 +103,16 @@ initramfs(#{initramfs := Initramfs, disk := Disk}, #{hostname := Hostname} = Con
     [
         {initrd, Initramfs},
         {rootfstype, "tmpfs"},
-        {disk, ?BUSYBOX_DISK, Disk, read_only},
+        {disk, Index, Disk, read_only},
         {init, "/init"},
         {env, "EVUM_HOSTNAME", Hostname}
     ] ++ Init.
 
 %% @doc The busybox image, built into the cache on first use: the
-%% initramfs and the disk that holds busybox.
--spec busybox_image() -> {ok, #{initramfs := binary(), disk := binary()}} | {error, term()}.
+%% initramfs, the disk that holds busybox and the index the guest's init
+%% mounts that disk from.
+-spec busybox_image() ->
+    {ok, #{initramfs := binary(), disk := binary(), disk_index := non_neg_integer()}} | {error, term()}.
 busybox_image() ->
     {ok, Busybox} = application:get_env(evum, busybox),
     evum_nif:busybox_image(Busybox, cache_dir()).

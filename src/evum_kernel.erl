@@ -24,10 +24,6 @@
 
 -export([path/0, ensure/0, ensure/1, lpj/0, resolve/2, resolve/3]).
 
-%% The SMP flavour's file, beside evum's kernel (evum_core's
-%% kernel::SMP_BINARY).
--define(SMP_BINARY, <<"linux-smp">>).
-
 -type progress() ::
     waiting
     | {updating, Suite :: binary()}
@@ -93,7 +89,7 @@ resolve(Kernel, Progress) ->
 resolve(evum, Progress, Flavour) ->
     case ensure(Progress) of
         {ok, Path} when Flavour =:= up -> {ok, Path, lpj_option()};
-        {ok, Path} when Flavour =:= smp -> {ok, filename:join(filename:dirname(Path), ?SMP_BINARY), lpj_option()};
+        {ok, Path} when Flavour =:= smp -> {ok, filename:join(filename:dirname(Path), evum_nif:kernel_smp_binary()), lpj_option()};
         {error, _} = Error -> Error
     end;
 resolve(Kernel, _Progress, _Flavour) when is_atom(Kernel) ->

@@ -49,6 +49,7 @@
     gateway_counters/1,
     kernel_cached/1,
     kernel_lpj/1,
+    kernel_smp_binary/0,
     kernel_build/4
 ]).
 
@@ -113,4 +114,5 @@ gateway_forwards(_Gateway) -> ?NOT_LOADED.
 gateway_counters(_Gateway) -> ?NOT_LOADED.
 kernel_cached(_CacheDir) -> ?NOT_LOADED.
 kernel_lpj(_CacheDir) -> ?NOT_LOADED.
+kernel_smp_binary() -> ?NOT_LOADED.
 kernel_build(_CacheDir, _Mirror, _ReplyTo, _Ref) -> ?NOT_LOADED.

@@ -31,6 +31,12 @@ mod atoms {
     }
 }
 
+/// The file name of evum's SMP kernel, beside the one-CPU kernel's.
+#[rustler::nif]
+fn kernel_smp_binary(env: Env) -> Term {
+    kernel::SMP_BINARY.as_bytes().encode(env)
+}
+
 /// `{ok, Path}` of the kernel built in this cache, or `not_built`.
 #[rustler::nif(schedule = "DirtyIo")]
 fn kernel_cached<'a>(env: Env<'a>, cache_dir: Term<'a>) -> NifResult<Term<'a>> {

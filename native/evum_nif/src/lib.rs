@@ -29,7 +29,7 @@ mod atoms {
         not_running, bad_option, spawn, runtime_dir, bad_umid, image, mconsole,
         timeout, not_found, none, os_pid, umid, runtime_dir_key = "runtime_dir", mconsole_socket, running,
         unsupported_by_kernel, jail, console_dropped, deliver, hold, drop,
-        system_limit, open_files, no_space, busy, initramfs, disk,
+        system_limit, open_files, no_space, busy, initramfs, disk, disk_index,
     }
 }
 
@@ -358,7 +358,8 @@ fn mconsole_request<'a>(env: Env<'a>, socket: Term<'a>, command: Term<'a>, timeo
 }
 
 /// Builds (once) and returns evum's busybox image:
-/// `{ok, #{initramfs => Path, disk => Path}}`.
+/// `{ok, #{initramfs => Path, disk => Path, disk_index => 15}}`, the last
+/// the UBD index the guest's init mounts the disk from.
 #[rustler::nif(schedule = "DirtyIo")]
 fn busybox_image<'a>(env: Env<'a>, busybox: Term<'a>, cache_dir: Term<'a>) -> NifResult<Term<'a>> {
     let busybox = PathBuf::from(text(busybox)?);
@@ -371,6 +372,7 @@ fn busybox_image<'a>(env: Env<'a>, busybox: Term<'a>, cache_dir: Term<'a>) -> Ni
                 &[
                     (atoms::initramfs().encode(env), path(&image.initramfs).encode(env)),
                     (atoms::disk().encode(env), path(&image.disk).encode(env)),
+                    (atoms::disk_index().encode(env), image::busybox::DISK_INDEX.encode(env)),
                 ],
             )?;
             (atoms::ok(), files).encode(env)

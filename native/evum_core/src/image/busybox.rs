@@ -99,10 +99,13 @@ pub struct BusyboxImage {
 }
 
 impl BusyboxImage {
-    /// What a VM boots this image with.
+    /// What a VM boots this image with (evum_dist's busybox options). The
+    /// root is a tmpfs: UML names a root when none is given, and with one
+    /// named the kernel unpacks the initramfs into ramfs, a page per link.
     pub fn boot_options(&self) -> Vec<BootOption> {
         vec![
             BootOption::Initrd(self.initramfs.clone()),
+            BootOption::RootFsType("tmpfs".into()),
             BootOption::ReadOnlyUbd(DISK_INDEX, self.disk.to_string_lossy().into_owned()),
             BootOption::Init("/init".into()),
         ]
