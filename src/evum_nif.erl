@@ -12,6 +12,7 @@
     vm_forget_echo/2,
     vm_write/2,
     vm_run/4,
+    vm_sync/2,
     vm_signal/3,
     vm_info/1,
     mconsole_request/3,
@@ -77,6 +78,7 @@ vm_expect_echo(_Vm, _Line, _Tag) -> ?NOT_LOADED.
 vm_forget_echo(_Vm, _Tag) -> ?NOT_LOADED.
 vm_write(_Vm, _Data) -> ?NOT_LOADED.
 vm_run(_Vm, _Id, _Command, _MaxOutput) -> ?NOT_LOADED.
+vm_sync(_Vm, _Id) -> ?NOT_LOADED.
 vm_signal(_Vm, _Signal, _WholeGroup) -> ?NOT_LOADED.
 vm_info(_Vm) -> ?NOT_LOADED.
 mconsole_request(_Socket, _Command, _TimeoutMs) -> ?NOT_LOADED.

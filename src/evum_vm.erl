@@ -104,9 +104,6 @@
 -define(MAX_QUEUED, 64).
 %% The default `console_backlog'.
 -define(CONSOLE_BACKLOG, 10000).
-%% The output a stop's sync may return: sync prints nothing, but a guest's
-%% own sync might say something.
--define(SYNC_MAX_OUTPUT, 4096).
 %% How often a paused console looks whether its owner has caught up.
 -define(BACKLOG_CHECK, 50).
 %% How long a VM whose owner was a shell's evaluator waits for the shell's
@@ -471,7 +468,7 @@ stop_step(_Step, S) ->
     S.
 
 run_stop_step(sync, Vm) ->
-    case evum_nif:vm_run(Vm, ?SYNC_ID, <<"sync">>, ?SYNC_MAX_OUTPUT) of
+    case evum_nif:vm_sync(Vm, ?SYNC_ID) of
         ok -> erlang:send_after(?SYNC_GRACE, self(), {stop_step, halt});
         _ -> self() ! {stop_step, halt}
     end;

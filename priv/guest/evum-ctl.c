@@ -5,10 +5,12 @@
  *
  *   RUN <id> <line count>\n<that many lines of command>
  *   RUNB <id> <line count>\n<that many lines of the command in base64>
+ *   SYNC <id> 0\n
  *
  * runs each command in a fresh `sh -c` with its output in a memory file, and
  * answers "\001EVUM RESULT <id> <exit status> <length>\n" and exactly that
- * many bytes of output.
+ * many bytes of output. A SYNC is answered the same way, status 0 and no
+ * output, once sync(2) has returned.
  *
  * A program and not a shell script because every guest process is a host
  * process under UML: a script's loop forked a subshell for wc and ran cat
@@ -169,6 +171,14 @@ int control_loop(const char *root)
 		/* Anything but a request is noise. */
 		if (sscanf(line, "%7s %llu %ld", kind, &id, &left) != 3 || left < 0)
 			continue;
+		/* A stop's sync: the system call here, not a guest process
+		 * of its own for a `sync` command. */
+		if (strcmp(kind, "SYNC") == 0) {
+			sync();
+			if (answer(id, 0, -1) != 0)
+				return 1;
+			continue;
+		}
 		base64 = strcmp(kind, "RUNB") == 0;
 		if (!base64 && strcmp(kind, "RUN") != 0)
 			continue;

@@ -286,6 +286,13 @@ fn vm_run<'a>(
     )
 }
 
+/// Asks the guest to sync its file systems (a stop's first step); the
+/// answer comes as request `id`'s result.
+#[rustler::nif]
+fn vm_sync(env: Env, resource: ResourceArc<VmResource>, id: u64) -> Term {
+    queued(env, with_vm(&resource, |vm| vm.handle.sync_disks(id)))
+}
+
 /// `deliver`, `hold` or `drop` the guest's console output from now on.
 #[rustler::nif]
 fn vm_console_flow(env: Env, resource: ResourceArc<VmResource>, flow: Atom) -> NifResult<Term> {

@@ -136,6 +136,17 @@ impl VmHandle {
         })
     }
 
+    /// Asks the guest's command loop to sync its file systems; the answer
+    /// comes as request `request`'s result, with no output.
+    pub fn sync_disks(&self, request: u64) -> Result<(), NotRunning> {
+        self.command(Command::Run {
+            id: self.id,
+            request,
+            data: control::sync_request(request),
+            max_output: 0,
+        })
+    }
+
     /// Delivers, holds or drops the guest's console output from now on.
     pub fn set_console_flow(&self, flow: ConsoleFlow) -> Result<(), NotRunning> {
         self.command(Command::ConsoleFlow { id: self.id, flow })
