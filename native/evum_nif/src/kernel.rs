@@ -31,10 +31,10 @@ mod atoms {
     }
 }
 
-/// The file name of evum's SMP kernel, beside the one-CPU kernel's.
+/// The file name of evum's SMP kernel (a binary), beside the one-CPU kernel's.
 #[rustler::nif]
 fn kernel_smp_binary(env: Env) -> Term {
-    kernel::SMP_BINARY.as_bytes().encode(env)
+    kernel::SMP_BINARY.encode(env)
 }
 
 /// `{ok, Path}` of the kernel built in this cache, or `not_built`.
