@@ -468,7 +468,8 @@ label(Label) ->
 %% busybox root's file system type).
 overridden(DistBoot, Boot) ->
     Given = [element(1, O) || O <- Boot, is_tuple(O)],
-    [O || O <- DistBoot, not (lists:member(element(1, O), [mem, rootfstype]) andalso lists:member(element(1, O), Given))].
+    Overridden = [K || K <- [mem, rootfstype], lists:member(K, Given)],
+    [O || O <- DistBoot, not lists:member(element(1, O), Overridden)].
 
 maybe_bin(undefined) -> undefined;
 maybe_bin(Value) -> bin(Value).
